@@ -1,0 +1,73 @@
+"""Running a job's framework code (in an executor thread) and turning how it ended into an
+outcome: succeeded, failed (retryable or not), cancelled, interrupted or lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from consumers.frameworks.base import (
+    Framework,
+    JobCancelled,
+    JobContext,
+    JobFailure,
+    JobInterrupted,
+    Progress,
+    RetryableError,
+)
+from consumers.progress import JobRun
+from schemas.status import JobKind
+
+Kind = Literal["succeeded", "failed", "cancelled", "interrupted", "lost"]
+
+# Errors worth another attempt: the job may pass next time. Anything else is a bug or bad input
+# and fails at once instead of N times.
+TRANSIENT = (RetryableError, ConnectionError, TimeoutError, MemoryError, OSError)
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: Kind
+    result: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retryable(self) -> bool:
+        return bool(self.error.get("retryable"))
+
+    @classmethod
+    def success(cls, result: dict[str, Any]) -> Outcome:
+        return cls("succeeded", result=result)
+
+    @classmethod
+    def failure(cls, code: str, message: str, retryable: bool = False) -> Outcome:
+        return cls("failed", error={"code": code, "message": message, "retryable": retryable})
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"error": self.error} if self.error else {}
+
+
+def run_framework(framework: Framework, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+    """Executor-thread entry point."""
+    if isinstance(progress, JobRun):
+        progress.check()  # cancelled or interrupted while waiting for the thread
+    if ctx.message.kind is JobKind.INFERENCE:
+        return framework.infer(ctx, progress)
+    return framework.train(ctx, progress)
+
+
+def classify(exc: BaseException, run: JobRun) -> Outcome:
+    if isinstance(exc, JobCancelled):
+        return Outcome("cancelled")
+    if isinstance(exc, JobInterrupted):
+        return Outcome("lost" if run.lost else "interrupted")
+    if isinstance(exc, JobFailure):
+        return Outcome.failure(exc.code, str(exc))
+    if isinstance(exc, FileNotFoundError):
+        return Outcome.failure("file_not_found", str(exc))
+    if isinstance(exc, TRANSIENT):
+        code = getattr(exc, "code", type(exc).__name__)
+        return Outcome.failure(code, str(exc) or type(exc).__name__, retryable=True)
+    if isinstance(exc, Exception):
+        return Outcome.failure("job_error", f"{type(exc).__name__}: {exc}")
+    raise exc  # KeyboardInterrupt, SystemExit, CancelledError

@@ -1,0 +1,95 @@
+"""The one small interface every framework module implements.
+
+Framework code runs in an executor thread, never on the event loop. It reports progress through
+``progress`` and stops cooperatively: ``progress`` raises ``JobCancelled`` (or ``JobInterrupted``
+on shutdown / lost lease) at the next call after a cancel, so call it at every step or epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from schemas.records import JobMessage
+
+
+class JobFailure(Exception):
+    """Fail the job without retry (bad input, bad data, unknown model...)."""
+
+    code = "job_failed"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class RetryableError(Exception):
+    """A transient error: the job is retried with exponential backoff."""
+
+    code = "retryable_error"
+
+
+class JobCancelled(Exception):
+    """Raised by ``progress`` after a cancel request; the job stops at this step boundary."""
+
+
+class JobInterrupted(Exception):
+    """Raised by ``progress`` when the worker drains on SIGTERM or lost the job's lease."""
+
+
+class Progress(Protocol):
+    """Called from the job's thread. Cheap: the worker coalesces what it publishes."""
+
+    def __call__(
+        self,
+        stage: str,
+        *,
+        percent: float | None = None,
+        epoch: int | None = None,
+        epochs: int | None = None,
+        step: int | None = None,
+        steps: int | None = None,
+        loss: float | None = None,
+        metrics: dict[str, float] | None = None,
+        message: str = "",
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """Where a job reads and writes: resolved data root, its artifact dir, its attempt."""
+
+    message: JobMessage
+    data_root: Path
+    artifact_root: Path
+    deliveries: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.artifact_root / self.message.job_id
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.artifact_root / model_id
+
+
+class Framework(Protocol):
+    """One per framework stack (sklearn, pytorch, tensorflow, diagnostic)."""
+
+    name: str
+
+    def version(self) -> str:
+        """Exact version of the framework this process loaded."""
+        ...
+
+    def train(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+        """Train ``ctx.message.model_type`` on ``ctx.message.data_path``; save the model under
+        ``ctx.artifact_dir``; return the result (metrics, artifact paths, ...)."""
+        ...
+
+    def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+        """Load the model of ``ctx.message.model_id`` and predict on the message's inputs or
+        data_path; return ``{"predictions": [...], ...}``."""
+        ...

@@ -1,0 +1,63 @@
+"""A framework without ML cost, so tests and benchmarks exercise the queue itself.
+
+Model types: ``noop`` (returns at once), ``sleep`` (``seconds`` in ``steps`` steps, reporting
+progress each step, so it can be cancelled, interrupted and lease-renewed), ``fail``
+(``error``: fatal | retryable; ``fail_times``: fail the first N attempts, then succeed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiq
+from consumers.frameworks.base import JobContext, JobFailure, Progress, RetryableError
+
+
+def _number(params: dict[str, Any], name: str, default: float) -> float:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise JobFailure(f"hyperparameter {name!r} must be a non-negative number",
+                         code="invalid_hyperparameters")
+    return float(value)
+
+
+class DiagnosticFramework:
+    name = "diagnostic"
+
+    def version(self) -> str:
+        return aiq.__version__
+
+    def train(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+        msg = ctx.message
+        params = msg.hyperparameters
+        if msg.model_type == "sleep":
+            return self._sleep(params, progress)
+        if msg.model_type == "fail":
+            return self._fail(params, msg.attempt)
+        return {"ok": True}
+
+    def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+        rows = ctx.message.inputs or []
+        return {"predictions": [len(row) for row in rows], "n": len(rows)}
+
+    def _sleep(self, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        seconds = _number(params, "seconds", 1.0)
+        steps = max(int(_number(params, "steps", 10)), 1)
+        epochs = int(params.get("epochs", 1))
+        started = time.monotonic()
+        for epoch in range(1, epochs + 1):
+            for step in range(1, steps + 1):
+                time.sleep(seconds / steps / epochs)
+                done = ((epoch - 1) * steps + step) / (steps * epochs)
+                progress("sleeping", epoch=epoch, epochs=epochs, step=step, steps=steps,
+                         percent=100 * done, loss=1.0 - done)
+        return {"slept_s": round(time.monotonic() - started, 3), "steps": steps * epochs}
+
+    def _fail(self, params: dict[str, Any], attempt: int) -> dict[str, Any]:
+        fail_times = int(_number(params, "fail_times", 1_000_000))
+        if attempt > fail_times:
+            return {"ok": True, "attempt": attempt}
+        if params.get("error", "fatal") == "retryable":
+            raise RetryableError(f"diagnostic retryable failure on attempt {attempt}")
+        raise JobFailure(f"diagnostic fatal failure on attempt {attempt}", code="diagnostic")

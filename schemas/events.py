@@ -1,0 +1,117 @@
+"""Job events as written by the Lua scripts into the per-job and per-type event streams.
+
+Stream entry fields: ``type``, ``job_id``, ``ts`` (ms), ``status`` and ``data`` (JSON). The parsed
+form is a discriminated union on ``type``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.status import JobStatus
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RETRYING = "retrying"
+    REQUEUED = "requeued"
+    CANCEL_REQUESTED = "cancel_requested"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str = Field(default="", description="Redis stream entry id (SSE id)")
+    job_id: str
+    ts: int = Field(description="server time, ms since epoch")
+    status: JobStatus
+
+
+class QueuedEvent(_Event):
+    type: Literal[EventType.QUEUED] = EventType.QUEUED
+    position: int = 0
+    worker_type: str = ""
+
+
+class StartedEvent(_Event):
+    type: Literal[EventType.STARTED] = EventType.STARTED
+    worker: str
+    attempt: int = 1
+    deliveries: int = 1
+
+
+class ProgressEvent(_Event):
+    type: Literal[EventType.PROGRESS] = EventType.PROGRESS
+    stage: str = ""
+    percent: float | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    eta_s: float | None = None
+    message: str = ""
+
+
+class RetryingEvent(_Event):
+    type: Literal[EventType.RETRYING] = EventType.RETRYING
+    attempt: int
+    delay_ms: int
+    error: dict[str, Any] = Field(default_factory=dict)
+
+
+class RequeuedEvent(_Event):
+    type: Literal[EventType.REQUEUED] = EventType.REQUEUED
+    reason: str = ""
+
+
+class CancelRequestedEvent(_Event):
+    type: Literal[EventType.CANCEL_REQUESTED] = EventType.CANCEL_REQUESTED
+
+
+class SucceededEvent(_Event):
+    type: Literal[EventType.SUCCEEDED] = EventType.SUCCEEDED
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class FailedEvent(_Event):
+    type: Literal[EventType.FAILED] = EventType.FAILED
+    error: dict[str, Any] = Field(default_factory=dict)
+
+
+class CancelledEvent(_Event):
+    type: Literal[EventType.CANCELLED] = EventType.CANCELLED
+
+
+JobEvent = Annotated[
+    QueuedEvent
+    | StartedEvent
+    | ProgressEvent
+    | RetryingEvent
+    | RequeuedEvent
+    | CancelRequestedEvent
+    | SucceededEvent
+    | FailedEvent
+    | CancelledEvent,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+
+
+def parse_event(entry_id: str, fields: dict[str, str]) -> JobEvent:
+    """Build the typed event from a stream entry's flat fields."""
+    data = orjson.loads(fields.get("data") or "{}")
+    payload = {**data, **{k: v for k, v in fields.items() if k != "data"}, "id": entry_id}
+    return _ADAPTER.validate_python(payload)

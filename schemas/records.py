@@ -1,0 +1,184 @@
+"""Stored shapes: the stream entry a worker reads, the job record hash, and the public views.
+
+Both the entry and the record are flat string fields so ``redis-cli XRANGE`` and ``HGETALL`` read
+naturally; only nested values (hyperparameters, inputs, result, error, progress) are JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas.catalogue import KNOWN_MODEL_TYPES
+from schemas.requests import JobId
+from schemas.status import JobKind, JobStatus
+
+# Fields of a stream entry, in the order they are written. The requeue script copies exactly these
+# from the record into a fresh entry, so a retried job carries the same spec.
+ENTRY_FIELDS: tuple[str, ...] = (
+    "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "data_path",
+    "hyperparameters", "model_id", "inputs", "parameters",
+)
+_JSON_FIELDS = ("hyperparameters", "inputs", "parameters", "result", "error", "progress")
+
+
+def _loads(raw: str | None, default: Any) -> Any:
+    return default if raw in (None, "") else orjson.loads(raw)
+
+
+class JobMessage(BaseModel):
+    """A stream entry parsed and validated by the worker. Malformed entries fail here."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    job_id: JobId
+    kind: JobKind
+    model_type: str
+    attempt: int = Field(default=1, ge=1)
+    gpu_mem_mb: int | None = None
+    data_path: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+    inputs: list[list[Any]] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model_type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in KNOWN_MODEL_TYPES:
+            raise ValueError(f"unknown model type {value!r}")
+        return value
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> JobMessage:
+        """Parse entry fields; raises ValueError (with the reason) on a malformed entry."""
+        try:
+            data: dict[str, Any] = {k: v for k, v in fields.items() if v != ""}
+            for name in ("hyperparameters", "inputs", "parameters"):
+                if name in data:
+                    data[name] = orjson.loads(data[name])
+            return cls.model_validate(data)
+        except (ValidationError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"malformed job entry: {exc}".replace("\n", " ")[:500]) from exc
+
+
+def entry_fields(record: dict[str, str]) -> dict[str, str]:
+    return {k: record.get(k, "") for k in ENTRY_FIELDS}
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class JobRecord(BaseModel):
+    """The job hash ``HGETALL ai:{type}:job:<id>``, typed."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    job_id: str
+    kind: JobKind
+    worker_type: str
+    model_type: str
+    status: JobStatus
+    description: str = ""
+    data_path: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+    inputs: list[list[Any]] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    requires_gpu: bool = False
+    gpu_mem_mb: int | None = None
+    attempt: int = 1
+    deliveries: int = 0
+    worker: str | None = None
+    entry_id: str | None = None
+    created_at: int = 0
+    started_at: int | None = None
+    finished_at: int | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    progress: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
+        data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
+        for name in _JSON_FIELDS:
+            if name in data:
+                data[name] = _loads(data[name], None)
+        for name in ("requires_gpu", "cancel_requested"):
+            data[name] = data.get(name) == "1"
+        return cls.model_validate(data)
+
+
+class JobLinks(BaseModel):
+    self: str
+    status: str
+    events: str
+    cancel: str
+
+
+def links_for(job_id: str) -> JobLinks:
+    return JobLinks(
+        self=f"/jobs/{job_id}",
+        status=f"/jobs/{job_id}/status",
+        events=f"/jobs/{job_id}/events",
+        cancel=f"/jobs/{job_id}/cancel",
+    )
+
+
+class JobSubmitted(BaseModel):
+    """Answer to a submit (202)."""
+
+    job_id: str
+    status: JobStatus
+    worker_type: str
+    kind: JobKind
+    stream: str = Field(description="the Redis stream the job was added to")
+    duplicate: bool = Field(default=False, description="true when an Idempotency-Key matched")
+    status_url: str
+    events_url: str
+
+
+class JobStatusView(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    job_id: str
+    status: JobStatus
+    kind: JobKind
+    worker_type: str
+    model_type: str
+    progress: dict[str, Any] | None = None
+    attempt: int
+    error: JobError | None = None
+    created_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    result: dict[str, Any] | None = None
+
+
+class JobView(JobStatusView):
+    """Full public record."""
+
+    description: str = ""
+    data_path: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+    requires_gpu: bool = False
+    gpu_mem_mb: int | None = None
+    deliveries: int = 0
+    worker: str | None = None
+    cancel_requested: bool = False
+    links: JobLinks
+
+
+def status_view(rec: JobRecord) -> JobStatusView:
+    return JobStatusView.model_validate(rec.model_dump())
+
+
+def job_view(rec: JobRecord) -> JobView:
+    return JobView.model_validate({**rec.model_dump(), "links": links_for(rec.job_id)})

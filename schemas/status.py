@@ -1,0 +1,26 @@
+"""Job lifecycle states. The state machine lives in streams/lua; this is its vocabulary."""
+
+from enum import StrEnum
+
+
+class JobKind(StrEnum):
+    TRAINING = "training"
+    INFERENCE = "inference"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # entry in the stream, waiting for a worker
+    RUNNING = "running"  # a worker owns the entry and runs the job
+    RETRYING = "retrying"  # failed with a retryable error, waiting out its backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)

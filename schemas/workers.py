@@ -1,0 +1,40 @@
+"""Worker registry and queue inspection views."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class GpuInfo(BaseModel):
+    index: int
+    name: str
+    total_mb: int
+    free_mb: int
+
+
+class WorkerInfo(BaseModel):
+    worker_id: str
+    worker_type: str
+    framework: str
+    framework_version: str
+    hostname: str
+    pid: int
+    started_at: int
+    heartbeat_at: int
+    max_concurrent_jobs: int
+    running_jobs: list[str] = Field(default_factory=list)
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    state: str = "running"
+
+
+class StreamInfo(BaseModel):
+    stream: str
+    worker_type: str
+    kind: str
+    length: int
+    pending: int
+    lag: int | None = Field(description="entries not yet delivered; null on Redis < 7.0")
+    oldest_pending_age_ms: int | None
+    consumers: int
+    dead_letters: int
+    delayed: int = 0

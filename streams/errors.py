@@ -1,0 +1,64 @@
+"""Typed errors, and the one place that maps Lua return codes to them."""
+
+from __future__ import annotations
+
+
+class AiqError(Exception):
+    """Base of every domain error. ``code`` is stable; the message is for people."""
+
+    code = "aiq_error"
+
+
+class JobNotFound(AiqError):
+    code = "job_not_found"
+
+
+class IllegalTransition(AiqError):
+    code = "illegal_transition"
+
+
+class IdempotencyConflict(AiqError):
+    code = "idempotency_conflict"
+
+
+class NotOwner(AiqError):
+    """A fenced write: the entry is no longer this worker's (reclaimed, or already finished)."""
+
+    code = "not_owner"
+
+
+class DeadLettered(AiqError):
+    code = "dead_lettered"
+
+
+class StaleEntry(AiqError):
+    """The entry belongs to a job that is final or was requeued under a newer entry."""
+
+    code = "stale_entry"
+
+
+# Lua return codes (negative = refused). Scripts return {code, detail, ...}.
+OK = 0
+NOT_OWNER = -1
+STALE = -2
+DEAD = -3
+ILLEGAL = -4
+NOT_FOUND = -5
+IDEMPOTENCY_CONFLICT = -6
+
+_ERRORS: dict[int, type[AiqError]] = {
+    NOT_OWNER: NotOwner,
+    STALE: StaleEntry,
+    DEAD: DeadLettered,
+    ILLEGAL: IllegalTransition,
+    NOT_FOUND: JobNotFound,
+    IDEMPOTENCY_CONFLICT: IdempotencyConflict,
+}
+
+
+def raise_for(code: int, detail: str, context: str) -> None:
+    """Raise the typed error for a negative script code; return for codes >= 0."""
+    if code >= 0:
+        return
+    cls = _ERRORS.get(code, AiqError)
+    raise cls(f"{context}: {detail}" if detail else context)

@@ -1,0 +1,83 @@
+"""Every Redis key name aiq uses. No key string is built anywhere else.
+
+All keys of one worker type share the hash tag ``{<worker type>}`` so every multi-key script runs
+unchanged on Redis Cluster. Names follow the seed's convention, so a person guesses them::
+
+    ai:training:{pytorch-2.1}:queue      stream of training jobs (consumer group "workers")
+    ai:inference:{pytorch-2.1}:queue     stream of inference jobs
+    ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue
+    ai:{pytorch-2.1}:job:<job_id>        job record (hash)
+    ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it)
+    ai:{pytorch-2.1}:events              events of all jobs of the type (capped stream)
+    ai:{pytorch-2.1}:jobs                job ids by creation time (sorted set)
+    ai:{pytorch-2.1}:delayed             jobs waiting out a retry backoff (sorted set, due ms)
+    ai:{pytorch-2.1}:workers             live worker ids (set); ai:{…}:worker:<id> their info
+    ai:{pytorch-2.1}:stats               counters (hash): submitted, succeeded, fenced, …
+    ai:{pytorch-2.1}:idem:<key>          Idempotency-Key of a submit (hash, expires)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.status import JobKind
+
+GROUP = "workers"
+DEFAULT_PREFIX = "ai"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one worker type."""
+
+    worker_type: str
+    prefix: str = DEFAULT_PREFIX
+    _base: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_base", f"{self.prefix}:{{{self.worker_type}}}")
+
+    def stream(self, kind: JobKind) -> str:
+        return f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:queue"
+
+    def dead(self, kind: JobKind) -> str:
+        return f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:dead"
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        return self.stream(JobKind.TRAINING), self.stream(JobKind.INFERENCE)
+
+    @property
+    def events(self) -> str:
+        return f"{self._base}:events"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self._base}:jobs"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self._base}:delayed"
+
+    @property
+    def workers(self) -> str:
+        return f"{self._base}:workers"
+
+    @property
+    def stats(self) -> str:
+        return f"{self._base}:stats"
+
+    def job(self, job_id: str) -> str:
+        return f"{self._base}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        return f"{self._base}:job:{job_id}:events"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self._base}:worker:{worker_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self._base}:idem:{key}"
+
+    def kind_of_stream(self, stream: str) -> JobKind:
+        return JobKind.TRAINING if stream == self.stream(JobKind.TRAINING) else JobKind.INFERENCE

@@ -1,0 +1,42 @@
+-- submit: a new job enters its worker type's stream.
+-- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] jobs index
+-- KEYS[6] idempotency key  KEYS[7] stats
+-- ARGV[4] job_id  ARGV[5] idempotency ttl s (0: no key)  ARGV[6] request fingerprint
+-- ARGV[7] group  ARGV[8] n (entry field pairs)  ARGV[9 .. 8+2n] entry pairs  rest: record-only pairs
+-- Returns {0, job_id, entry_id} created | {1, job_id, ''} duplicate of an earlier submit
+--         {-6, job_id, ''} idempotency key reused with a different request
+-- Event: queued {position, worker_type}
+local job_id = ARGV[4]
+local idem = ARGV[5] ~= '0'
+if idem then
+  local prev = redis.call('HMGET', KEYS[6], 'job_id', 'fingerprint')
+  if prev[1] then
+    if prev[2] ~= ARGV[6] then return {-6, prev[1], ''} end
+    return {1, prev[1], ''}
+  end
+end
+local n = tonumber(ARGV[8])
+local entry, extra = {}, {}
+for i = 9, 8 + 2 * n do entry[#entry + 1] = ARGV[i] end
+for i = 9 + 2 * n, #ARGV do extra[#extra + 1] = ARGV[i] end
+local entry_id = redis.call('XADD', KEYS[1], '*', unpack(entry))
+local ts = now_ms()
+redis.call('HSET', KEYS[2], unpack(entry))
+if #extra > 0 then redis.call('HSET', KEYS[2], unpack(extra)) end
+redis.call('HSET', KEYS[2], 'status', 'queued', 'created_at', ts, 'entry_id', entry_id,
+  'deliveries', 0)
+redis.call('ZADD', KEYS[5], ts, job_id)
+if idem then
+  redis.call('HSET', KEYS[6], 'job_id', job_id, 'fingerprint', ARGV[6])
+  redis.call('EXPIRE', KEYS[6], ARGV[5])
+end
+redis.call('HINCRBY', KEYS[7], 'submitted', 1)
+-- Acked entries are deleted, so undelivered = length - pending.
+local pending = 0
+local summary = redis.pcall('XPENDING', KEYS[1], ARGV[7])
+if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
+local position = redis.call('XLEN', KEYS[1]) - pending
+local wt = redis.call('HGET', KEYS[2], 'worker_type') or ''
+emit(KEYS[3], KEYS[4], job_id, 'queued', 'queued',
+  cjson.encode({position = position, worker_type = wt}), ts)
+return {0, job_id, entry_id}

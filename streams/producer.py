@@ -1,0 +1,217 @@
+"""Submitting, finding, listing, cancelling and awaiting jobs (the client side of the queue)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from schemas.catalogue import CATALOGUE, route
+from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
+from schemas.records import ENTRY_FIELDS, JobRecord, JobSubmitted
+from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.status import JobKind, JobStatus
+from streams import scripts
+from streams.errors import IllegalTransition, JobNotFound, raise_for
+from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
+from streams.limits import StreamLimits
+
+
+class ModelNotReady(IllegalTransition):
+    code = "model_not_ready"
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4()}"
+
+
+def _dumps(value: Any) -> str:
+    return "" if value is None else orjson.dumps(value).decode()
+
+
+class Producer:
+    """Client of the queue. Safe to share across tasks of one event loop."""
+
+    def __init__(
+        self, redis: Redis, limits: StreamLimits | None = None, prefix: str = DEFAULT_PREFIX
+    ) -> None:
+        self.redis = redis
+        self.limits = limits or StreamLimits()
+        self.prefix = prefix
+
+    def keys(self, worker_type: str) -> QueueKeys:
+        return QueueKeys(worker_type, self.prefix)
+
+    async def submit_training(
+        self, req: TrainingRequest, idempotency_key: str | None = None
+    ) -> JobSubmitted:
+        worker_type = route(req.model_type, req.requires_gpu, req.framework_override)
+        entry = {
+            "model_type": req.model_type,
+            "gpu_mem_mb": req.gpu_mem_mb or "",
+            "data_path": req.data_path or "",
+            "hyperparameters": _dumps(req.hyperparameters.model_dump(mode="json")),
+        }
+        record = {"description": req.description, "requires_gpu": int(req.requires_gpu)}
+        fingerprint = req.model_dump_json()
+        return await self._submit(JobKind.TRAINING, worker_type, entry, record, fingerprint,
+                                  idempotency_key)
+
+    async def submit_inference(
+        self, req: InferenceRequest, idempotency_key: str | None = None
+    ) -> JobSubmitted:
+        model = await self.get(req.model_id)
+        if model.kind is not JobKind.TRAINING:
+            raise ModelNotReady(f"{req.model_id} is an inference job, not a trained model")
+        if model.status is not JobStatus.SUCCEEDED:
+            raise ModelNotReady(f"model {req.model_id} is {model.status.value}, not succeeded")
+        entry = {
+            "model_type": model.model_type,
+            "gpu_mem_mb": req.gpu_mem_mb or "",
+            "data_path": req.data_path or "",
+            "model_id": req.model_id,
+            "inputs": _dumps(req.inputs),
+            "parameters": _dumps(req.parameters),
+        }
+        record = {"description": req.description,
+                  "requires_gpu": int(model.requires_gpu)}
+        return await self._submit(JobKind.INFERENCE, model.worker_type, entry, record,
+                                  req.model_dump_json(), idempotency_key)
+
+    async def _submit(
+        self,
+        kind: JobKind,
+        worker_type: str,
+        entry: dict[str, Any],
+        record: dict[str, Any],
+        fingerprint: str,
+        idempotency_key: str | None,
+    ) -> JobSubmitted:
+        keys = self.keys(worker_type)
+        job_id = new_job_id()
+        fields = {"job_id": job_id, "kind": kind.value, "attempt": 1, **entry}
+        pairs = [x for name in ENTRY_FIELDS for x in (name, fields.get(name, ""))]
+        extra = [x for kv in {**record, "worker_type": worker_type}.items() for x in kv]
+        idem_key = keys.idempotency(idempotency_key or "-")
+        digest = hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest()
+        ttl = self.limits.idempotency_ttl_s if idempotency_key else 0
+        stream = keys.stream(kind)
+        code, got_id, _entry_id = await scripts.SUBMIT(
+            self.redis,
+            [stream, keys.job(job_id), keys.job_events(job_id), keys.events, keys.jobs,
+             idem_key, keys.stats],
+            [*self.limits.common_args(), job_id, ttl, digest, GROUP, len(ENTRY_FIELDS),
+             *pairs, *extra],
+        )
+        raise_for(code, "", f"Idempotency-Key {idempotency_key!r} was used for another request")
+        return JobSubmitted(
+            job_id=got_id, status=JobStatus.QUEUED, worker_type=worker_type, kind=kind,
+            stream=stream, duplicate=code == 1, status_url=f"/jobs/{got_id}/status",
+            events_url=f"/jobs/{got_id}/events",
+        )
+
+    async def worker_type_of(self, job_id: str) -> str:
+        """Find which worker type holds a job (one pipelined lookup across the catalogue)."""
+        names = list(CATALOGUE)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys(name).job(job_id), "worker_type")
+            found = await pipe.execute()
+        for name, value in zip(names, found, strict=True):
+            if value:
+                return name
+        raise JobNotFound(f"no job {job_id}")
+
+    async def get(self, job_id: str) -> JobRecord:
+        worker_type = await self.worker_type_of(job_id)
+        raw = await self.redis.hgetall(self.keys(worker_type).job(job_id))
+        if not raw:
+            raise JobNotFound(f"no job {job_id}")
+        return JobRecord.from_hash(raw)
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job: CANCELLED when it ended at once, RUNNING when its worker will stop it."""
+        keys = self.keys(await self.worker_type_of(job_id))
+        code, detail = await scripts.CANCEL(
+            self.redis,
+            [*keys.streams, keys.job(job_id), keys.job_events(job_id), keys.events, keys.delayed,
+             keys.stats],
+            [*self.limits.common_args(), job_id, GROUP],
+        )
+        raise_for(code, detail, f"job {job_id} is already {detail}")
+        return JobStatus.CANCELLED if code == 0 else JobStatus.RUNNING
+
+    async def list(
+        self,
+        status: JobStatus | None = None,
+        worker_type: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        """Most recent jobs first, optionally filtered."""
+        types = [worker_type] if worker_type else list(CATALOGUE)
+        scored: list[tuple[float, str, str]] = []
+        for name in types:
+            keys = self.keys(name)
+            window = limit if status is None else max(limit * 20, 1000)
+            for job_id, score in await self.redis.zrevrange(keys.jobs, 0, window - 1,
+                                                            withscores=True):
+                scored.append((score, name, job_id))
+        scored.sort(reverse=True)
+        out: list[JobRecord] = []
+        for start in range(0, len(scored), 200):
+            chunk = scored[start:start + 200]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, name, job_id in chunk:
+                    pipe.hgetall(self.keys(name).job(job_id))
+                raws = await pipe.execute()
+            for raw in raws:
+                if raw and (status is None or raw.get("status") == status.value):
+                    out.append(JobRecord.from_hash(raw))
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def events(
+        self, job_id: str, after: str = "0-0", block_ms: int = 15_000
+    ) -> AsyncIterator[JobEvent]:
+        """The job's events after ``after``, live, until the terminal one. Holds a connection
+        while blocked; the gateway shares one reader instead (hub)."""
+        keys = self.keys(await self.worker_type_of(job_id))
+        stream = keys.job_events(job_id)
+        last = after
+        while True:
+            got = await self.redis.xread({stream: last}, count=100, block=block_ms)
+            for _name, entries in got or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = parse_event(entry_id, fields)
+                    yield event
+                    if event.type in TERMINAL_EVENTS:
+                        return
+            if not got and (await self.get(job_id)).status.terminal:
+                return
+
+    async def wait(self, job_id: str, timeout: float = 60.0) -> JobRecord:
+        """Block until the job is final; return its record. Push-based: no polling delay."""
+        deadline = time.monotonic() + timeout
+        keys = self.keys(await self.worker_type_of(job_id))
+        stream, last = keys.job_events(job_id), "0-0"
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise TimeoutError(f"job {job_id} not finished after {timeout} s")
+            got = await self.redis.xread({stream: last}, count=100, block=remaining_ms)
+            for _name, entries in got or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields.get("type") in TERMINAL_EVENTS:
+                        return await self.get(job_id)
+            if not got:
+                rec = await self.get(job_id)
+                if rec.status.terminal:
+                    return rec

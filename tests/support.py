@@ -1,0 +1,99 @@
+"""Test helpers: worker settings, in-process and subprocess workers, polling with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from consumers.frameworks import load_framework
+from consumers.runtime import Worker
+from consumers.settings import WorkerSettings
+
+FAST = {
+    "lease_timeout_s": 1.0,
+    "reclaim_interval_s": 0.1,
+    "heartbeat_interval_s": 0.5,
+    "retry_backoff_s": 0.05,
+    "block_ms": 200,
+    "progress_interval_s": 0.0,
+    "shutdown_grace_s": 2.0,
+    "log_json": True,
+}
+
+
+def settings_for(redis_url: str, tmp: Path, worker_type: str = "diagnostic",
+                 **overrides: Any) -> WorkerSettings:
+    from schemas.catalogue import CATALOGUE
+
+    values: dict[str, Any] = {
+        "worker_type": worker_type,
+        "model_framework": CATALOGUE[worker_type].framework,
+        "redis_url": redis_url,
+        "data_root": tmp / "data",
+        "artifact_root": tmp / "artifacts",
+        **FAST,
+        **overrides,
+    }
+    (tmp / "data").mkdir(exist_ok=True)
+    return WorkerSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: WorkerSettings, name: str | None = None
+                         ) -> AsyncIterator[Worker]:
+    """A worker serving in this event loop until the block exits (then a graceful stop)."""
+    redis = Redis.from_url(settings.url, decode_responses=True)
+    read_conn = Redis.from_url(settings.url, decode_responses=True, max_connections=1)
+    worker = Worker(settings, load_framework(CATALOG_FRAMEWORK[settings.worker_type]), redis,
+                    read_conn, name=name)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+        await read_conn.aclose()
+        await redis.aclose()
+
+
+class _Frameworks(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        from schemas.catalogue import CATALOGUE
+
+        return CATALOGUE[key].framework
+
+
+CATALOG_FRAMEWORK = _Frameworks()
+
+
+def spawn_worker(settings: WorkerSettings, log: Path) -> subprocess.Popen[bytes]:
+    """A worker in its own process (python -m consumers), configured by env vars."""
+    env = {**os.environ}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[name.upper()] = str(value)
+    out = log.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "consumers"], env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
+                     interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
