@@ -134,7 +134,8 @@ class QueueConsumer:
         """Take the jobs of well-formed entries (one round trip for the batch)."""
         calls = [
             (scripts.START,
-             [*self._job_keys(d), self.keys.dead(d.kind), self.keys.stats],
+             [*self._job_keys(d), self.keys.dead(d.kind), self.keys.stats,
+              self.keys.jobs],
              [*self._common, d.job_id, d.entry_id, GROUP, self.name, self.max_deliveries,
               self.limits.dead_maxlen])
             for d in batch
@@ -175,17 +176,18 @@ class QueueConsumer:
     def complete_call(
         self, d: Delivery, result: dict[str, Any]
     ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.COMPLETE, d, [self.keys.stats],
+        return self._owned_call(scripts.COMPLETE, d, [self.keys.stats, self.keys.jobs],
                                 [orjson.dumps(result).decode()])
 
     def fail_call(
         self, d: Delivery, error: dict[str, Any]
     ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.FAIL, d, [self.keys.stats],
+        return self._owned_call(scripts.FAIL, d, [self.keys.stats, self.keys.jobs],
                                 [orjson.dumps(error).decode()])
 
     def cancel_call(self, d: Delivery) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.CONFIRM_CANCEL, d, [self.keys.stats], [])
+        return self._owned_call(scripts.CONFIRM_CANCEL, d, [self.keys.stats, self.keys.jobs],
+                                [])
 
     def retry_call(
         self, d: Delivery, error: dict[str, Any], delay_ms: int

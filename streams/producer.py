@@ -140,7 +140,7 @@ class Producer:
         code, detail = await scripts.CANCEL(
             self.redis,
             [*keys.streams, keys.job(job_id), keys.job_events(job_id), keys.events, keys.delayed,
-             keys.stats],
+             keys.stats, keys.jobs],
             [*self.limits.common_args(), job_id, GROUP],
         )
         raise_for(code, detail, f"job {job_id} is already {detail}")

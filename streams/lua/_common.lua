@@ -32,7 +32,14 @@ local function ack_delete(stream, group, id)
 end
 
 -- Terminal state: the entry leaves the stream, the record and its events expire.
-local function finish(stream, group, entry_id, record, job_events, type_events, stats,
+local function index_finished(index, job_id, ts)
+  -- The index is scored by the last state change; finished jobs older than the retention
+  -- (whose records have expired) are pruned here, so the index stays bounded too.
+  redis.call('ZADD', index, ts, job_id)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', ts - RETENTION * 1000)
+end
+
+local function finish(stream, group, entry_id, record, job_events, type_events, stats, index,
                       job_id, status, field, payload, ts)
   ack_delete(stream, group, entry_id)
   redis.call('HSET', record, 'status', status, 'finished_at', ts, field, payload)
@@ -42,6 +49,7 @@ local function finish(stream, group, entry_id, record, job_events, type_events, 
   emit(job_events, type_events, job_id, status, status, data, ts)
   redis.call('EXPIRE', job_events, RETENTION)
   redis.call('HINCRBY', stats, status, 1)
+  index_finished(index, job_id, ts)
 end
 
 -- A fresh entry for the job, copied from its record (retry promotion and graceful hand-back).

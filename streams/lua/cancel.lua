@@ -1,7 +1,7 @@
 -- cancel: a client cancels a job. Queued or retrying jobs end at once; a running job is flagged
 -- and its worker stops it at the next step boundary (confirm_cancel).
 -- KEYS[1] training stream  KEYS[2] inference stream  KEYS[3] record  KEYS[4] job events
--- KEYS[5] type events  KEYS[6] delayed zset  KEYS[7] stats
+-- KEYS[5] type events  KEYS[6] delayed zset  KEYS[7] stats  KEYS[8] jobs index
 -- ARGV[4] job_id  ARGV[5] group
 -- Returns {0, 'cancelled'} | {1, 'cancel_requested'} | {-4, status} already final
 --         {-5, ''} no such job
@@ -31,4 +31,5 @@ redis.call('EXPIRE', record, RETENTION)
 emit(KEYS[4], KEYS[5], job_id, 'cancelled', 'cancelled', '{}', ts)
 redis.call('EXPIRE', KEYS[4], RETENTION)
 redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
+index_finished(KEYS[8], job_id, ts)
 return {0, 'cancelled'}

@@ -1,6 +1,6 @@
 -- start: the worker that read an entry takes the job (or dead-letters it).
 -- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] dead stream
--- KEYS[6] stats
+-- KEYS[6] stats  KEYS[7] jobs index
 -- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer  ARGV[8] max deliveries
 -- ARGV[9] dead-letter stream maxlen
 -- Returns {0, deliveries, attempt} started | {-1, msg} not the owner (reclaimed by another)
@@ -40,6 +40,7 @@ if deliveries > tonumber(ARGV[8]) then
   emit(KEYS[3], KEYS[4], job_id, 'failed', 'failed', '{"error":' .. err .. '}', ts)
   redis.call('EXPIRE', KEYS[3], RETENTION)
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
+  index_finished(KEYS[7], job_id, ts)
   return {-3, deliveries}
 end
 redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'deliveries', deliveries,

@@ -1,0 +1,94 @@
+"""Read-only queue inspection (``GET /queues``, dashboards, the CLI): one pipelined round trip.
+
+Per stream (worker type and kind):
+
+* ``length``: XLEN. Acked entries are deleted, so the stream holds exactly the jobs not finished.
+* ``pending``: delivered, not yet acked (XPENDING summary count): jobs a worker holds.
+* ``lag``: ``length - pending``, the entries no worker has read yet. Exact because acked entries
+  leave the stream, and it works on Redis 6.2, whose XINFO GROUPS has no lag field.
+* ``oldest_pending_age_ms``: ms from the oldest pending entry's id timestamp (when it was added
+  to the stream; a retried job gets a fresh entry) to the Redis server's TIME. Not the XPENDING
+  idle time, which lease renewal resets every few seconds. ``None`` when nothing is pending.
+* ``consumers``: consumers of the group (XINFO GROUPS), 0 before any worker created it.
+* ``dead_letters``: XLEN of the stream's dead-letter stream.
+* ``delayed``: jobs of the worker type waiting out a retry backoff (ZCARD of its delayed set).
+  The set is shared by both kinds, so it is reported on the training row; inference rows say 0.
+
+A stream or group that does not exist yet reads as zeros, never as an error. The client must
+decode responses (``decode_responses=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from schemas.catalogue import CATALOGUE
+from schemas.status import JobKind
+from schemas.workers import StreamInfo
+from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
+
+_PER_ROW = 5  # commands queued per stream; keep in step with _queue_row / _row
+
+
+def _missing(value: Any, default: Any) -> Any:
+    """``default`` for a missing stream or group; other server errors propagate."""
+    if isinstance(value, ResponseError):
+        text = str(value)
+        if "no such key" in text or "NOGROUP" in text:
+            return default
+        raise value
+    return value
+
+
+def _queue_row(pipe: Any, keys: QueueKeys, kind: JobKind) -> None:
+    stream = keys.stream(kind)
+    pipe.xlen(stream)
+    pipe.xpending(stream, GROUP)
+    pipe.xinfo_groups(stream)
+    pipe.xlen(keys.dead(kind))
+    pipe.zcard(keys.delayed)
+
+
+def _age_ms(oldest_id: str | None, now_ms: int) -> int | None:
+    if not oldest_id:
+        return None
+    return max(now_ms - int(oldest_id.split("-", 1)[0]), 0)
+
+
+def _row(keys: QueueKeys, kind: JobKind, results: list[Any], now_ms: int) -> StreamInfo:
+    length, summary, groups, dead, delayed = (
+        _missing(r, d) for r, d in zip(results, (0, {}, [], 0, 0), strict=True)
+    )
+    pending = int(summary.get("pending") or 0)
+    group: dict[str, Any] = next((g for g in groups if g.get("name") == GROUP), {})
+    return StreamInfo(
+        stream=keys.stream(kind),
+        worker_type=keys.worker_type,
+        kind=kind.value,
+        length=int(length),
+        pending=pending,
+        lag=max(int(length) - pending, 0),
+        oldest_pending_age_ms=_age_ms(summary.get("min") if pending else None, now_ms),
+        consumers=int(group.get("consumers") or 0),
+        dead_letters=int(dead),
+        delayed=int(delayed) if kind is JobKind.TRAINING else 0,
+    )
+
+
+async def queue_stats(redis: Redis, prefix: str = DEFAULT_PREFIX) -> list[StreamInfo]:
+    """One row per worker type and kind, in catalogue order (training first)."""
+    rows = [(QueueKeys(name, prefix), kind) for name in CATALOGUE for kind in JobKind]
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for keys, kind in rows:
+            _queue_row(pipe, keys, kind)
+        results = await pipe.execute(raise_on_error=False)
+    seconds, micros = _missing(results[0], (0, 0))
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    return [
+        _row(keys, kind, results[1 + i * _PER_ROW:1 + (i + 1) * _PER_ROW], now_ms)
+        for i, (keys, kind) in enumerate(rows)
+    ]

@@ -1,0 +1,168 @@
+"""A real worker (in this event loop) against a real Redis: retries, failures, dead letters,
+cancellation, lease renewal, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from schemas.requests import TrainingRequest
+from schemas.status import JobKind, JobStatus
+from streams.keys import QueueKeys
+from streams.limits import StreamLimits
+from streams.producer import Producer
+from tests.support import eventually, running_worker, settings_for
+
+KEYS = QueueKeys("diagnostic")
+STREAM = KEYS.stream(JobKind.TRAINING)
+
+
+def job(model_type: str = "noop", **hp: object) -> TrainingRequest:
+    return TrainingRequest(model_type=model_type, hyperparameters=hp)  # type: ignore[arg-type]
+
+
+async def events(redis: Redis, job_id: str) -> list[str]:
+    return [f["type"] for _, f in await redis.xrange(KEYS.job_events(job_id))]
+
+
+async def test_retryable_error_retries_with_backoff_then_succeeds(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path, max_retries=3)):
+        sub = await producer.submit_training(job("fail", error="retryable", fail_times=2))
+        rec = await producer.wait(sub.job_id, timeout=15)
+    assert rec.status is JobStatus.SUCCEEDED and rec.attempt == 3
+    assert (await events(redis, sub.job_id)).count("retrying") == 2
+
+
+async def test_bad_input_fails_at_once(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path, max_retries=3)):
+        sub = await producer.submit_training(job("fail", error="fatal"))
+        rec = await producer.wait(sub.job_id, timeout=10)
+    assert rec.status is JobStatus.FAILED and rec.attempt == 1
+    assert rec.error is not None and rec.error.code == "diagnostic"
+    assert "retrying" not in await events(redis, sub.job_id)
+
+
+async def test_retries_exhausted_fail(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path, max_retries=1)):
+        sub = await producer.submit_training(job("fail", error="retryable"))
+        rec = await producer.wait(sub.job_id, timeout=10)
+    assert rec.status is JobStatus.FAILED and rec.attempt == 2
+    assert rec.error is not None and "gave up after 2 attempts" in rec.error.message
+
+
+async def test_malformed_entry_is_dead_lettered_and_worker_goes_on(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path)):
+        # what an operator might type: redis-cli XADD ai:training:{diagnostic}:queue * foo bar
+        await redis.execute_command("XADD", STREAM, "*", "foo", "bar")
+        await redis.execute_command("XADD", STREAM, "*", "job_id", "job_x", "kind", "training")
+        sub = await producer.submit_training(job())
+        rec = await producer.wait(sub.job_id, timeout=10)
+    assert rec.status is JobStatus.SUCCEEDED
+    dead = await redis.xrange(KEYS.dead(JobKind.TRAINING))
+    assert len(dead) == 2 and all(f["reason"].startswith("malformed") for _, f in dead)
+    assert await redis.xlen(STREAM) == 0
+
+
+async def test_cancel_running_job_stops_at_step_boundary(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path)):
+        sub = await producer.submit_training(job("sleep", seconds=30, steps=300))
+
+        async def running() -> bool:
+            return (await producer.get(sub.job_id)).status is JobStatus.RUNNING
+
+        await eventually(running, what="job running")
+        assert await producer.cancel(sub.job_id) is JobStatus.RUNNING
+        rec = await producer.wait(sub.job_id, timeout=5)
+    assert rec.status is JobStatus.CANCELLED
+    assert (rec.finished_at or 0) - (rec.started_at or 0) < 10_000
+    assert await redis.xlen(STREAM) == 0
+
+
+async def test_cancel_queued_job_never_runs(redis: Redis, redis_url: str, tmp_path: Path
+                                            ) -> None:
+    producer = Producer(redis)
+    sub = await producer.submit_training(job())
+    assert await producer.cancel(sub.job_id) is JobStatus.CANCELLED
+    async with running_worker(settings_for(redis_url, tmp_path)):
+        later = await producer.submit_training(job())
+        await producer.wait(later.job_id, timeout=10)
+    assert "started" not in await events(redis, sub.job_id)
+
+
+async def test_renewed_job_outlives_lease_without_redelivery(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """A job running 6x the lease timeout, with a second worker reclaiming eagerly."""
+    producer = Producer(redis)
+    fast = settings_for(redis_url, tmp_path, lease_timeout_s=0.5, reclaim_interval_s=0.05)
+    async with running_worker(fast, name="a"):
+        sub = await producer.submit_training(job("sleep", seconds=3, steps=6))
+
+        async def running() -> bool:
+            return (await producer.get(sub.job_id)).worker == "a"
+
+        await eventually(running, what="worker a runs the job")
+        async with running_worker(fast, name="b"):
+            rec = await producer.wait(sub.job_id, timeout=15)
+    assert rec.status is JobStatus.SUCCEEDED and rec.deliveries == 1 and rec.worker == "a"
+    assert (await events(redis, sub.job_id)).count("started") == 1
+
+
+async def test_concurrency_is_bounded_by_slots(redis: Redis, redis_url: str, tmp_path: Path
+                                               ) -> None:
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path, max_concurrent_jobs=2)) as w:
+        subs = [await producer.submit_training(job("sleep", seconds=0.3, steps=3))
+                for _ in range(5)]
+        peak = 0
+        while not all([(await producer.get(s.job_id)).status.terminal for s in subs]):
+            pending = await redis.xpending(STREAM, "workers")
+            peak = max(peak, len(w.runs), pending["pending"])
+            await asyncio.sleep(0.01)
+    assert peak == 2  # never more running, nor read ahead of free slots
+
+
+async def test_memory_stays_flat(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """Thousands of jobs: the stream empties, records and their events expire, capped streams
+    stay capped, so the key count returns to where it started."""
+    limits = StreamLimits(retention_s=1, type_events_maxlen=500)
+    producer = Producer(redis, limits)
+    settings = settings_for(redis_url, tmp_path, max_concurrent_jobs=32, job_retention_s=1,
+                            type_events_maxlen=500)
+    async with running_worker(settings):
+        warm = await producer.submit_training(job())
+        await producer.wait(warm.job_id)
+        await eventually(lambda: _gone(redis, warm.job_id), timeout=5, what="expiry")
+        baseline = await redis.dbsize()
+        subs = []
+        for _ in range(20):
+            subs += await asyncio.gather(*(producer.submit_training(job()) for _ in range(100)))
+
+        async def drained() -> bool:
+            return await redis.hget(KEYS.stats, "succeeded") == "2001"
+
+        await eventually(drained, timeout=60, what="2000 jobs")
+        assert await redis.xlen(STREAM) == 0
+        assert len(subs) == 2000
+
+        async def back_to_baseline() -> bool:
+            return await redis.dbsize() <= baseline
+
+        await eventually(back_to_baseline, timeout=10, what="records and events to expire")
+        last = await producer.submit_training(job())  # its finish prunes the expired index
+        await producer.wait(last.job_id)
+        assert await redis.zcard(KEYS.jobs) <= 2
+        assert await redis.xlen(KEYS.events) < 700
+
+
+async def _gone(redis: Redis, job_id: str) -> bool:
+    return not await redis.exists(KEYS.job(job_id), KEYS.job_events(job_id))
