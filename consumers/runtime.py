@@ -33,7 +33,7 @@ from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
 from streams.consumer import Delivery, QueueConsumer
 from streams.errors import NotOwner
-from streams.keys import QueueKeys
+from streams.keys import GROUP, QueueKeys
 from streams.scripts import Arg, Script
 
 log = structlog.get_logger("aiq.worker")
@@ -129,7 +129,7 @@ class Worker:
         with _suppress_redis(self.log, "hand back unseen"):
             for stream in self.keys.streams:
                 pending = await self.redis.xpending_range(
-                    stream, "workers", "-", "+", 1000, consumername=self.name)
+                    stream, GROUP, "-", "+", 1000, consumername=self.name)
                 ids = [p["message_id"] for p in pending if p["message_id"] not in self.runs]
                 for entry_id in ids:
                     got = await self.redis.xrange(stream, entry_id, entry_id)
@@ -161,7 +161,9 @@ class Worker:
                 backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
-                    raise
+                    self.log.exception("read failed")
+                    await backoff.wait(self.log, "read", exc)
+                    continue
                 self.log.warning("consumer group missing (Redis restarted?); recreating")
                 await self._retry_forever("create groups", self.queue.ensure_groups)
             except REDIS_DOWN as exc:
@@ -205,6 +207,8 @@ class Worker:
             await self._finalize(run, outcome, jlog)
         except REDIS_DOWN as exc:
             jlog.error("could not record the job's outcome; its lease will expire", error=str(exc))
+        except Exception:
+            jlog.exception("finishing the job failed; its lease will expire and it is reclaimed")
         finally:
             self.runs.pop(d.entry_id, None)
             self._slot_freed.set()

@@ -33,7 +33,8 @@ class StreamInfo(BaseModel):
     kind: str
     length: int
     pending: int
-    lag: int | None = Field(description="entries not yet delivered; null on Redis < 7.0")
+    lag: int | None = Field(description="entries not yet delivered (length - pending: exact, "
+                            "since acked entries are deleted; works on Redis 6.2 too)")
     oldest_pending_age_ms: int | None
     consumers: int
     dead_letters: int

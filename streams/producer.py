@@ -143,7 +143,7 @@ class Producer:
              keys.stats, keys.jobs],
             [*self.limits.common_args(), job_id, GROUP],
         )
-        raise_for(code, detail, f"job {job_id} is already {detail}")
+        raise_for(code, "", f"job {job_id} is already {detail}")
         return JobStatus.CANCELLED if code == 0 else JobStatus.RUNNING
 
     async def list(

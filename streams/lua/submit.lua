@@ -3,11 +3,14 @@
 -- KEYS[6] idempotency key  KEYS[7] stats
 -- ARGV[4] job_id  ARGV[5] idempotency ttl s (0: no key)  ARGV[6] request fingerprint
 -- ARGV[7] group  ARGV[8] n (entry field pairs)  ARGV[9 .. 8+2n] entry pairs  rest: record-only pairs
--- Returns {0, job_id, entry_id} created | {1, job_id, ''} duplicate of an earlier submit
+-- Returns {0, job_id, entry_id} created | {1, job_id, ''} duplicate of an earlier submit (same
+--         Idempotency-Key, or a retry of this call)
 --         {-6, job_id, ''} idempotency key reused with a different request
 -- Event: queued {position, worker_type}
 local job_id = ARGV[4]
 local idem = ARGV[5] ~= '0'
+-- The job id is made by the client, so a client-side retry of this very call is a no-op.
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1, job_id, ''} end
 if idem then
   local prev = redis.call('HMGET', KEYS[6], 'job_id', 'fingerprint')
   if prev[1] then

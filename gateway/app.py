@@ -1,0 +1,66 @@
+"""The FastAPI application: built by ``create_app(settings)``; routes live in gateway/routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+import aiq
+from gateway.errors import install_error_handlers
+from gateway.middleware import BodySizeLimit
+from gateway.openapi import install_openapi
+from gateway.routes import api_router
+from gateway.settings import GatewaySettings
+from streams.producer import Producer
+
+
+def connect(settings: GatewaySettings) -> Redis:
+    """One pooled client that fails fast and heals by itself.
+
+    A command is retried once, at once, on a connection error only: that replaces a pooled
+    connection that died with a Redis restart (the pool's staleness check misses them), while a
+    Redis that is down still answers 503 within milliseconds. Timeouts are not retried, so a
+    hung Redis costs one ``REDIS_SOCKET_TIMEOUT_S``, not several.
+    """
+    pool = BlockingConnectionPool.from_url(
+        settings.url,
+        decode_responses=True,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout_s,  # wait for a free connection
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_socket_timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return Redis.from_pool(pool)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: GatewaySettings = app.state.settings
+    app.state.redis = redis = connect(settings)
+    app.state.producer = Producer(redis, settings.limits, settings.redis_prefix)
+    try:
+        yield
+    finally:
+        await redis.aclose()
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    app = FastAPI(
+        title="aiq",
+        summary="AI job queue on Redis Streams: training and inference jobs over HTTP.",
+        version=aiq.__version__,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(api_router)
+    install_openapi(app)
+    return app

@@ -1,0 +1,94 @@
+"""Jobs: submit (training, inference), status, full record, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from gateway.deps import IdempotencyKeyHeader, JobIdDep, ProducerDep, WorkerTypeFilter
+from gateway.errors import ApiError, responses
+from gateway.models import CancelResult, JobList
+from schemas.records import JobStatusView, JobSubmitted, JobView, job_view, status_view
+from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.status import JobStatus
+from streams.errors import JobNotFound
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "queued; `Location` is the job's status URL"},
+    200: {"model": JobSubmitted,
+          "description": "Idempotency-Key matched an earlier submit: that job, `duplicate: true`"},
+}
+
+
+def _accepted(response: Response, submitted: JobSubmitted) -> JobSubmitted:
+    response.headers["Location"] = submitted.status_url
+    if submitted.duplicate:
+        response.status_code = 200
+    return submitted
+
+
+@router.post("/training", status_code=202, response_model=JobSubmitted, responses={
+    **_SUBMIT_RESPONSES, **responses("validation_error", "routing_error", "idempotency_conflict",
+                                     "payload_too_large", "redis_unavailable")})
+async def submit_training(
+    body: TrainingRequest, producer: ProducerDep, response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobSubmitted:
+    """Queue a training job on the worker type its model type routes to."""
+    return _accepted(response, await producer.submit_training(body, idempotency_key))
+
+
+@router.post("/inference", status_code=202, response_model=JobSubmitted, responses={
+    **_SUBMIT_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
+                                     "idempotency_conflict", "payload_too_large",
+                                     "redis_unavailable")})
+async def submit_inference(
+    body: InferenceRequest, producer: ProducerDep, response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobSubmitted:
+    """Queue an inference job on the model of a succeeded training job (`model_id`)."""
+    try:
+        submitted = await producer.submit_inference(body, idempotency_key)
+    except JobNotFound as exc:
+        message = f"model_id {body.model_id} names no training job (unknown or expired)"
+        raise ApiError(422, "model_not_found", message, [
+            {"field": "body.model_id", "message": message, "type": "model_not_found"}]) from exc
+    return _accepted(response, submitted)
+
+
+@router.get("/{job_id}/status", response_model=JobStatusView,
+            responses=responses("job_not_found", "redis_unavailable"))
+async def get_status(job_id: JobIdDep, producer: ProducerDep) -> JobStatusView:
+    """Status, progress, result or error of one job."""
+    return status_view(await producer.get(job_id))
+
+
+@router.get("/{job_id}", response_model=JobView,
+            responses=responses("job_not_found", "redis_unavailable"))
+async def get_job(job_id: JobIdDep, producer: ProducerDep) -> JobView:
+    """The full record: request, attempts, deliveries, worker, timings, result, error."""
+    return job_view(await producer.get(job_id))
+
+
+@router.get("", response_model=JobList,
+            responses=responses("validation_error", "redis_unavailable"))
+async def list_jobs(
+    producer: ProducerDep, worker_type: WorkerTypeFilter,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobList:
+    """Most recent jobs first."""
+    records = await producer.list(status, worker_type, limit)
+    return JobList(jobs=[status_view(r) for r in records], count=len(records))
+
+
+@router.post("/{job_id}/cancel", response_model=CancelResult,
+             responses=responses("job_not_found", "illegal_transition", "redis_unavailable"))
+async def cancel_job(job_id: JobIdDep, producer: ProducerDep) -> CancelResult:
+    """Queued and retrying jobs end at once; a running job stops at its next step boundary."""
+    status = await producer.cancel(job_id)
+    final = status is JobStatus.CANCELLED
+    return CancelResult(job_id=job_id, status="cancelled" if final else "cancelling")

@@ -1,0 +1,125 @@
+"""Submitting jobs over HTTP: the seed's body, routing, validation messages, idempotency."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from redis.asyncio import Redis
+
+from schemas.status import JobKind
+from streams.keys import QueueKeys
+from tests.gateway.payloads import SEED_BODY
+
+JOB_ID = re.compile(r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+async def test_seed_curl_body_is_accepted(client: AsyncClient, redis: Redis) -> None:
+    r = await client.post("/jobs/training", json=SEED_BODY)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert JOB_ID.match(body["job_id"])
+    assert body["worker_type"] == "pytorch-2.1"
+    assert body["status"] == "queued" and body["duplicate"] is False
+    assert body["status_url"] == f"/jobs/{body['job_id']}/status"
+    assert r.headers["location"] == body["status_url"]
+    stream = QueueKeys("pytorch-2.1").stream(JobKind.TRAINING)
+    assert body["stream"] == stream
+    assert await redis.xlen(stream) == 1
+
+
+@pytest.mark.parametrize(("model_type", "requires_gpu", "worker_type"), [
+    ("bert", False, "pytorch-2.1"),
+    ("resnet", True, "pytorch-2.0-gpu"),
+    ("inception", False, "tensorflow"),
+    ("random_forest", False, "sklearn"),
+])
+async def test_seed_routing_examples(client: AsyncClient, model_type: str, requires_gpu: bool,
+                                     worker_type: str) -> None:
+    body = {"model_type": model_type, "data_path": "d.csv", "requires_gpu": requires_gpu}
+    r = await client.post("/jobs/training", json=body)
+    assert r.status_code == 202, r.text
+    assert r.json()["worker_type"] == worker_type
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    body = {**SEED_BODY, "hyperparameters": dict(SEED_BODY["hyperparameters"])}
+    for name, value in changes.items():
+        if name in body["hyperparameters"]:
+            body["hyperparameters"][name] = value
+        else:
+            body[name] = value
+    return body
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    (_with(epochs=0), "body.hyperparameters.epochs", "Input should be greater than 0"),
+    (_with(learning_rate=-1), "body.hyperparameters.learning_rate",
+     "Input should be greater than 0"),
+    (_with(model_type="xgboost"), "body.model_type", "unknown model type 'xgboost'"),
+    (_with(epochs="many"), "body.hyperparameters.epochs", "Input should be a valid integer"),
+    (_with(requires_gpu="maybe"), "body.requires_gpu", "Input should be a valid boolean"),
+    (_with(colour="blue"), "body.colour", "Extra inputs are not permitted"),
+    (_with(data_path=None), "body", "data_path is required for model type 'bert'"),
+    ({"data_path": "d.csv"}, "body.model_type", "Field required"),
+])
+async def test_invalid_training_request_is_422_with_the_field(
+    client: AsyncClient, redis: Redis, body: dict[str, Any], field: str, message: str
+) -> None:
+    r = await client.post("/jobs/training", json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error"
+    assert f"{field}: {message}" in error["message"]
+    assert any(d["field"] == field and message in d["message"] for d in error["details"])
+    assert await redis.dbsize() == 0  # nothing written
+
+
+async def test_missing_and_malformed_bodies_are_422(client: AsyncClient) -> None:
+    r = await client.post("/jobs/training")
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["field"] == "body"
+    r = await client.post("/jobs/training", content=b"{not json",
+                          headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["type"] == "json_invalid"
+    r = await client.post("/jobs/training", json=[1, 2])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+
+
+async def test_unroutable_request_is_422_routing_error(client: AsyncClient) -> None:
+    r = await client.post("/jobs/training", json={"model_type": "inception", "data_path": "x",
+                                                  "requires_gpu": True})
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "routing_error"
+    assert "no GPU worker type serves model type 'inception'" in r.json()["error"]["message"]
+
+
+async def test_idempotency_key_returns_the_same_job_once(client: AsyncClient,
+                                                         redis: Redis) -> None:
+    headers = {"Idempotency-Key": "order-42:attempt"}
+    first = await client.post("/jobs/training", json=SEED_BODY, headers=headers)
+    again = await client.post("/jobs/training", json=SEED_BODY, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.json()["duplicate"] is True
+    assert again.headers["location"] == first.headers["location"]
+    assert await redis.xlen(QueueKeys("pytorch-2.1").stream(JobKind.TRAINING)) == 1
+
+
+async def test_idempotency_key_reused_for_another_body_is_409(client: AsyncClient) -> None:
+    headers = {"Idempotency-Key": "k1"}
+    assert (await client.post("/jobs/training", json=SEED_BODY, headers=headers)).is_success
+    r = await client.post("/jobs/training", json=_with(epochs=6), headers=headers)
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "idempotency_conflict"
+
+
+@pytest.mark.parametrize("key", ["has space", "x" * 201, "", "ключ"])
+async def test_bad_idempotency_key_is_422(client: AsyncClient, key: str) -> None:
+    r = await client.post("/jobs/training", json=SEED_BODY,
+                          headers=[(b"Idempotency-Key", key.encode("utf-8"))])
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"] == "header.Idempotency-Key"
