@@ -32,8 +32,10 @@ async def serve(settings: WorkerSettings) -> None:
     gpus = check_gpu(settings)
     redis = Redis.from_url(settings.url, decode_responses=True, health_check_interval=10,
                            socket_connect_timeout=5)
+    # The blocking XREADGROUP waits up to block_ms: its socket timeout must outlast that.
     read_conn = Redis.from_url(settings.url, decode_responses=True, max_connections=1,
-                               socket_connect_timeout=5)
+                               socket_connect_timeout=5,
+                               socket_timeout=settings.block_ms / 1000 + 10)
     worker = Worker(settings, framework, redis, read_conn, gpus=gpus)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

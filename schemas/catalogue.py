@@ -40,7 +40,7 @@ class WorkerType:
     def install_command(self) -> str:
         if self.extra is None:
             return "uv sync"
-        return f"aiq env install {self.name}   (uv sync --extra {self.extra} in its own env)"
+        return f"uv sync --extra {self.extra}"
 
 
 CATALOGUE: dict[str, WorkerType] = {
@@ -48,7 +48,8 @@ CATALOGUE: dict[str, WorkerType] = {
     for wt in (
         WorkerType("pytorch-2.0", "pytorch", "torch", ">=2.0,<2.1", Device.CPU, "pytorch_2_0",
                    TORCH_MODELS),
-        WorkerType("pytorch-2.0-gpu", "pytorch", "torch", ">=2.0,<2.1", Device.GPU, "pytorch_2_0",
+        WorkerType("pytorch-2.0-gpu", "pytorch", "torch", ">=2.0,<2.1", Device.GPU,
+                   "pytorch_2_0_gpu",
                    TORCH_MODELS),
         WorkerType("pytorch-2.1", "pytorch", "torch", ">=2.1,<2.2", Device.CPU, "pytorch_2_1",
                    TORCH_MODELS),

@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from schemas.records import ENTRY_FIELDS, JobMessage
 from schemas.status import JobKind
 from streams import scripts
 from streams.errors import NotOwner, raise_for
+from streams.groups import ensure_groups
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
 from streams.scripts import Arg
@@ -65,14 +65,7 @@ class QueueConsumer:
         self._common = limits.common_args()
 
     async def ensure_groups(self) -> None:
-        """Create the group on both streams from id 0, so jobs submitted before any worker
-        existed are delivered. BUSYGROUP (it exists) is the only error ignored."""
-        for stream in self.keys.streams:
-            try:
-                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        await ensure_groups(self.redis, self.keys)
 
     def _delivery(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> Delivery:
         d = Delivery(stream, self.keys.kind_of_stream(stream), entry_id, fields or {})

@@ -18,6 +18,7 @@ from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
 from streams.errors import IllegalTransition, JobNotFound, raise_for
+from streams.groups import ensure_groups
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
 
@@ -43,6 +44,7 @@ class Producer:
         self.redis = redis
         self.limits = limits or StreamLimits()
         self.prefix = prefix
+        self._grouped: set[str] = set()
 
     def keys(self, worker_type: str) -> QueueKeys:
         return QueueKeys(worker_type, self.prefix)
@@ -93,6 +95,9 @@ class Producer:
         idempotency_key: str | None,
     ) -> JobSubmitted:
         keys = self.keys(worker_type)
+        if worker_type not in self._grouped:
+            await ensure_groups(self.redis, keys)
+            self._grouped.add(worker_type)
         job_id = new_job_id()
         fields = {"job_id": job_id, "kind": kind.value, "attempt": 1, **entry}
         pairs = [x for name in ENTRY_FIELDS for x in (name, fields.get(name, ""))]
