@@ -5,22 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.catalogue import CATALOGUE
-from streams.limits import StreamLimits
+from streams.settings import RedisSettings
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+class WorkerSettings(RedisSettings):
 
     worker_type: str = Field(description="WORKER_TYPE, e.g. sklearn, pytorch-2.1-gpu")
     model_framework: str = Field(description="MODEL_FRAMEWORK, must match the worker type")
     use_gpu: bool = False
-    redis_host: str = "localhost"
-    redis_port: int = 6379
-    redis_url: str | None = Field(default=None, description="overrides REDIS_HOST/REDIS_PORT")
-    redis_prefix: str = "ai"
     max_concurrent_jobs: int = Field(default=2, ge=1, le=1024)
 
     lease_timeout_s: float = Field(default=30.0, gt=0, description="a dead worker's jobs are "
@@ -39,10 +33,6 @@ class WorkerSettings(BaseSettings):
     data_root: Path = Path("data")
     artifact_root: Path = Path("artifacts")
 
-    job_retention_s: int = Field(default=7 * 24 * 3600, ge=1)
-    job_events_maxlen: int = Field(default=1000, ge=10)
-    type_events_maxlen: int = Field(default=10_000, ge=100)
-    dead_letter_maxlen: int = Field(default=10_000, ge=10)
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -60,22 +50,9 @@ class WorkerSettings(BaseSettings):
         return self
 
     @property
-    def url(self) -> str:
-        return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/0"
-
-    @property
     def lease_ms(self) -> int:
         return int(self.lease_timeout_s * 1000)
 
     @property
     def reclaim_every_s(self) -> float:
         return self.reclaim_interval_s or max(self.lease_timeout_s / 3, 0.05)
-
-    @property
-    def limits(self) -> StreamLimits:
-        return StreamLimits(
-            job_events_maxlen=self.job_events_maxlen,
-            type_events_maxlen=self.type_events_maxlen,
-            dead_maxlen=self.dead_letter_maxlen,
-            retention_s=self.job_retention_s,
-        )

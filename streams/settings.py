@@ -1,0 +1,42 @@
+"""Settings every aiq process shares: where Redis is and the bounds that keep it flat.
+
+A base class only: each process (gateway, worker) subclasses it, reads it once at its entry
+point and passes it down; no module imports a global settings object.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.limits import StreamLimits
+
+
+class RedisSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    redis_url: str | None = Field(default=None, description="overrides REDIS_HOST/REDIS_PORT")
+    redis_host: str = "localhost"
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_prefix: str = Field(default="ai", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    job_retention_s: int = Field(default=7 * 24 * 3600, ge=1, description="finished job "
+                                 "records and their events expire after this")
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+    job_events_maxlen: int = Field(default=1000, ge=10)
+    type_events_maxlen: int = Field(default=10_000, ge=100)
+    dead_letter_maxlen: int = Field(default=10_000, ge=10)
+
+    @property
+    def url(self) -> str:
+        return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def limits(self) -> StreamLimits:
+        return StreamLimits(
+            job_events_maxlen=self.job_events_maxlen,
+            type_events_maxlen=self.type_events_maxlen,
+            dead_maxlen=self.dead_letter_maxlen,
+            retention_s=self.job_retention_s,
+            idempotency_ttl_s=self.idempotency_ttl_s,
+        )
