@@ -23,6 +23,7 @@ import psutil
 from redis.asyncio import Redis
 
 from aiq.redis_server import RedisServer
+from streams.connection import client as aiq_client
 from streams.keys import DEFAULT_PREFIX, QueueKeys
 
 WORKER_TYPE = "diagnostic"
@@ -39,8 +40,9 @@ def private_redis(executable: str | None = None) -> Iterator[RedisServer]:
 
 
 def client(url: str, **kwargs: object) -> Redis:
-    """An asyncio client as aiq's processes make them (hiredis parser, decoded replies)."""
-    return Redis.from_url(url, decode_responses=True, **kwargs)
+    """An asyncio client as aiq's processes make them (hiredis parser and command packer,
+    decoded replies); the raw reference loop uses the same one."""
+    return aiq_client(url, **kwargs)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -322,8 +322,8 @@ async def aiq_throughput(redis: Redis, url: str, n: int, concurrency: int, tmp: 
 
 async def aiq_latency(redis: Redis, url: str, iterations: int, warmup: int, concurrency: int,
                       tmp: Path) -> AiqLatency:
-    """An idle worker process blocked on XREADGROUP; submit + wait one job at a time through
-    the Python API (Producer.submit_training, Producer.wait)."""
+    """An idle worker process blocked on XREADGROUP; submit + result one job at a time through
+    the Python API (Producer.submit_training, Producer.result)."""
     await redis.flushall()
     worker = WorkerProcess(url, concurrency, tmp)
     worker.start()
@@ -337,10 +337,10 @@ async def aiq_latency(redis: Redis, url: str, iterations: int, warmup: int, conc
             t0 = time.perf_counter()
             sub = await producer.submit_training(NOOP)
             t1 = time.perf_counter()
-            rec = await producer.wait(sub.job_id, timeout=30)
+            result = await producer.result(sub.job_id, timeout=30)
             t2 = time.perf_counter()
-            if rec.status.value != "succeeded":
-                raise RuntimeError(f"job {sub.job_id} ended {rec.status.value}: {rec.error}")
+            if result.get("ok") is not True:
+                raise RuntimeError(f"job {sub.job_id} returned {result}")
             if i >= warmup:
                 total.append((t2 - t0) * 1000)
                 submit.append((t1 - t0) * 1000)

@@ -8,12 +8,12 @@ import sys
 
 import structlog
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from consumers import logs
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
 from consumers.startup import StartupError, check_framework, check_gpu
+from streams.connection import client
 
 
 def load_settings(**overrides: object) -> WorkerSettings:
@@ -30,10 +30,10 @@ def load_settings(**overrides: object) -> WorkerSettings:
 async def serve(settings: WorkerSettings) -> None:
     framework = check_framework(settings)
     gpus = check_gpu(settings)
-    redis = Redis.from_url(settings.url, decode_responses=True, health_check_interval=10,
+    redis = client(settings.url, health_check_interval=10,
                            socket_connect_timeout=5)
     # The blocking XREADGROUP waits up to block_ms: its socket timeout must outlast that.
-    read_conn = Redis.from_url(settings.url, decode_responses=True, max_connections=1,
+    read_conn = client(settings.url, max_connections=1,
                                socket_connect_timeout=5,
                                socket_timeout=settings.block_ms / 1000 + 10)
     worker = Worker(settings, framework, redis, read_conn, gpus=gpus)

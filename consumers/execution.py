@@ -18,6 +18,7 @@ from consumers.frameworks.base import (
 from consumers.progress import JobRun
 from schemas.status import JobKind
 
+_INFERENCE = JobKind.INFERENCE  # enum member lookup is slow on a hot path (Python 3.11)
 Kind = Literal["succeeded", "failed", "cancelled", "interrupted", "lost"]
 
 # Errors worth another attempt: the job may pass next time. Anything else is a bug or bad input
@@ -51,7 +52,7 @@ def run_framework(framework: Framework, ctx: JobContext, progress: Progress) -> 
     """Executor-thread entry point."""
     if isinstance(progress, JobRun):
         progress.check()  # cancelled or interrupted while waiting for the thread
-    if ctx.message.kind is JobKind.INFERENCE:
+    if ctx.message.kind is _INFERENCE:
         return framework.infer(ctx, progress)
     return framework.train(ctx, progress)
 

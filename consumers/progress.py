@@ -76,6 +76,10 @@ class JobRun:
             if await self._publish(self.delivery, data):
                 self.cancel_requested = True
 
+    def has_pending_report(self) -> bool:
+        with self._lock:
+            return self._latest is not None or (self._task is not None and not self._task.done())
+
     async def drain(self) -> None:
         """Deliver the last report before the job's final state is written."""
         if self._task is not None:

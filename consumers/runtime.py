@@ -13,8 +13,8 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from secrets import token_hex
 from typing import Any
 
@@ -25,20 +25,19 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.execution import Outcome, classify, run_framework
-from consumers.frameworks.base import Framework, JobContext
+from consumers.frameworks.base import Framework, JobContext, JobFailure
 from consumers.progress import JobRun
 from consumers.settings import WorkerSettings
+from consumers.threads import JobThreads
 from schemas.catalogue import CATALOGUE
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
-from streams.consumer import Delivery, QueueConsumer
+from streams.consumer import Delivery, Finish, QueueConsumer
 from streams.errors import NotOwner
 from streams.keys import GROUP, QueueKeys
-from streams.scripts import Arg, Script
 
 log = structlog.get_logger("aiq.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-FinishCall = tuple[Script, list[str], list[Arg]]
 
 
 def consumer_name() -> str:
@@ -65,15 +64,18 @@ class Worker:
         self.queue = QueueConsumer(redis, self.keys, self.name, settings.limits,
                                    settings.max_deliveries)
         self.slots = settings.max_concurrent_jobs
-        self.runs: dict[str, JobRun] = {}  # entry id -> running job
+        self.runs: dict[str, JobRun] = {}  # entry id -> job in flight (running or finishing)
+        self.executing = 0  # jobs whose code runs now: what MAX_CONCURRENT_JOBS bounds
         self.gpus = gpus or []
         self.model_types = CATALOGUE[settings.worker_type].model_types
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._executor = ThreadPoolExecutor(self.slots, thread_name_prefix="aiq-job")
-        self._finish_q: asyncio.Queue[tuple[FinishCall, asyncio.Future[Any]]] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._threads: JobThreads | None = None  # made in run(), on the serving loop
+        self._finishes: deque[tuple[Finish, Outcome]] = deque()  # final writes to flush
+        self._finish_added = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()  # last progress reports in flight
+        self._idle = asyncio.Event()  # set when no job code runs
         self._started_at = int(time.time() * 1000)
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
 
@@ -81,6 +83,7 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until ``stop()``; then drain within the grace period and hand back the rest."""
+        self._threads = JobThreads(asyncio.get_running_loop(), self.slots)
         await self._retry_forever("create groups", self.queue.ensure_groups)
         await self._heartbeat_once()
         self.log.info("worker started", framework=self.framework.name,
@@ -95,7 +98,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._deregister()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
         self.stopped.set()
         self.log.info("worker stopped")
 
@@ -103,17 +106,23 @@ class Worker:
         self.stopping.set()
 
     async def _drain(self) -> None:
-        tasks = list(self._tasks)
-        if tasks:
-            self.log.info("draining", running=len(tasks), grace_s=self.settings.shutdown_grace_s)
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
-            for run in list(self.runs.values()):
-                run.interrupted = True  # the thread stops at its next step
-            if pending:
-                await self._hand_back(list(self.runs.values()))
+        if self.executing:
+            self.log.info("draining", running=self.executing,
+                          grace_s=self.settings.shutdown_grace_s)
+            self._idle.clear()
+            if self.executing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
+        if self._tasks:  # last progress reports of jobs that just ended
+            await asyncio.wait(list(self._tasks), timeout=5)
+        # What finished in time is recorded as such (bounded: Redis may be down).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush_finishes(), timeout=10)
+        unfinished = list(self.runs.values())
+        for run in unfinished:
+            run.interrupted = True  # the thread stops at its next step
+        await self._hand_back(unfinished)
         await self._hand_back_unseen()
-        while not self._finish_q.empty():  # last completions still queued
-            await self._flush_finishes()
 
     async def _hand_back(self, runs: list[JobRun]) -> None:
         calls = [self.queue.handback_call(r.delivery, "worker shutdown") for r in runs]
@@ -145,19 +154,25 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        return self.slots - len(self.runs)
+        """A slot frees when the job's code returns; its final write is then in flight (its
+        entry stays leased until that write lands), so reading goes on meanwhile."""
+        return self.slots - self.executing
 
     async def _read_loop(self) -> None:
+        """Block for entries when idle; under load, start each batch and read the next one in
+        the same round trip."""
         backoff = _Backoff()
+        batch: list[Delivery] = []
         while not self.stopping.is_set():
-            if self.free_slots <= 0:
+            if not batch and self.free_slots <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             try:
-                batch = await self.queue.read(self.read_conn, self.free_slots,
-                                              self.settings.block_ms)
-                await self._claim(batch)
+                if not batch:
+                    batch = await self.queue.read(self.read_conn, self.free_slots,
+                                                  self.settings.block_ms)
+                batch = await self._claim(batch, read_more=True)
                 backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -169,66 +184,86 @@ class Worker:
             except REDIS_DOWN as exc:
                 await backoff.wait(self.log, "read", exc)
 
-    async def _claim(self, batch: list[Delivery]) -> None:
+    async def _claim(self, batch: list[Delivery], read_more: bool = False) -> list[Delivery]:
+        """Dead-letter malformed entries, start the rest and launch what started. With
+        ``read_more``, also read (without blocking) as many entries as slots stay free, in the
+        same round trip; they are returned, to be claimed next."""
         good = [d for d in batch if d.message is not None]
         for d in batch:
             if d.message is None:
                 self.log.warning("malformed entry dead-lettered", entry_id=d.entry_id,
                                  stream=d.stream, reason=d.parse_error)
                 await self.queue.dead_letter(d, d.parse_error)
-        if not good:
-            return
-        for outcome in await self.queue.start(good):
+        more: list[Delivery] = []
+        count = self.free_slots - len(good) if read_more else 0
+        if good and count > 0:
+            outcomes, more = await self.queue.start_and_read(self.read_conn, good, count)
+        elif good:
+            outcomes = await self.queue.start(good)
+        else:
+            return more
+        for outcome in outcomes:
             d = outcome.delivery
             if outcome.started:
                 self._launch(d)
             else:
                 self.log.info("entry not started", job_id=d.job_id, entry_id=d.entry_id,
                               code=outcome.code, detail=outcome.detail)
+        return more
 
     def _launch(self, d: Delivery) -> None:
+        """Hand the job to a job thread; ``_job_done`` gets its result back on the loop."""
+        assert d.message is not None and self._threads is not None
         run = JobRun(d, asyncio.get_running_loop(), self._publish_progress,
                      self.settings.progress_interval_s)
         self.runs[d.entry_id] = run
-        task = asyncio.create_task(self._execute(run))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.log.info("job started", job_id=d.job_id, model_type=d.message.model_type,
+                      kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)
+        if d.message.model_type not in self.model_types:
+            self.executing += 1
+            self._job_done(run, 0.0, None, JobFailure(
+                f"{self.settings.worker_type} does not serve {d.message.model_type!r}",
+                code="unsupported_model_type"))
+            return
+        ctx = JobContext(d.message, self.settings.data_root, self.settings.artifact_root,
+                         d.deliveries, d.attempt)
+        self.executing += 1
+        started = time.monotonic()
+        self._threads.submit(run_framework, (self.framework, ctx, run),
+                             lambda result, exc: self._job_done(run, started, result, exc))
 
     # ---- execute ---------------------------------------------------------------------------
 
-    async def _execute(self, run: JobRun) -> None:
-        d = run.delivery
-        assert d.message is not None
-        jlog = self.log.bind(job_id=d.job_id, attempt=d.attempt, deliveries=d.deliveries)
-        jlog.info("job started", model_type=d.message.model_type, kind=d.message.kind.value)
+    def _job_done(self, run: JobRun, started: float, result: Any,
+                  exc: BaseException | None) -> None:
+        """The job's code returned (or raised): free its slot and queue its final write."""
+        self.executing -= 1
+        self._slot_freed.set()
+        if self.executing == 0:
+            self._idle.set()
         try:
-            outcome = await self._run_in_thread(run)
-            await run.drain()
-            await self._finalize(run, outcome, jlog)
-        except REDIS_DOWN as exc:
-            jlog.error("could not record the job's outcome; its lease will expire", error=str(exc))
-        except Exception:
-            jlog.exception("finishing the job failed; its lease will expire and it is reclaimed")
-        finally:
-            self.runs.pop(d.entry_id, None)
-            self._slot_freed.set()
+            outcome = self._outcome(run, started, result, exc)
+        except BaseException:  # KeyboardInterrupt & co. from the job: the worker stops
+            self.runs.pop(run.delivery.entry_id, None)
+            raise
+        if run.has_pending_report():
+            task = asyncio.create_task(self._after_report(run, outcome))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._finalize(run, outcome)
 
-    async def _run_in_thread(self, run: JobRun) -> Outcome:
-        d = run.delivery
-        assert d.message is not None
-        if d.message.model_type not in self.model_types:
-            return Outcome.failure("unsupported_model_type",
-                                   f"{self.settings.worker_type} does not serve "
-                                   f"{d.message.model_type!r}")
-        msg = d.message.model_copy(update={"attempt": d.attempt})
-        ctx = JobContext(msg, self.settings.data_root, self.settings.artifact_root, d.deliveries)
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        try:
-            result = await loop.run_in_executor(self._executor, run_framework, self.framework,
-                                                ctx, run)
-        except BaseException as exc:
+    async def _after_report(self, run: JobRun, outcome: Outcome) -> None:
+        await run.drain()  # the last progress report goes out before the final state
+        self._finalize(run, outcome)
+
+    def _outcome(self, run: JobRun, started: float, result: Any,
+                 exc: BaseException | None) -> Outcome:
+        if exc is not None:
             return classify(exc, run)
+        if not isinstance(result, dict):
+            return Outcome.failure("job_error", f"framework returned {type(result).__name__}, "
+                                   "not a result dict")
         result.setdefault("framework", self.framework.name)
         result.setdefault("framework_version", self.framework_version)
         result.setdefault("duration_s", round(time.monotonic() - started, 3))
@@ -237,23 +272,21 @@ class Worker:
 
     # ---- finalize --------------------------------------------------------------------------
 
-    async def _finalize(self, run: JobRun, outcome: Outcome, jlog: Any) -> None:
+    def _finalize(self, run: JobRun, outcome: Outcome) -> None:
+        """Queue the job's final write; the finisher writes it with others, then forgets the
+        job (its entry stays leased until then)."""
         d = run.delivery
         if outcome.kind == "lost":
-            jlog.warning("job lost its lease to another worker; result dropped")
-            return
-        if outcome.kind == "interrupted":
+            self.log.warning("job lost its lease to another worker; result dropped",
+                             job_id=d.job_id)
+            self.runs.pop(d.entry_id, None)
+        elif outcome.kind == "interrupted":
             if d.entry_id in self.runs:  # not handed back yet
-                await self._finish(self.queue.handback_call(d, "worker shutdown"))
-            return
-        call = self._outcome_call(d, outcome)
-        fenced = await self._finish(call)
-        if fenced is not None:
-            jlog.warning("write fenced: the job is no longer ours", error=str(fenced))
-            return
-        jlog.info("job " + outcome.kind, **outcome.log_fields())
+                self._finish(self.queue.handback_call(d, "worker shutdown"), outcome)
+        else:
+            self._finish(self._outcome_call(d, outcome), outcome)
 
-    def _outcome_call(self, d: Delivery, outcome: Outcome) -> FinishCall:
+    def _outcome_call(self, d: Delivery, outcome: Outcome) -> Finish:
         if outcome.kind == "succeeded":
             return self.queue.complete_call(d, outcome.result)
         if outcome.kind == "cancelled":
@@ -270,21 +303,20 @@ class Worker:
         capped = min(base, self.settings.retry_backoff_max_s)
         return int(capped * 1000 * random.uniform(0.8, 1.0))
 
-    async def _finish(self, call: FinishCall) -> BaseException | None:
-        """Queue a finishing script; finishes are flushed together in one round trip."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._finish_q.put((call, fut))
-        result: BaseException | None = await fut
-        return result
+    def _finish(self, call: Finish, outcome: Outcome) -> None:
+        self._finishes.append((call, outcome))
+        self._finish_added.set()
 
     async def _finish_loop(self) -> None:
         while True:
-            await self._flush_finishes(block=True)
+            await self._finish_added.wait()
+            self._finish_added.clear()
+            await self._flush_finishes()
 
-    async def _flush_finishes(self, block: bool = False) -> None:
-        items = [await self._finish_q.get()] if block else []
-        while not self._finish_q.empty():
-            items.append(self._finish_q.get_nowait())
+    async def _flush_finishes(self) -> None:
+        """Write every queued final write in one round trip (retried while Redis is down)."""
+        items = list(self._finishes)
+        self._finishes.clear()
         if not items:
             return
         backoff = _Backoff()
@@ -294,9 +326,14 @@ class Worker:
                 break
             except REDIS_DOWN as exc:
                 await backoff.wait(self.log, "finish", exc)
-        for (_, fut), res in zip(items, results, strict=True):
-            if not fut.done():
-                fut.set_result(res)
+        for (call, outcome), fenced in zip(items, results, strict=True):
+            d = call.delivery
+            self.runs.pop(d.entry_id, None)
+            if fenced is not None:
+                self.log.warning("write fenced: the job is no longer ours", job_id=d.job_id,
+                                 error=str(fenced))
+            else:
+                self.log.info("job " + outcome.kind, job_id=d.job_id, **outcome.log_fields())
 
     async def _publish_progress(self, d: Delivery, data: dict[str, Any]) -> bool:
         try:

@@ -17,6 +17,7 @@ from gateway.middleware import BodySizeLimit
 from gateway.openapi import install_openapi
 from gateway.routes import api_router
 from gateway.settings import GatewaySettings
+from streams.connection import HiredisPackConnection
 from streams.producer import Producer
 
 
@@ -36,6 +37,7 @@ def connect(settings: GatewaySettings) -> Redis:
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        connection_class=HiredisPackConnection,
     )
     return Redis.from_pool(pool)
 

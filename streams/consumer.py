@@ -4,16 +4,17 @@ does in bulk take a list and run in one pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from schemas.records import ENTRY_FIELDS, JobMessage
 from schemas.status import JobKind
 from streams import scripts
-from streams.errors import NotOwner, raise_for
+from streams.errors import NOT_OWNER, NotOwner, raise_for
 from streams.groups import ensure_groups
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -32,10 +33,30 @@ class Delivery:
     parse_error: str = ""
     deliveries: int = 0
     attempt: int = 1
+    job_id: str = field(init=False)
 
-    @property
-    def job_id(self) -> str:
-        return self.message.job_id if self.message else self.fields.get("job_id", "")
+    def __post_init__(self) -> None:
+        self.job_id = self.fields.get("job_id", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """How a job ended, to be written by ``QueueConsumer.finish``."""
+
+    action: Literal["complete", "fail", "cancel", "retry", "handback"]
+    delivery: Delivery
+    payload: dict[str, Any] | None = None  # result (complete) or error (fail, retry)
+    delay_ms: int = 0  # retry backoff
+    reason: str = ""  # handback
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _raise_exc(res: Any) -> None:
+    if isinstance(res, Exception):
+        raise res
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +101,9 @@ class QueueConsumer:
         got = await conn.xreadgroup(
             GROUP, self.name, dict.fromkeys(self.keys.streams, ">"), count=count, block=block_ms
         )
+        return self._parse_read(got)
+
+    def _parse_read(self, got: Any) -> list[Delivery]:
         return [
             self._delivery(stream, entry_id, fields)
             for stream, entries in got or []
@@ -123,28 +147,57 @@ class QueueConsumer:
         return [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
                 self.keys.events]
 
+    def _start_calls(self, batch: list[Delivery]
+                     ) -> tuple[list[str], list[tuple[scripts.Script, list[str], list[Arg]]]]:
+        streams = list(dict.fromkeys(d.stream for d in batch))
+        calls: list[tuple[scripts.Script, list[str], list[Arg]]] = []
+        for stream in streams:
+            mine = [d for d in batch if d.stream == stream]
+            keys = [stream, self.keys.events, self.keys.dead(mine[0].kind), self.keys.stats,
+                    self.keys.jobs]
+            args: list[Arg] = [*self._common, GROUP, self.name, self.max_deliveries,
+                               self.limits.dead_maxlen]
+            for d in mine:
+                keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id)]
+                args += [d.job_id, d.entry_id]
+            calls.append((scripts.START, keys, args))
+        return streams, calls
+
+    def _start_outcomes(self, batch: list[Delivery], streams: list[str], results: list[Any]
+                        ) -> list[StartOutcome]:
+        replies: dict[str, StartOutcome] = {}
+        for stream, res in zip(streams, results, strict=True):
+            _raise_exc(res)
+            mine = [d for d in batch if d.stream == stream]
+            for d, (code, detail, attempt) in zip(mine, res, strict=True):
+                if code == 0:
+                    d.deliveries, d.attempt = int(detail), int(attempt)
+                replies[d.entry_id] = StartOutcome(d, code == 0, int(code), detail)
+        return [replies[d.entry_id] for d in batch]
+
     async def start(self, batch: list[Delivery]) -> list[StartOutcome]:
-        """Take the jobs of well-formed entries (one round trip for the batch)."""
-        calls = [
-            (scripts.START,
-             [*self._job_keys(d), self.keys.dead(d.kind), self.keys.stats,
-              self.keys.jobs],
-             [*self._common, d.job_id, d.entry_id, GROUP, self.name, self.max_deliveries,
-              self.limits.dead_maxlen])
-            for d in batch
-        ]
-        outcomes = []
-        for d, res in zip(batch, await scripts.execute(self.redis, calls), strict=True):
-            if isinstance(res, Exception):
-                raise res
-            code = int(res[0])
-            if code == 0:
-                d.deliveries, d.attempt = int(res[1]), int(res[2])
-            outcomes.append(StartOutcome(d, code == 0, code, res[1]))
-        return outcomes
+        """Take the jobs of well-formed entries: one script call per stream, one round trip."""
+        streams, calls = self._start_calls(batch)
+        return self._start_outcomes(batch, streams, await scripts.execute(self.redis, calls))
+
+    async def start_and_read(self, conn: Redis, batch: list[Delivery], count: int
+                             ) -> tuple[list[StartOutcome], list[Delivery]]:
+        """``start`` the batch and, in the same round trip, read up to ``count`` more entries
+        without blocking: under load, reading and starting cost one round trip per batch."""
+        streams, calls = self._start_calls(batch)
+
+        def read_more(pipe: Pipeline) -> None:
+            pipe.xreadgroup(GROUP, self.name, dict.fromkeys(self.keys.streams, ">"),
+                            count=count)
+
+        results = await scripts.execute(conn, calls, read_more if count > 0 else None)
+        more = results[len(calls)] if count > 0 else None
+        _raise_exc(more)
+        return (self._start_outcomes(batch, streams, results[:len(calls)]),
+                self._parse_read(more))
 
     async def dead_letter(self, d: Delivery, reason: str) -> None:
-        raw = orjson.dumps(d.fields).decode()
+        raw = _json(d.fields)
         code, detail = await scripts.DEAD_LETTER(
             self.redis, [d.stream, self.keys.dead(d.kind), self.keys.stats],
             [*self._common, d.entry_id, GROUP, self.name, reason[:2000], raw,
@@ -152,63 +205,79 @@ class QueueConsumer:
         )
         raise_for(code, str(detail), f"dead-letter {d.entry_id}")
 
-    def _owned_call(
-        self, script: scripts.Script, d: Delivery, extra_keys: list[str], args: list[Arg]
-    ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return (script, [*self._job_keys(d), *extra_keys],
+    def _owned_call(self, f: Finish) -> tuple[scripts.Script, list[str], list[Arg]]:
+        d = f.delivery
+        table: dict[str, tuple[scripts.Script, list[str], list[Arg]]] = {
+            "cancel": (scripts.CONFIRM_CANCEL, [self.keys.stats, self.keys.jobs], []),
+            "retry": (scripts.RETRY, [self.keys.delayed, self.keys.stats],
+                      [_json(f.payload), f.delay_ms]),
+            "handback": (scripts.HANDBACK, [self.keys.stats], [f.reason, *ENTRY_FIELDS]),
+        }
+        script, extra_keys, args = table[f.action]
+        return (script, [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
+                         self.keys.events, *extra_keys],
                 [*self._common, d.job_id, d.entry_id, GROUP, self.name, *args])
 
     async def progress(self, d: Delivery, data: dict[str, Any]) -> bool:
         """Publish progress; True when a cancel was requested. Raises NotOwner when fenced."""
-        script, keys, args = self._owned_call(
-            scripts.PROGRESS, d, [self.keys.stats], [orjson.dumps(data).decode()])
-        code, detail = await script(self.redis, keys, args)
+        code, detail = await scripts.PROGRESS(
+            self.redis,
+            [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id), self.keys.events,
+             self.keys.stats],
+            [*self._common, d.job_id, d.entry_id, GROUP, self.name, _json(data)])
         raise_for(code, str(detail), f"progress of {d.job_id}")
         return int(detail) == 1
 
-    def complete_call(
-        self, d: Delivery, result: dict[str, Any]
+    def complete_call(self, d: Delivery, result: dict[str, Any]) -> Finish:
+        return Finish("complete", d, result)
+
+    def fail_call(self, d: Delivery, error: dict[str, Any]) -> Finish:
+        return Finish("fail", d, error)
+
+    def cancel_call(self, d: Delivery) -> Finish:
+        return Finish("cancel", d)
+
+    def retry_call(self, d: Delivery, error: dict[str, Any], delay_ms: int) -> Finish:
+        return Finish("retry", d, error, delay_ms=delay_ms)
+
+    def handback_call(self, d: Delivery, reason: str) -> Finish:
+        return Finish("handback", d, reason=reason)
+
+    def _batched_call(
+        self, script: scripts.Script, items: list[Finish]
     ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.COMPLETE, d, [self.keys.stats, self.keys.jobs],
-                                [orjson.dumps(result).decode()])
+        """complete/fail of many jobs of one stream in one script call."""
+        keys = [items[0].delivery.stream, self.keys.events, self.keys.stats, self.keys.jobs]
+        args: list[Arg] = [*self._common, GROUP, self.name]
+        for f in items:
+            d = f.delivery
+            keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id)]
+            args += [d.job_id, d.entry_id, _json(f.payload)]
+        return script, keys, args
 
-    def fail_call(
-        self, d: Delivery, error: dict[str, Any]
-    ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.FAIL, d, [self.keys.stats, self.keys.jobs],
-                                [orjson.dumps(error).decode()])
-
-    def cancel_call(self, d: Delivery) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.CONFIRM_CANCEL, d, [self.keys.stats, self.keys.jobs],
-                                [])
-
-    def retry_call(
-        self, d: Delivery, error: dict[str, Any], delay_ms: int
-    ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.RETRY, d, [self.keys.delayed, self.keys.stats],
-                                [orjson.dumps(error).decode(), delay_ms])
-
-    def handback_call(
-        self, d: Delivery, reason: str
-    ) -> tuple[scripts.Script, list[str], list[Arg]]:
-        return self._owned_call(scripts.HANDBACK, d, [self.keys.stats],
-                                [reason, *ENTRY_FIELDS])
-
-    async def finish(
-        self, calls: list[tuple[scripts.Script, list[str], list[Arg]]]
-    ) -> list[BaseException | None]:
-        """Run finishing calls (complete/fail/cancel/retry/handback) in one round trip.
-        Per call: None when accepted, NotOwner when fenced; connection errors raise."""
-        out: list[BaseException | None] = []
-        for res in await scripts.execute(self.redis, calls):
-            if isinstance(res, Exception):
-                raise res
-            try:
-                raise_for(int(res[0]), str(res[1]), "finish")
-                out.append(None)
-            except NotOwner as exc:
-                out.append(exc)
-        return out
+    async def finish(self, items: list[Finish]) -> list[BaseException | None]:
+        """Write how jobs ended, all in one round trip: completions and failures batched per
+        stream into one script call each, the rest one call each. Per item: None when
+        accepted, NotOwner when fenced; connection errors raise."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for n, f in enumerate(items):
+            if f.action in ("complete", "fail"):
+                groups.setdefault((f.action, f.delivery.stream), []).append(n)
+        singles = [n for n, f in enumerate(items) if f.action not in ("complete", "fail")]
+        calls = [self._batched_call(scripts.COMPLETE if action == "complete" else scripts.FAIL,
+                                    [items[n] for n in idx])
+                 for (action, _), idx in groups.items()]
+        calls += [self._owned_call(items[n]) for n in singles]
+        results = await scripts.execute(self.redis, calls)
+        codes: dict[int, int] = {}
+        for idx, res in zip(groups.values(), results, strict=False):
+            _raise_exc(res)
+            codes.update(zip(idx, (int(c) for c in res), strict=True))
+        for n, res in zip(singles, results[len(groups):], strict=True):
+            _raise_exc(res)
+            codes[n] = int(res[0])
+        return [NotOwner(f"{items[n].delivery.job_id}: not the owner of its entry")
+                if codes[n] == NOT_OWNER else None for n in range(len(items))]
 
     async def renew(self, batch: list[Delivery]) -> dict[str, int]:
         """Renew the leases of in-flight entries. Returns entry id -> 0 renewed, 1 lost,

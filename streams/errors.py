@@ -31,6 +31,20 @@ class DeadLettered(AiqError):
     code = "dead_lettered"
 
 
+class JobFailed(AiqError):
+    """Raised by ``Producer.result`` for a job that failed; ``error`` is the job's error."""
+
+    code = "job_failed"
+
+    def __init__(self, message: str, error: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.error = error or {}
+
+
+class JobWasCancelled(AiqError):
+    code = "job_cancelled"
+
+
 class StaleEntry(AiqError):
     """The entry belongs to a job that is final or was requeued under a newer entry."""
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from schemas.status import JobKind
 
 GROUP = "workers"
+_TRAINING, _INFERENCE = JobKind.TRAINING, JobKind.INFERENCE
 DEFAULT_PREFIX = "ai"
 
 
@@ -80,4 +81,4 @@ class QueueKeys:
         return f"{self._base}:idem:{key}"
 
     def kind_of_stream(self, stream: str) -> JobKind:
-        return JobKind.TRAINING if stream == self.stream(JobKind.TRAINING) else JobKind.INFERENCE
+        return _TRAINING if stream == self.stream(_TRAINING) else _INFERENCE

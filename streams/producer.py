@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +18,12 @@ from schemas.records import ENTRY_FIELDS, JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
-from streams.errors import IllegalTransition, JobNotFound, raise_for
+from streams.errors import IllegalTransition, JobFailed, JobNotFound, JobWasCancelled, raise_for
 from streams.groups import ensure_groups
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
+
+_TYPE_CACHE = 10_000
 
 
 class ModelNotReady(IllegalTransition):
@@ -45,6 +48,8 @@ class Producer:
         self.limits = limits or StreamLimits()
         self.prefix = prefix
         self._grouped: set[str] = set()
+        self._types: OrderedDict[str, str] = OrderedDict()  # job id -> worker type (LRU)
+        self._seen: dict[str, str] = {}  # job id -> its queued event's id
 
     def keys(self, worker_type: str) -> QueueKeys:
         return QueueKeys(worker_type, self.prefix)
@@ -106,7 +111,7 @@ class Producer:
         digest = hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest()
         ttl = self.limits.idempotency_ttl_s if idempotency_key else 0
         stream = keys.stream(kind)
-        code, got_id, _entry_id = await scripts.SUBMIT(
+        code, got_id, *rest = await scripts.SUBMIT(
             self.redis,
             [stream, keys.job(job_id), keys.job_events(job_id), keys.events, keys.jobs,
              idem_key, keys.stats],
@@ -114,14 +119,28 @@ class Producer:
              *pairs, *extra],
         )
         raise_for(code, "", f"Idempotency-Key {idempotency_key!r} was used for another request")
+        self._remember(got_id, worker_type)
+        if code == 0:
+            self._seen[got_id] = rest[1]  # wait() blocks right after the queued event
+            if len(self._seen) > _TYPE_CACHE:
+                self._seen.pop(next(iter(self._seen)))
         return JobSubmitted(
             job_id=got_id, status=JobStatus.QUEUED, worker_type=worker_type, kind=kind,
             stream=stream, duplicate=code == 1, status_url=f"/jobs/{got_id}/status",
             events_url=f"/jobs/{got_id}/events",
         )
 
+    def _remember(self, job_id: str, worker_type: str) -> None:
+        self._types[job_id] = worker_type
+        self._types.move_to_end(job_id)
+        if len(self._types) > _TYPE_CACHE:
+            self._types.popitem(last=False)
+
     async def worker_type_of(self, job_id: str) -> str:
-        """Find which worker type holds a job (one pipelined lookup across the catalogue)."""
+        """Find which worker type holds a job (one pipelined lookup across the catalogue,
+        skipped for jobs this producer submitted or found recently)."""
+        if job_id in self._types:
+            return self._types[job_id]
         names = list(CATALOGUE)
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
@@ -129,6 +148,7 @@ class Producer:
             found = await pipe.execute()
         for name, value in zip(names, found, strict=True):
             if value:
+                self._remember(job_id, name)
                 return name
         raise JobNotFound(f"no job {job_id}")
 
@@ -136,6 +156,7 @@ class Producer:
         worker_type = await self.worker_type_of(job_id)
         raw = await self.redis.hgetall(self.keys(worker_type).job(job_id))
         if not raw:
+            self._types.pop(job_id, None)
             raise JobNotFound(f"no job {job_id}")
         return JobRecord.from_hash(raw)
 
@@ -201,11 +222,12 @@ class Producer:
             if not got and (await self.get(job_id)).status.terminal:
                 return
 
-    async def wait(self, job_id: str, timeout: float = 60.0) -> JobRecord:
-        """Block until the job is final; return its record. Push-based: no polling delay."""
+    async def _terminal(self, job_id: str, timeout: float) -> dict[str, str]:
+        """Block until the job's terminal event; return its fields. Push-based: the events
+        stream wakes the reader, no polling."""
         deadline = time.monotonic() + timeout
         keys = self.keys(await self.worker_type_of(job_id))
-        stream, last = keys.job_events(job_id), "0-0"
+        stream, last = keys.job_events(job_id), self._seen.pop(job_id, "0-0")
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
@@ -215,8 +237,30 @@ class Producer:
                 for entry_id, fields in entries:
                     last = entry_id
                     if fields.get("type") in TERMINAL_EVENTS:
-                        return await self.get(job_id)
+                        return dict(fields)
             if not got:
-                rec = await self.get(job_id)
+                rec = await self.get(job_id)  # events expired or trimmed: ask the record
                 if rec.status.terminal:
-                    return rec
+                    return {"type": rec.status.value, "data": orjson.dumps(
+                        {"result": rec.result, "error": rec.error and rec.error.model_dump()}
+                    ).decode()}
+
+    async def wait(self, job_id: str, timeout: float = 60.0) -> JobRecord:
+        """Block until the job is final; return its full record."""
+        await self._terminal(job_id, timeout)
+        return await self.get(job_id)
+
+    async def result(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Block until the job is final; return its result, or raise ``JobFailed`` (with the
+        job's error) or ``JobWasCancelled``. The result travels in the terminal event itself, so
+        this costs no read after the wake-up."""
+        fields = await self._terminal(job_id, timeout)
+        data = orjson.loads(fields.get("data") or "{}")
+        if fields["type"] == "succeeded":
+            result: dict[str, Any] = data.get("result") or {}
+            return result
+        if fields["type"] == "cancelled":
+            raise JobWasCancelled(f"job {job_id} was cancelled")
+        error = data.get("error") or {}
+        raise JobFailed(f"job {job_id} failed: {error.get('code')}: {error.get('message')}",
+                        error)

@@ -9,6 +9,7 @@ met NOSCRIPT (after a Redis restart the script cache is empty; only the refused 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,24 +63,35 @@ ALL = (SUBMIT, START, PROGRESS, COMPLETE, FAIL, RETRY, PROMOTE, HANDBACK, CANCEL
 _BY_SHA = {s.sha: s for s in ALL}
 
 
-async def execute(redis: Redis, calls: list[tuple[Script, list[str], list[Arg]]]) -> list[Any]:
-    """Run many script calls in one pipeline (one round trip); results in order.
+async def execute(
+    redis: Redis,
+    calls: list[tuple[Script, list[str], list[Arg]]],
+    then: Callable[[Pipeline], None] | None = None,
+) -> list[Any]:
+    """Run many script calls in one pipeline (one round trip); results in order. ``then`` may
+    queue more (plain) commands after them; their results follow the scripts'.
 
     Errors other than NOSCRIPT are returned in place, as exception objects.
     """
-    results = await _run(redis, calls)
+    results = await _run(redis, calls, then)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         for script in {calls[i][0] for i in missing}:
             await redis.script_load(script.text)
-        again = await _run(redis, [calls[i] for i in missing])
+        again = await _run(redis, [calls[i] for i in missing], None)
         for i, r in zip(missing, again, strict=True):
             results[i] = r
     return results
 
 
-async def _run(redis: Redis, calls: list[tuple[Script, list[str], list[Arg]]]) -> list[Any]:
+async def _run(
+    redis: Redis,
+    calls: list[tuple[Script, list[str], list[Arg]]],
+    then: Callable[[Pipeline], None] | None,
+) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             script.queue(pipe, keys, args)
+        if then is not None:
+            then(pipe)
         return list(await pipe.execute(raise_on_error=False))

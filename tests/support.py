@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from consumers.frameworks import load_framework
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
+from streams.connection import client
 
 FAST = {
     "lease_timeout_s": 1.0,
@@ -51,8 +50,8 @@ def settings_for(redis_url: str, tmp: Path, worker_type: str = "diagnostic",
 async def running_worker(settings: WorkerSettings, name: str | None = None
                          ) -> AsyncIterator[Worker]:
     """A worker serving in this event loop until the block exits (then a graceful stop)."""
-    redis = Redis.from_url(settings.url, decode_responses=True)
-    read_conn = Redis.from_url(settings.url, decode_responses=True, max_connections=1)
+    redis = client(settings.url)
+    read_conn = client(settings.url, max_connections=1)
     worker = Worker(settings, load_framework(CATALOG_FRAMEWORK[settings.worker_type]), redis,
                     read_conn, name=name)
     task = asyncio.create_task(worker.run())

@@ -64,7 +64,8 @@ class JobContext:
     message: JobMessage
     data_root: Path
     artifact_root: Path
-    deliveries: int = 1
+    deliveries: int = 1  # > 1: the job was reclaimed from a worker that died (resume)
+    attempt: int = 1  # > 1: a retry after a retryable error
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -34,7 +34,7 @@ class DiagnosticFramework:
         if msg.model_type == "sleep":
             return self._sleep(params, progress)
         if msg.model_type == "fail":
-            return self._fail(params, msg.attempt)
+            return self._fail(params, ctx.attempt)
         return {"ok": True}
 
     def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:

@@ -26,16 +26,26 @@ local function emit(job_events, type_events, job_id, etype, status, data, ts)
   return id
 end
 
+-- Entry ids this consumer owns in the group's pending list -> their delivery counts: one
+-- XPENDING for a whole batch instead of one per entry.
+local function owned_by(stream, group, consumer)
+  local owned = {}
+  local p = redis.pcall('XPENDING', stream, group, '-', '+', 1000000, consumer)
+  if type(p) == 'table' and not p.err then
+    for _, e in ipairs(p) do owned[e[1]] = tonumber(e[4]) end
+  end
+  return owned
+end
+
 local function ack_delete(stream, group, id)
   redis.call('XACK', stream, group, id)
   redis.call('XDEL', stream, id)
 end
 
 -- Terminal state: the entry leaves the stream, the record and its events expire.
-local function index_finished(index, job_id, ts)
-  -- The index is scored by the last state change; finished jobs older than the retention
-  -- (whose records have expired) are pruned here, so the index stays bounded too.
-  redis.call('ZADD', index, ts, job_id)
+-- The jobs index is scored by creation time (submit). Entries older than the retention are
+-- pruned when jobs finish, so the index stays bounded like the records it points to.
+local function prune_index(index, ts)
   redis.call('ZREMRANGEBYSCORE', index, '-inf', ts - RETENTION * 1000)
 end
 
@@ -49,7 +59,7 @@ local function finish(stream, group, entry_id, record, job_events, type_events, 
   emit(job_events, type_events, job_id, status, status, data, ts)
   redis.call('EXPIRE', job_events, RETENTION)
   redis.call('HINCRBY', stats, status, 1)
-  index_finished(index, job_id, ts)
+  prune_index(index, ts)
 end
 
 -- A fresh entry for the job, copied from its record (retry promotion and graceful hand-back).
@@ -71,4 +81,41 @@ end
 local function fenced(stats)
   redis.call('HINCRBY', stats, 'fenced', 1)
   return {-1, 'not the owner of this entry'}
+end
+
+-- complete and fail: many jobs of one stream in one call.
+-- KEYS[1] stream  KEYS[2] type events  KEYS[3] stats  KEYS[4] jobs index
+-- KEYS[3+2i] record of job i  KEYS[4+2i] its events
+-- ARGV[4] group  ARGV[5] consumer  ARGV[3+3i] job_id  ARGV[4+3i] entry id  ARGV[5+3i] payload
+-- Returns per job: 0 accepted | -1 fenced (not this consumer's entry: rejected, counted)
+local function finish_batch(status, field)
+  local stream, type_events, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local ts = now_ms()
+  local owned = owned_by(stream, ARGV[4], ARGV[5])
+  local out, ids = {}, {}
+  for i = 1, (#KEYS - 4) / 2 do
+    local job_id, entry_id, payload = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+    local record, job_events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+    if owned[entry_id] then
+      owned[entry_id] = nil  -- the same entry twice in one batch: only the first counts
+      ids[#ids + 1] = entry_id
+      redis.call('HSET', record, 'status', status, 'finished_at', ts, field, payload)
+      redis.call('EXPIRE', record, RETENTION)
+      emit(job_events, type_events, job_id, status, status, '{"' .. field .. '":' .. payload ..
+        '}', ts)
+      redis.call('EXPIRE', job_events, RETENTION)
+      out[i] = 0
+    else
+      out[i] = -1
+    end
+  end
+  if #ids > 0 then
+    redis.call('XACK', stream, ARGV[4], unpack(ids))
+    redis.call('XDEL', stream, unpack(ids))
+    redis.call('HINCRBY', stats, status, #ids)
+    prune_index(index, ts)
+  end
+  local fenced_n = #out - #ids
+  if fenced_n > 0 then redis.call('HINCRBY', stats, 'fenced', fenced_n) end
+  return out
 end

@@ -31,5 +31,5 @@ redis.call('EXPIRE', record, RETENTION)
 emit(KEYS[4], KEYS[5], job_id, 'cancelled', 'cancelled', '{}', ts)
 redis.call('EXPIRE', KEYS[4], RETENTION)
 redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
-index_finished(KEYS[8], job_id, ts)
+prune_index(KEYS[8], ts)
 return {0, 'cancelled'}

@@ -1,51 +1,71 @@
--- start: the worker that read an entry takes the job (or dead-letters it).
--- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] dead stream
--- KEYS[6] stats  KEYS[7] jobs index
--- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer  ARGV[8] max deliveries
--- ARGV[9] dead-letter stream maxlen
--- Returns {0, deliveries, attempt} started | {-1, msg} not the owner (reclaimed by another)
---         {-2, status} job already final or entry stale: entry acked and deleted
---         {-3, deliveries} delivery limit exceeded: dead-lettered, job failed
---         {-5, deliveries} no record for the job: dead-lettered
+-- start: the worker that read a batch of entries (of one stream) takes their jobs, or
+-- dead-letters them.
+-- KEYS[1] stream  KEYS[2] type events  KEYS[3] dead stream  KEYS[4] stats  KEYS[5] jobs index
+-- KEYS[4+2i] record of job i  KEYS[5+2i] its events                      (i = 1 .. n)
+-- ARGV[4] group  ARGV[5] consumer  ARGV[6] max deliveries  ARGV[7] dead-letter stream maxlen
+-- ARGV[6+2i] job_id of job i  ARGV[7+2i] its entry id
+-- Returns, per job, {code, detail, attempt}:
+--   {0, deliveries, attempt} started
+--   {-1, msg, 0} not the owner (reclaimed by another worker)
+--   {-2, status, 0} job already final or entry stale: entry acked and deleted
+--   {-3, deliveries, 0} delivery limit exceeded: dead-lettered, job failed
+--   {-5, deliveries, 0} no record for the job: dead-lettered
 -- Events: started {worker, attempt, deliveries, resumed} | failed {error}
-local stream, record, job_id, entry_id = KEYS[1], KEYS[2], ARGV[4], ARGV[5]
-local group, consumer = ARGV[6], ARGV[7]
-local owner, deliveries = owner_of(stream, group, entry_id)
-if owner ~= consumer then return fenced(KEYS[6]) end
+local stream, type_events, dead, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local group, consumer, max_deliveries = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local ts = now_ms()
-local function dead_letter(reason)
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'job_id', job_id, 'entry_id', entry_id,
+
+local function dead_letter(job_id, entry_id, deliveries, reason)
+  redis.call('XADD', dead, 'MAXLEN', '~', ARGV[7], '*', 'job_id', job_id, 'entry_id', entry_id,
     'stream', stream, 'reason', reason, 'deliveries', deliveries, 'consumer', consumer, 'ts', ts)
   ack_delete(stream, group, entry_id)
-  redis.call('HINCRBY', KEYS[6], 'dead_lettered', 1)
+  redis.call('HINCRBY', stats, 'dead_lettered', 1)
 end
-if redis.call('EXISTS', record) == 0 then
-  dead_letter('record_missing')
-  return {-5, deliveries}
+
+local owned = owned_by(stream, group, consumer)
+
+local function start_one(record, job_events, job_id, entry_id)
+  local deliveries = owned[entry_id]
+  if not deliveries then
+    redis.call('HINCRBY', stats, 'fenced', 1)
+    return {-1, 'not the owner of this entry', 0}
+  end
+  owned[entry_id] = nil
+  local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id', 'started_at')
+  if not st[1] then
+    dead_letter(job_id, entry_id, deliveries, 'record_missing')
+    return {-5, deliveries, 0}
+  end
+  local status, attempt = st[1], tonumber(st[2] or '1')
+  if status == 'succeeded' or status == 'failed' or status == 'cancelled' or st[3] ~= entry_id
+  then
+    ack_delete(stream, group, entry_id)
+    return {-2, status or '', 0}
+  end
+  if deliveries > max_deliveries then
+    dead_letter(job_id, entry_id, deliveries, 'delivery_limit')
+    local err = cjson.encode({code = 'delivery_limit',
+      message = 'delivered ' .. deliveries .. ' times without finishing (worker crashes?); ' ..
+                'moved to the dead-letter stream', retryable = false})
+    redis.call('HSET', record, 'status', 'failed', 'finished_at', ts, 'error', err,
+      'deliveries', deliveries)
+    redis.call('EXPIRE', record, RETENTION)
+    emit(job_events, type_events, job_id, 'failed', 'failed', '{"error":' .. err .. '}', ts)
+    redis.call('EXPIRE', job_events, RETENTION)
+    redis.call('HINCRBY', stats, 'failed', 1)
+    prune_index(index, ts)
+    return {-3, deliveries, 0}
+  end
+  redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'deliveries', deliveries,
+    'last_started_at', ts, 'started_at', st[4] or ts)
+  emit(job_events, type_events, job_id, 'started', 'running', '{"worker":"' .. consumer ..
+    '","attempt":' .. attempt .. ',"deliveries":' .. deliveries .. ',"resumed":' ..
+    tostring(deliveries > 1) .. '}', ts)
+  return {0, deliveries, attempt}
 end
-local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id')
-local status, attempt = st[1], tonumber(st[2] or '1')
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' or st[3] ~= entry_id then
-  ack_delete(stream, group, entry_id)
-  return {-2, status or ''}
+
+local out = {}
+for i = 1, (#KEYS - 5) / 2 do
+  out[i] = start_one(KEYS[4 + 2 * i], KEYS[5 + 2 * i], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
-if deliveries > tonumber(ARGV[8]) then
-  dead_letter('delivery_limit')
-  local err = cjson.encode({code = 'delivery_limit',
-    message = 'delivered ' .. deliveries .. ' times without finishing (worker crashes?); ' ..
-              'moved to the dead-letter stream', retryable = false})
-  redis.call('HSET', record, 'status', 'failed', 'finished_at', ts, 'error', err,
-    'deliveries', deliveries)
-  redis.call('EXPIRE', record, RETENTION)
-  emit(KEYS[3], KEYS[4], job_id, 'failed', 'failed', '{"error":' .. err .. '}', ts)
-  redis.call('EXPIRE', KEYS[3], RETENTION)
-  redis.call('HINCRBY', KEYS[6], 'failed', 1)
-  index_finished(KEYS[7], job_id, ts)
-  return {-3, deliveries}
-end
-redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'deliveries', deliveries,
-  'last_started_at', ts)
-redis.call('HSETNX', record, 'started_at', ts)
-emit(KEYS[3], KEYS[4], job_id, 'started', 'running', cjson.encode({worker = consumer,
-  attempt = attempt, deliveries = deliveries, resumed = deliveries > 1}), ts)
-return {0, deliveries, attempt}
+return out

@@ -3,7 +3,7 @@
 -- KEYS[6] idempotency key  KEYS[7] stats
 -- ARGV[4] job_id  ARGV[5] idempotency ttl s (0: no key)  ARGV[6] request fingerprint
 -- ARGV[7] group  ARGV[8] n (entry field pairs)  ARGV[9 .. 8+2n] entry pairs  rest: record-only pairs
--- Returns {0, job_id, entry_id} created | {1, job_id, ''} duplicate of an earlier submit (same
+-- Returns {0, job_id, entry_id, queued event id} created | {1, job_id, ''} duplicate of an earlier submit (same
 --         Idempotency-Key, or a retry of this call)
 --         {-6, job_id, ''} idempotency key reused with a different request
 -- Event: queued {position, worker_type}
@@ -40,6 +40,6 @@ local summary = redis.pcall('XPENDING', KEYS[1], ARGV[7])
 if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
 local position = redis.call('XLEN', KEYS[1]) - pending
 local wt = redis.call('HGET', KEYS[2], 'worker_type') or ''
-emit(KEYS[3], KEYS[4], job_id, 'queued', 'queued',
+local event_id = emit(KEYS[3], KEYS[4], job_id, 'queued', 'queued',
   cjson.encode({position = position, worker_type = wt}), ts)
-return {0, job_id, entry_id}
+return {0, job_id, entry_id, event_id}
