@@ -24,10 +24,18 @@ for i = 9, 8 + 2 * n do entry[#entry + 1] = ARGV[i] end
 for i = 9 + 2 * n, #ARGV do extra[#extra + 1] = ARGV[i] end
 local entry_id = redis.call('XADD', KEYS[1], '*', unpack(entry))
 local ts = now_ms()
-redis.call('HSET', KEYS[2], unpack(entry))
-if #extra > 0 then redis.call('HSET', KEYS[2], unpack(extra)) end
-redis.call('HSET', KEYS[2], 'status', 'queued', 'created_at', ts, 'entry_id', entry_id,
-  'deliveries', 0)
+local record = entry
+local wt = ''
+for i = 1, #extra, 2 do
+  record[#record + 1] = extra[i]
+  record[#record + 1] = extra[i + 1]
+  if extra[i] == 'worker_type' then wt = extra[i + 1] end
+end
+for _, v in ipairs({'status', 'queued', 'created_at', ts, 'entry_id', entry_id,
+                    'deliveries', 0}) do
+  record[#record + 1] = v
+end
+redis.call('HSET', KEYS[2], unpack(record))
 redis.call('ZADD', KEYS[5], ts, job_id)
 if idem then
   redis.call('HSET', KEYS[6], 'job_id', job_id, 'fingerprint', ARGV[6])
@@ -39,7 +47,6 @@ local pending = 0
 local summary = redis.pcall('XPENDING', KEYS[1], ARGV[7])
 if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
 local position = redis.call('XLEN', KEYS[1]) - pending
-local wt = redis.call('HGET', KEYS[2], 'worker_type') or ''
 local event_id = emit(KEYS[3], KEYS[4], job_id, 'queued', 'queued',
   cjson.encode({position = position, worker_type = wt}), ts)
 return {0, job_id, entry_id, event_id}

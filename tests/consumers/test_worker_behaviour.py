@@ -192,3 +192,19 @@ async def test_result_returns_or_raises(redis: Redis, redis_url: str, tmp_path: 
 
 async def _running(producer: Producer, job_id: str) -> bool:
     return (await producer.get(job_id)).status is JobStatus.RUNNING
+
+
+async def test_operators_see_group_and_in_flight_work(redis: Redis, redis_url: str,
+                                                      tmp_path: Path) -> None:
+    """What `redis-cli XINFO GROUPS` and `XPENDING` show while a job runs."""
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path), name="op-worker"):
+        sub = await producer.submit_training(job("sleep", seconds=30, steps=300))
+        await eventually(lambda: _running(producer, sub.job_id), what="job running")
+        [info] = await redis.xinfo_groups(STREAM)  # XINFO GROUPS
+        assert info["name"] == "workers" and info["pending"] == 1 and info["consumers"] == 1
+        summary = await redis.xpending(STREAM, "workers")  # XPENDING
+        assert summary["pending"] == 1
+        assert summary["consumers"] == [{"name": "op-worker", "pending": 1}]
+        await producer.cancel(sub.job_id)
+        await producer.wait(sub.job_id, timeout=10)
