@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from aiq.installed import catalogue_availability
+from aiq.submit import submit_app
 from aiq.up import DEFAULT_REDIS_URL, UpOptions, run
+from aiq.watch import WATCH_HELP, UsageExits3, watch_command
 from schemas.catalogue import CATALOGUE, Device
 
 app = typer.Typer(
@@ -126,3 +128,8 @@ def health(
     if response.status_code != 200:
         _fail(f"unhealthy: {target}: HTTP {response.status_code} {response.text[:200]}", 1)
     typer.echo(f"healthy: {target}")
+
+
+# `aiq submit training|inference` and `aiq watch` live in aiq/submit.py and aiq/watch.py.
+app.add_typer(submit_app, name="submit")
+app.command("watch", cls=UsageExits3, help=WATCH_HELP)(watch_command)

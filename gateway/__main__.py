@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn waits for open responses before the app's shutdown runs, and SSE streams never
+    end by themselves: on SIGINT/SIGTERM, end every live stream first."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        hub = getattr(self._app.state, "hub", None)
+        if hub is not None:
+            asyncio.get_event_loop().call_soon_threadsafe(hub.close_clients)
+        super().handle_exit(sig, frame)
 
 
 def main(**overrides: object) -> int:
@@ -19,8 +37,11 @@ def main(**overrides: object) -> int:
         field = ".".join(str(p) for p in first["loc"]).upper() or "settings"
         print(f"aiq gateway: {field}: {first['msg']}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), proxy_headers=True)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level.lower(), proxy_headers=True,
+                            timeout_graceful_shutdown=10)
+    _Server(config, app).run()
     return 0
 
 

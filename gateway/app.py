@@ -13,12 +13,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import aiq
 from gateway.errors import install_error_handlers
+from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit
 from gateway.openapi import install_openapi
-from gateway.routes import api_router
+from gateway.routes import api_router, dashboard, events, ws
 from gateway.settings import GatewaySettings
 from streams.connection import HiredisPackConnection
 from streams.producer import Producer
+
+REDIS_CLIENT_NAME = "aiq-gateway"  # CLIENT LIST shows the pool's connections under this name
 
 
 def connect(settings: GatewaySettings) -> Redis:
@@ -38,6 +41,7 @@ def connect(settings: GatewaySettings) -> Redis:
         socket_timeout=settings.redis_socket_timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         connection_class=HiredisPackConnection,
+        client_name=REDIS_CLIENT_NAME,
     )
     return Redis.from_pool(pool)
 
@@ -47,9 +51,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     app.state.redis = redis = connect(settings)
     app.state.producer = Producer(redis, settings.limits, settings.redis_prefix)
+    app.state.hub = hub = Hub(settings, redis)  # the one live reader, fanned out (SSE, /ws)
+    hub.start()
     try:
         yield
     finally:
+        await hub.stop()
         await redis.aclose()
 
 
@@ -64,5 +71,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_router)
+    app.include_router(events.router)
+    app.include_router(ws.router)
+    app.include_router(dashboard.router)
     install_openapi(app)
     return app

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, cast
 
-from fastapi import Depends, Header, Path, Query, Request
+from fastapi import Depends, Header, Path, Query
 from redis.asyncio import Redis
+from starlette.requests import HTTPConnection
 
 from gateway.errors import ApiError
+from gateway.hub import Hub
 from gateway.settings import GatewaySettings
 from schemas.catalogue import CATALOGUE
 from schemas.requests import JOB_ID_PATTERN
@@ -19,16 +21,21 @@ IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,200}$"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
-def get_settings(request: Request) -> GatewaySettings:
-    return cast(GatewaySettings, request.app.state.settings)
+# HTTPConnection, not Request: the same dependencies serve WebSocket routes.
+def get_settings(conn: HTTPConnection) -> GatewaySettings:
+    return cast(GatewaySettings, conn.app.state.settings)
 
 
-def get_redis(request: Request) -> Redis:
-    return cast(Redis, request.app.state.redis)
+def get_redis(conn: HTTPConnection) -> Redis:
+    return cast(Redis, conn.app.state.redis)
 
 
-def get_producer(request: Request) -> Producer:
-    return cast(Producer, request.app.state.producer)
+def get_producer(conn: HTTPConnection) -> Producer:
+    return cast(Producer, conn.app.state.producer)
+
+
+def get_hub(conn: HTTPConnection) -> Hub:
+    return cast(Hub, conn.app.state.hub)
 
 
 def job_id_path(
@@ -56,6 +63,7 @@ def worker_type_filter(
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
+HubDep = Annotated[Hub, Depends(get_hub)]
 JobIdDep = Annotated[str, Depends(job_id_path)]
 WorkerTypeFilter = Annotated[str | None, Depends(worker_type_filter)]
 IdempotencyKeyHeader = Annotated[

@@ -21,3 +21,14 @@ class GatewaySettings(RedisSettings):
                                 "413 before they are parsed")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
     log_level: str = "info"
+
+    # Live feeds (gateway/hub.py): SSE per job, the /ws dashboard.
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, description="an idle SSE stream gets "
+                                   "a `: ping` comment this often (keeps proxies from closing it)")
+    live_buffer_events: int = Field(default=1000, ge=1, description="events buffered per SSE or "
+                                    "WebSocket client; past it the oldest are dropped")
+    ws_max_lag: int = Field(default=10_000, ge=1, description="a WebSocket client this many "
+                            "events behind is closed with code 1013")
+    ws_refresh_s: float = Field(default=2.0, gt=0, description="period of the workers and "
+                                "queues messages on /ws")
+    hub_block_ms: int = Field(default=5000, ge=10, description="XREAD BLOCK of the hub's reader")

@@ -49,6 +49,8 @@ class StartedEvent(_Event):
     worker: str
     attempt: int = 1
     deliveries: int = 1
+    resumed: bool = Field(default=False, description="true when the job was reclaimed from a "
+                          "worker that died (it resumes from its last checkpoint if it has one)")
 
 
 class ProgressEvent(_Event):

@@ -1,0 +1,120 @@
+"""Reading job events: one job's history, the type-wide feeds, and the order of stream ids.
+
+Every event is written twice by the scripts (``_common.lua`` ``emit``): to the job's own stream
+``ai:{type}:job:<id>:events`` (its ids are the SSE ids) and to the worker type's feed
+``ai:{type}:events`` with one extra field, ``event_id``: the id of the same event in the job's
+stream. Live readers follow the feeds; anyone who may have missed something replays the job's
+stream after the last id they saw. The client must decode responses (``decode_responses=True``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from schemas.catalogue import CATALOGUE
+from schemas.status import TERMINAL_STATUSES
+from streams.keys import DEFAULT_PREFIX, QueueKeys
+
+Entry = tuple[str, dict[str, str]]  # (stream entry id, fields)
+StreamId = tuple[int, int]
+
+_ID = re.compile(r"^(\d+)(?:-(\d+))?$")
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+REPLAY_PAGE = 500
+
+
+def parse_id(entry_id: str) -> StreamId:
+    """``"<ms>-<seq>"`` (or ``"<ms>"``, seq 0) as a tuple that orders like Redis orders ids."""
+    match = _ID.fullmatch(entry_id)
+    if match is None:
+        raise ValueError(f"not a stream id: {entry_id[:60]!r}")
+    return int(match[1]), int(match[2] or 0)
+
+
+def normalize_id(entry_id: str) -> str:
+    """The canonical ``"<ms>-<seq>"`` form of an id (ValueError for anything else)."""
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq}"
+
+
+def id_after(a: str, b: str) -> bool:
+    """True when id ``a`` comes strictly after id ``b`` (numeric, not string, comparison)."""
+    return parse_id(a) > parse_id(b)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A job's events after some id, and its status read in the same round trip, before them.
+
+    ``status`` is None when the job's record is gone (unknown or expired). When the status was
+    already terminal, the terminal event was written before the read (same script), so it is in
+    ``entries`` unless the reader had seen it already: nothing more will come.
+    """
+
+    entries: list[Entry]
+    status: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is None or self.status in _TERMINAL
+
+
+async def _page(redis: Redis, stream: str, after: str) -> list[Entry]:
+    entries: list[Entry] = await redis.xrange(stream, f"({after}", "+", count=REPLAY_PAGE)
+    return entries
+
+
+async def replay(redis: Redis, keys: QueueKeys, job_id: str, after: str = "0-0") -> Replay:
+    """The job's events after ``after`` (exclusive), oldest first, and the job's status."""
+    stream = keys.job_events(job_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.job(job_id), "status")  # before the range: see Replay
+        pipe.xrange(stream, f"({normalize_id(after)}", "+", count=REPLAY_PAGE)
+        status, entries = await pipe.execute()
+    page = entries
+    while len(page) == REPLAY_PAGE:
+        page = await _page(redis, stream, entries[-1][0])
+        entries += page
+    return Replay(entries=entries, status=status)
+
+
+def feed_streams(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """The type-wide event feed of every worker type: stream key -> worker type."""
+    return {QueueKeys(name, prefix).events: name for name in CATALOGUE}
+
+
+async def feed_positions(redis: Redis, streams: list[str]) -> dict[str, str]:
+    """The id of the newest entry of each feed (``0-0`` when empty or missing): where a reader
+    that wants only what comes next starts. Unlike ``$``, such a position can be kept between
+    XREAD calls, so nothing added in between is missed."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xrevrange(stream, "+", "-", count=1)
+        newest: list[list[Entry]] = await pipe.execute()
+    return {s: (last[0][0] if last else "0-0") for s, last in zip(streams, newest, strict=True)}
+
+
+async def read_feeds(
+    redis: Redis, positions: dict[str, str], count: int, block_ms: int
+) -> list[tuple[str, str, dict[str, str]]]:
+    """Entries after ``positions`` (stream -> id), blocking up to ``block_ms``; as
+    ``(stream, entry id, fields)``. ``positions`` is advanced past what is returned."""
+    got: list[tuple[str, list[Entry]]] | None = await redis.xread(
+        positions, count=count, block=block_ms)
+    out: list[tuple[str, str, dict[str, str]]] = []
+    for stream, entries in got or []:
+        for entry_id, fields in entries:
+            out.append((stream, entry_id, fields))
+        if entries:
+            positions[stream] = entries[-1][0]
+    return out
+
+
+def job_entry(feed_id: str, fields: dict[str, Any]) -> Entry:
+    """A feed entry as the job's own stream holds it: the job-stream id and its fields."""
+    own = {k: v for k, v in fields.items() if k != "event_id"}
+    return str(fields.get("event_id") or feed_id), own
