@@ -9,6 +9,7 @@ Pure helpers plus one HTTP call, then the two commands (:data:`submit_app`). Err
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ def submit(base_url: str, kind: Kind, body: dict[str, Any], idempotency_key: str
     """POST the job; the gateway's error code and message become a :class:`SubmitError`."""
     url = f"{base_url.rstrip('/')}/jobs/{kind}"
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    if os.environ.get("AIQ_API_KEY"):
+        headers["X-API-Key"] = os.environ["AIQ_API_KEY"]
     try:
         if client is None:
             response = httpx.post(url, json=body, headers=headers, timeout=timeout_s)

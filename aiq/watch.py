@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import random
 import re
 import time
@@ -265,6 +266,8 @@ class _Follower:
     def _stream(self) -> WatchExit:
         self._connected = self._got_events = False
         headers = {"Accept": "text/event-stream"}
+        if os.environ.get("AIQ_API_KEY"):
+            headers["X-API-Key"] = os.environ["AIQ_API_KEY"]
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
         decoder = SseDecoder()

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import aiq
+from gateway.auth import ApiKeyAuth
 from gateway.errors import install_error_handlers
 from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit
@@ -70,6 +71,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
     app.include_router(api_router)
     app.include_router(events.router)
     app.include_router(ws.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from streams.settings import RedisSettings
 
@@ -15,6 +15,8 @@ class GatewaySettings(RedisSettings):
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
     redis_max_connections: int = Field(default=100, ge=1)
 
+    api_key: SecretStr | None = Field(default=None, description="API_KEY: when set, required on "
+                                      "every request but /health and the dashboard page")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=MIB, ge=1024, description="larger request bodies get "

@@ -78,13 +78,20 @@ function notice(message, kind = "info") {
   noticeTimer = setTimeout(() => { box.hidden = true; }, 6000);
 }
 
+// With API_KEY set on the gateway, open the page as /?api_key=<key>: the key is sent along.
+const API_KEY = new URLSearchParams(location.search).get("api_key");
+function withKey(path) {
+  if (!API_KEY) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(API_KEY)}`;
+}
+
 async function api(method, path, body) {
   const init = { method, headers: { Accept: "application/json" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const response = await fetch(withKey(path), init);
   let data = null;
   try { data = await response.json(); } catch { data = null; }
   if (!response.ok) {
@@ -377,7 +384,7 @@ function setConnection(kind, text) {
 
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/ws`;
+  return `${scheme}//${location.host}${withKey("/ws")}`;
 }
 
 function connect() {
@@ -491,7 +498,7 @@ function selectJob(jobId, reveal = false) {
   setText($("events-job"), jobId);
   setText($("events-state"), "connecting…");
   $("event-log").replaceChildren();
-  const es = new EventSource(`/jobs/${encodeURIComponent(jobId)}/events`);
+  const es = new EventSource(withKey(`/jobs/${encodeURIComponent(jobId)}/events`));
   source = es;
   for (const type of EVENT_TYPES) es.addEventListener(type, onJobEvent);
   if (reveal) $("events-panel").scrollIntoView({ behavior: "smooth", block: "nearest" });

@@ -1,0 +1,55 @@
+"""Optional API-key auth, the same for HTTP, SSE and WebSocket.
+
+With ``API_KEY`` set, every request except the health probe and the dashboard's static page
+must carry the key: ``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or ``?api_key=<key>``
+(browsers cannot set headers on EventSource and WebSocket). A request without it gets 401 JSON;
+a WebSocket is closed with code 4401 before it is accepted.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import error_response
+
+OPEN_PATHS = ("/health", "/", "/dashboard", "/favicon.ico")
+OPEN_PREFIXES = ("/static/",)
+
+
+def _presented(scope: Scope) -> str | None:
+    headers: dict[bytes, bytes] = dict(scope.get("headers", ()))
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    if b"x-api-key" in headers:
+        return headers[b"x-api-key"].decode("latin-1")
+    query: bytes = scope.get("query_string", b"")
+    values = parse_qs(query.decode("latin-1")).get("api_key")
+    return values[0] if values else None
+
+
+class ApiKeyAuth:
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    def _allowed(self, scope: Scope) -> bool:
+        path = scope.get("path", "")
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return True
+        given = _presented(scope)
+        return given is not None and hmac.compare_digest(given.encode(), self.key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self._allowed(scope):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4401, "reason": "api key required"})
+        else:
+            response = error_response(401, "unauthorized", "missing or wrong API key: send "
+                                      "Authorization: Bearer <key>, X-API-Key or ?api_key=",
+                                      headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
