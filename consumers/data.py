@@ -93,7 +93,7 @@ def load_builtin(name: str) -> Tabular:
                    class_names=[str(c) for c in bunch.target_names])
 
 
-def _read_csv(path: Path, shown: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_csv(path: Path, shown: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and ``(line number, cells)`` rows; blank lines skipped, ragged rows refused."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -169,7 +169,7 @@ def load_tabular(data_root: Path, data_path: str, label_column: str | None = Non
     """A built-in dataset (``builtin:<name>``) or a CSV file with a header row under the root."""
     if data_path.startswith(BUILTIN_PREFIX):
         return load_builtin(data_path.removeprefix(BUILTIN_PREFIX))
-    header, rows = _read_csv(resolve_data_path(data_root, data_path), data_path)
+    header, rows = read_csv(resolve_data_path(data_root, data_path), data_path)
     if len(header) < 2:
         raise JobFailure(f"{data_path}: need at least one feature column and a label column, "
                          f"got header {header}", code="invalid_data")
@@ -206,7 +206,7 @@ def _csv_inputs(data_root: Path, data_path: str, feature_names: Sequence[str],
                 label_name: str | None) -> npt.NDArray[np.float64]:
     """CSV rows for inference: by feature name when the header has them all, else every column
     except the training label column."""
-    header, rows = _read_csv(resolve_data_path(data_root, data_path), data_path)
+    header, rows = read_csv(resolve_data_path(data_root, data_path), data_path)
     if feature_names and set(feature_names) <= set(header):
         columns = [(header.index(n), n) for n in feature_names]
     else:

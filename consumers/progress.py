@@ -31,6 +31,8 @@ class JobRun:
         self._interval = min_interval_s
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None
+        self._held: list[dict[str, Any]] = []  # last report of each stage left behind
+        self._sent_stage = ""
         self._task: asyncio.Task[None] | None = None
         self._last_sent = 0.0
         self._started = time.monotonic()
@@ -45,7 +47,8 @@ class JobRun:
     def __call__(self, stage: str, *, percent: float | None = None, **fields: Any) -> None:
         """The ``Progress`` callback, called from the job's thread."""
         self.check()
-        data: dict[str, Any] = {"stage": stage, **{k: v for k, v in fields.items() if v}}
+        data: dict[str, Any] = {
+            "stage": stage, **{k: v for k, v in fields.items() if v is not None and v != ""}}
         if percent is None and fields.get("steps") and fields.get("step") is not None:
             percent = 100.0 * fields["step"] / fields["steps"]
         if percent is not None:
@@ -54,9 +57,10 @@ class JobRun:
                 elapsed = time.monotonic() - self._started
                 data["eta_s"] = round(elapsed * (100 - percent) / percent, 1)
         with self._lock:
-            first = self._latest is None
-            self._latest = data
-        if first:
+            previous, self._latest = self._latest, data
+            if previous is not None and previous["stage"] != stage:
+                self._held.append(previous)  # coalescing never swallows a stage change
+        if previous is None:
             self._loop.call_soon_threadsafe(self._schedule)
 
     def _schedule(self) -> None:
@@ -64,28 +68,37 @@ class JobRun:
             self._task = self._loop.create_task(self._send())
 
     async def _send(self) -> None:
+        """Publish at most one report per interval (the latest), except that a new stage goes
+        out at once and the last report of every stage is kept."""
         while True:
+            with self._lock:
+                new_stage = self._latest is not None and self._latest["stage"] != self._sent_stage
             wait = self._last_sent + self._interval - time.monotonic()
-            if wait > 0:
+            if wait > 0 and not new_stage:
                 await asyncio.sleep(wait)
             with self._lock:
-                data, self._latest = self._latest, None
-            if data is None:
+                batch = [*self._held, *([self._latest] if self._latest else [])]
+                self._held.clear()
+                self._latest = None
+            if not batch:
                 return
             self._last_sent = time.monotonic()
-            if await self._publish(self.delivery, data):
-                self.cancel_requested = True
+            for data in batch:
+                self._sent_stage = data["stage"]
+                if await self._publish(self.delivery, data):
+                    self.cancel_requested = True
 
     def has_pending_report(self) -> bool:
         with self._lock:
-            return self._latest is not None or (self._task is not None and not self._task.done())
+            queued = self._latest is not None or bool(self._held)
+        return queued or (self._task is not None and not self._task.done())
 
     async def drain(self) -> None:
         """Deliver the last report before the job's final state is written."""
         if self._task is not None:
             await self._task
         with self._lock:
-            pending = self._latest is not None
+            pending = self._latest is not None or bool(self._held)
         if pending:
             self._last_sent = 0.0
             await self._send()

@@ -29,7 +29,7 @@ from consumers.frameworks.base import Framework, JobContext, JobFailure
 from consumers.progress import JobRun
 from consumers.settings import WorkerSettings
 from consumers.threads import JobThreads
-from schemas.catalogue import CATALOGUE
+from schemas.catalogue import CATALOGUE, Device
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
 from streams.consumer import Delivery, Finish, QueueConsumer
@@ -68,6 +68,8 @@ class Worker:
         self.executing = 0  # jobs whose code runs now: what MAX_CONCURRENT_JOBS bounds
         self.gpus = gpus or []
         self.model_types = CATALOGUE[settings.worker_type].model_types
+        # CPU worker types run on the CPU even where a GPU is visible.
+        self.device = "cuda" if CATALOGUE[settings.worker_type].device is Device.GPU else "cpu"
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -226,7 +228,7 @@ class Worker:
                 code="unsupported_model_type"))
             return
         ctx = JobContext(d.message, self.settings.data_root, self.settings.artifact_root,
-                         d.deliveries, d.attempt)
+                         d.deliveries, d.attempt, extra={"device": self.device})
         self.executing += 1
         started = time.monotonic()
         self._threads.submit(run_framework, (self.framework, ctx, run),

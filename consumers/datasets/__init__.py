@@ -1,0 +1,1 @@
+"""Small datasets shipped with the package (no downloads); see ``make_text.py``."""

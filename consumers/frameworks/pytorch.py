@@ -1,0 +1,312 @@
+"""PyTorch framework: bert, transformer, gpt, resnet, vgg and alexnet, built from configs.
+
+Training runs in the calling (executor) thread: shuffled mini-batches with AdamW, a progress
+event per step, held-out evaluation and an atomic checkpoint every epoch (``torch_train``). A
+reclaimed job (its worker died) resumes from its checkpoint. The saved model is
+``model.pt`` (state_dict), ``vocab.json`` for language models and ``metadata.json`` (written
+last) holding the config that rebuilds the architecture. Inference lives in ``torch_infer``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import torch
+
+from consumers import artifacts
+from consumers.data import resolve_data_path
+from consumers.frameworks import torch_infer
+from consumers.frameworks.base import JobContext, JobFailure, Progress, RetryableError
+from consumers.frameworks.torch_data import load_images
+from consumers.frameworks.torch_models import (
+    architecture,
+    bad,
+    build_model,
+    float_param,
+    int_param,
+    resolve_config,
+)
+from consumers.frameworks.torch_train import (
+    CHECKPOINT_FILE,
+    FitResult,
+    Trainer,
+    discard_checkpoint,
+    fit,
+    save_atomic,
+)
+from consumers.textdata import Vocab, encode, load_text
+
+FRAMEWORK = "pytorch"
+MODEL_FILE = torch_infer.MODEL_FILE
+VOCAB_FILE = torch_infer.VOCAB_FILE
+COMMON = frozenset({"epochs", "learning_rate", "batch_size", "weight_decay", "test_size",
+                    "seed", "random_state", "device", "threads", "weights_path",
+                    "label_column", "text_column"})
+# Hyperparameters that do not change what is trained (a resumed job may run elsewhere).
+_PLACEMENT = frozenset({"device", "threads"})
+
+
+def device_for(options: dict[str, Any], ctx: JobContext) -> torch.device:
+    """The one device rule: ``device`` auto (default) picks CUDA when a GPU is visible."""
+    value = options.get("device", ctx.extra.get("device", "auto"))
+    if value not in ("auto", "cpu", "cuda"):
+        raise bad("device", "one of auto, cpu, cuda", value)
+    if value != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if value == "cuda":
+        raise JobFailure("device 'cuda' was requested but this worker sees no GPU",
+                         code="invalid_hyperparameters")
+    return torch.device("cpu")
+
+
+def limit_threads(options: dict[str, Any], device: torch.device) -> None:
+    """CPU jobs share the worker's cores with its other slots and processes: by default
+    min(2, cores // 2) intra-op threads. Oversubscribed OpenMP threads spin: on a 2-core machine
+    with one core busy, 2 threads made a small ResNet 20-30x slower than 1.
+    (``torch.set_num_threads`` is process-wide; the last job to start sets it.)"""
+    threads = int_param(options, "threads", _default_threads(), 1, 256)
+    if device.type == "cpu" and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _default_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(2, (cores or 1) // 2))
+
+
+def release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    weight_decay: float
+    test_size: float
+    seed: int
+    device: torch.device
+
+
+def _settings(hp: dict[str, Any], ctx: JobContext) -> Settings:
+    seed_default = int_param(hp, "random_state", 0, 0, 2**31 - 1)
+    return Settings(
+        epochs=int_param(hp, "epochs", 5, 1, 10_000),
+        learning_rate=float_param(hp, "learning_rate", 1e-3, 0.0, 10.0),
+        batch_size=int_param(hp, "batch_size", 32, 1, 65_536),
+        weight_decay=float_param(hp, "weight_decay", 0.01, 0.0, 10.0, inclusive=True),
+        test_size=float_param(hp, "test_size", 0.2, 0.0, 0.9),
+        seed=int_param(hp, "seed", seed_default, 0, 2**31 - 1),
+        device=device_for(hp, ctx),
+    )
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Tensors for the trainer plus everything inference needs (``meta``)."""
+
+    train: tuple[torch.Tensor, ...]
+    test: tuple[torch.Tensor, ...]
+    n_classes: int
+    size: int  # input channels (image) or vocabulary size (text, lm)
+    meta: dict[str, Any]
+    vocab: Vocab | None = None
+
+
+def _split(y: npt.NDArray[Any] | None, n: int, s: Settings) -> tuple[npt.NDArray[np.intp], ...]:
+    """Train/test indices, stratified by ``y`` when given."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        parts: list[npt.NDArray[np.intp]] = train_test_split(
+            np.arange(n), test_size=s.test_size, random_state=s.seed, stratify=y)
+    except ValueError as exc:
+        raise JobFailure(f"cannot split {n} samples with test_size={s.test_size}: {exc}",
+                         code="invalid_data") from exc
+    return tuple(parts)
+
+
+def _classes(y: npt.NDArray[Any]) -> tuple[list[Any], npt.NDArray[np.int64]]:
+    classes, index = np.unique(y, return_inverse=True)
+    return classes.tolist(), index.astype(np.int64)
+
+
+def _prepare_images(ctx: JobContext, hp: dict[str, Any], cfg: dict[str, Any],
+                    s: Settings) -> Prepared:
+    images = load_images(ctx.data_root, ctx.message.data_path or "")
+    assert images.y is not None
+    c, h, w = images.shape
+    size = int_param(hp, "image_size", min(h, w), 4, 1024)
+    classes, y = _classes(images.y)
+    train, test = _split(y, len(y), s)
+    x = torch_infer.resize(torch.from_numpy(images.x), size)
+    mean = x[torch.from_numpy(train)].mean(dim=(0, 2, 3))
+    std = x[torch.from_numpy(train)].std(dim=(0, 2, 3)).clamp_min(1e-6)
+    x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+    cfg["image_size"] = size
+    yt = torch.from_numpy(y)
+    meta = {"input_shape": [c, h, w], "image_size": size, "mean": mean.tolist(),
+            "std": std.tolist(), "classes": classes, "class_names": images.class_names}
+    return Prepared((x[train], yt[train]), (x[test], yt[test]), len(classes), c, meta)
+
+
+def _prepare_text(ctx: JobContext, hp: dict[str, Any], cfg: dict[str, Any],
+                  s: Settings) -> Prepared:
+    causal = architecture(ctx.message.model_type).family == "lm"
+    table = load_text(ctx.data_root, ctx.message.data_path or "", labelled=not causal,
+                      text_column=_column(hp, "text_column"),
+                      label_column=_column(hp, "label_column"))
+    labels = None if causal or table.labels is None else _classes(np.asarray(table.labels))
+    train, test = _split(None if labels is None else labels[1], len(table.texts), s)
+    vocab = Vocab.build([table.texts[i] for i in train])
+    ids, mask = (torch.from_numpy(a) for a in encode(vocab, table.texts, cfg["max_length"],
+                                                     causal=causal))
+    meta: dict[str, Any] = {"max_length": cfg["max_length"], "text_column": table.text_column}
+    if labels is None:
+        return Prepared((ids[train], mask[train]), (ids[test], mask[test]), 0, len(vocab),
+                        meta, vocab)
+    yt = torch.from_numpy(labels[1])
+    meta["classes"] = labels[0]
+    return Prepared((ids[train], mask[train], yt[train]), (ids[test], mask[test], yt[test]),
+                    len(labels[0]), len(vocab), meta, vocab)
+
+
+def _column(hp: dict[str, Any], name: str) -> str | None:
+    value = hp.get(name)
+    if value is not None and not isinstance(value, str):
+        raise bad(name, "a column name", value)
+    return value
+
+
+def _load_weights(model: torch.nn.Module, ctx: JobContext, hp: dict[str, Any],
+                  device: torch.device) -> dict[str, Any] | None:
+    """Optional initial weights: a state_dict (or a checkpoint with ``model``) in the data root."""
+    path = hp.get("weights_path")
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise bad("weights_path", "a path under the data root", path)
+    try:
+        state = torch.load(resolve_data_path(ctx.data_root, path), map_location=device,
+                           weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, OSError, AttributeError, TypeError, ValueError) as exc:
+        raise JobFailure(f"weights_path {path!r} does not fit this model: {exc}"[:800],
+                         code="invalid_data") from exc
+    return {"path": path, "missing_keys": len(missing), "unexpected_keys": len(unexpected)}
+
+
+def _fingerprint(ctx: JobContext, cfg: dict[str, Any], prep: Prepared) -> str:
+    """What must match for a checkpoint to be resumed."""
+    hp = {k: v for k, v in ctx.message.hyperparameters.items() if k not in _PLACEMENT}
+    blob = orjson.dumps({"model_type": ctx.message.model_type, "data_path": ctx.message.data_path,
+                         "hp": hp, "cfg": cfg, "n": len(prep.train[0]), "size": prep.size},
+                        option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(blob).hexdigest()
+
+
+class PytorchFramework:
+    """The ``pytorch-*`` worker types' framework."""
+
+    name = FRAMEWORK
+
+    def version(self) -> str:
+        return str(torch.__version__)
+
+    def train(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+        msg = ctx.message
+        hp = dict(msg.hyperparameters)
+        cfg = {"family": architecture(msg.model_type).family,
+               **resolve_config(msg.model_type, hp)}  # validates before any I/O
+        s = _settings(hp, ctx)
+        if not msg.data_path:
+            raise JobFailure("data_path is required for training", code="data_path_required")
+        limit_threads(hp, s.device)
+        try:
+            return self._train(ctx, progress, hp, cfg, s)
+        except torch.cuda.OutOfMemoryError as exc:
+            error = RetryableError(f"CUDA out of memory with batch_size={s.batch_size}: {exc}")
+            error.code = "cuda_oom"
+            raise error from exc
+        finally:
+            release(s.device)
+
+    def _train(self, ctx: JobContext, progress: Progress, hp: dict[str, Any],
+               cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
+        progress("loading_data", percent=0, message=ctx.message.data_path or "")
+        prepare = _prepare_images if cfg["family"] == "image" else _prepare_text
+        prep = prepare(ctx, hp, cfg, s)
+        cfg["seed"] = s.seed
+        model = build_model(ctx.message.model_type, cfg, prep.n_classes, prep.size).to(s.device)
+        weights = _load_weights(model, ctx, hp, s.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=s.learning_rate,
+                                      weight_decay=s.weight_decay)
+        trainer = Trainer(model, optimizer, cfg["family"], s.device, prep.train, prep.test,
+                          s.epochs, s.batch_size, ctx.artifact_dir / CHECKPOINT_FILE,
+                          _fingerprint(ctx, cfg, prep))
+        trainer.generator.manual_seed(s.seed)  # shuffling
+        torch.manual_seed(s.seed)  # dropout (process-wide: reproducible one job at a time)
+        progress("training", percent=5, message=f"{len(prep.train[0])} training / "
+                 f"{len(prep.test[0])} held-out samples on {s.device.type}")
+        fitted = fit(trainer, progress)
+        progress("saving", percent=96, metrics=fitted.metrics)
+        result = self._result(ctx, cfg, prep, fitted, s, weights)
+        self._save(ctx, model, prep, cfg, result)
+        discard_checkpoint(trainer)
+        progress("saving", percent=100, metrics=fitted.metrics, message="model saved")
+        return result
+
+    def _result(self, ctx: JobContext, cfg: dict[str, Any], prep: Prepared, fitted: FitResult,
+                s: Settings, weights: dict[str, Any] | None) -> dict[str, Any]:
+        msg = ctx.message
+        used = COMMON | architecture(msg.model_type).params
+        return {
+            "metrics": fitted.metrics, "history": fitted.history,
+            "epochs": s.epochs, "epochs_run": fitted.epochs_run,
+            "resumed_from_epoch": fitted.resumed_from_epoch,
+            "n_train": len(prep.train[0]), "n_test": len(prep.test[0]),
+            **({"classes": prep.meta["classes"]} if "classes" in prep.meta else {}),
+            "config": cfg, "device": s.device.type, "weights": weights,
+            "model_type": msg.model_type, "model_id": msg.job_id, "framework": FRAMEWORK,
+            "framework_version": self.version(), "artifact": str(ctx.artifact_dir),
+            "ignored_hyperparameters": sorted(k for k in msg.hyperparameters if k not in used),
+        }
+
+    def _save(self, ctx: JobContext, model: torch.nn.Module, prep: Prepared,
+              cfg: dict[str, Any], result: dict[str, Any]) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_atomic(state, ctx.artifact_dir / MODEL_FILE)
+        if prep.vocab is not None:
+            prep.vocab.save(ctx.artifact_dir / VOCAB_FILE)
+        keys = ("framework", "framework_version", "model_type", "model_id", "metrics",
+                "history", "epochs_run", "resumed_from_epoch")
+        artifacts.write_json_atomic(ctx.artifact_dir / artifacts.METADATA_FILE, {
+            **{k: result[k] for k in keys}, **prep.meta, "config": cfg,
+            "n_classes": prep.n_classes, "size": prep.size, "data_path": ctx.message.data_path,
+            "hyperparameters": ctx.message.hyperparameters,
+            "files": [MODEL_FILE, *([VOCAB_FILE] if prep.vocab is not None else [])],
+        })
+
+    def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
+        msg = ctx.message
+        if not msg.model_id:
+            raise JobFailure("model_id is required for inference", code="model_id_required")
+        device = device_for(msg.parameters, ctx)
+        limit_threads(msg.parameters, device)
+        try:
+            result = torch_infer.infer(ctx, progress, device)
+        finally:
+            release(device)
+        return {**result, "model_id": msg.model_id, "framework": FRAMEWORK,
+                "framework_version": self.version()}
