@@ -128,10 +128,10 @@ class AiqRounds:
 @dataclass
 class AiqLatency:
     concurrency: int
-    total: Latency  # submit_training + wait (the public Python API)
+    total: Latency  # submit_training + result (the public Python API)
     submit: Latency
     wait: Latency
-    # The same round trip without Producer.wait's look-ups: submit_training, then XREAD BLOCK
+    # The same round trip read directly: submit_training, then XREAD BLOCK
     # on the job's events stream (key known) until ``succeeded``.
     events_total: Latency
     to_started: Latency  # submit called -> ``started`` event received
@@ -453,13 +453,13 @@ def render(raw_tp: RawThroughput, raw_lat: Latency, rounds: AiqRounds, lat: AiqL
         f"{len(raw_lat.samples_ms):,} round trips: XADD -> echo process (XREADGROUP BLOCK, "
         f"XACK + XADD reply) -> XREAD BLOCK; mean {_ms(statistics.fmean(raw_lat.samples_ms))}"))
     details.add_row("aiq latency", (
-        f"{len(lat.total.samples_ms):,} x submit_training + wait, idle worker "
+        f"{len(lat.total.samples_ms):,} x submit_training + result, idle worker "
         f"MAX_CONCURRENT_JOBS={lat.concurrency}; p50 submit {_ms(lat.submit.p(50))} + wait "
         f"{_ms(lat.wait.p(50))} ms; p99.9/max {_ms(lat.total.p(99.9))}/"
         f"{_ms(max(lat.total.samples_ms))} ms"))
     details.add_row("aiq latency, events", (
         f"diagnostic: submit_training + XREAD BLOCK on the job's events stream (no "
-        f"Producer.wait look-ups): p50 {_ms(lat.events_total.p(50))} ms, of which submit -> "
+        f"Producer.result): p50 {_ms(lat.events_total.p(50))} ms, of which submit -> "
         f"`started` received {_ms(lat.to_started.p(50))} ms; p99 "
         f"{_ms(lat.events_total.p(99))} ms"))
     console.print(details)
