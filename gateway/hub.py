@@ -142,13 +142,22 @@ class Subscription(Generic[T]):
         self.closed = True
         self._wake.set()
 
+    def poke(self) -> None:
+        """Wake a waiting ``get`` with nothing (the hub's heartbeat: the stream sends a ping)."""
+        self._wake.set()
+
     async def get(self, timeout: float | None = None) -> T | None:
-        """The oldest item; None after ``timeout`` s, when closed, or on ``mark_stale``."""
+        """The oldest item; None after ``timeout`` s, on ``poke``, when closed, or on
+        ``mark_stale``. Without a timeout no timer is armed per wait (SSE streams rely on the
+        hub's heartbeat pokes instead)."""
         if not self.items and not self.closed:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            if timeout is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
         return self.items.popleft() if self.items else None
 
 
@@ -251,7 +260,17 @@ class Hub:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._read_loop(), name="aiq-hub-reader"),
-                       asyncio.create_task(self._refresh_loop(), name="aiq-hub-refresh")]
+                       asyncio.create_task(self._refresh_loop(), name="aiq-hub-refresh"),
+                       asyncio.create_task(self._heartbeat_loop(), name="aiq-hub-heartbeat")]
+
+    async def _heartbeat_loop(self) -> None:
+        """One timer for every SSE stream: each interval, poke them all; a stream with nothing
+        to send writes a heartbeat comment (a per-frame timer cost more than the frame)."""
+        while True:
+            await asyncio.sleep(self.settings.sse_heartbeat_s)
+            for subs in list(self._subs.jobs.values()):
+                for sub in list(subs):
+                    sub.poke()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -103,13 +103,18 @@ class _Follower:
         return self.after_replay(history)
 
     async def next_chunk(self) -> str:
-        item = await self.sub.get(self.heartbeat_s)
+        """Everything buffered for this client, as one chunk (one write however far behind
+        it is); a heartbeat comment when the hub's heartbeat woke it with nothing to send."""
+        item = await self.sub.get()
         if self.sub.closed:
             return ""
         chunk = await self.resync() if self.sub.take_stale() else ""
         if chunk is None:  # a gap not yet filled: a live event now would skip it
             return PING
-        return (chunk + (self.live(item) if item is not None else "")) or PING
+        parts = [chunk, self.live(item) if item is not None else ""]
+        while self.sub.items and not self.done:
+            parts.append(self.live(self.sub.items.popleft()))
+        return "".join(parts) or PING
 
     async def stream(self, first: str) -> AsyncIterator[str]:
         try:

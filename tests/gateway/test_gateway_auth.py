@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 from asgi_lifespan import LifespanManager
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from tests.gateway.live import live_gateway
 
 KEY = "s3cret-key"
 BODY = {"model_type": "noop"}
@@ -48,14 +52,10 @@ async def test_probe_and_page_stay_open(client: httpx.AsyncClient) -> None:
     assert (await client.get("/")).status_code == 200
 
 
-def test_websocket_needs_the_key(redis_url: str) -> None:
-    from starlette.testclient import TestClient
-    from starlette.websockets import WebSocketDisconnect
-
-    app = create_app(GatewaySettings(redis_url=redis_url, api_key=KEY))  # type: ignore[arg-type]
-    with TestClient(app) as tc:
-        with pytest.raises(WebSocketDisconnect) as refused, tc.websocket_connect("/ws"):
-            pass
-        assert refused.value.code == 4401
-        with tc.websocket_connect(f"/ws?api_key={KEY}") as ws:
-            assert ws.receive_json()["type"] == "snapshot"
+async def test_websocket_needs_the_key(redis_url: str) -> None:
+    async with live_gateway(redis_url, api_key=KEY) as gw:
+        with pytest.raises(InvalidStatus):  # the handshake is refused (close before accept)
+            async with connect(gw.ws_url) as ws:
+                await ws.recv()
+        async with connect(f"{gw.ws_url}?api_key={KEY}") as ws:
+            assert orjson.loads(await ws.recv())["type"] == "snapshot"
