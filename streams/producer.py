@@ -65,7 +65,7 @@ class Producer:
             "hyperparameters": _dumps(req.hyperparameters.model_dump(mode="json")),
         }
         record = {"description": req.description, "requires_gpu": int(req.requires_gpu)}
-        fingerprint = req.model_dump_json()
+        fingerprint = req.model_dump_json() if idempotency_key else ""
         return await self._submit(JobKind.TRAINING, worker_type, entry, record, fingerprint,
                                   idempotency_key)
 
@@ -108,7 +108,8 @@ class Producer:
         pairs = [x for name in ENTRY_FIELDS for x in (name, fields.get(name, ""))]
         extra = [x for kv in {**record, "worker_type": worker_type}.items() for x in kv]
         idem_key = keys.idempotency(idempotency_key or "-")
-        digest = hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest() if fingerprint \
+            else ""
         ttl = self.limits.idempotency_ttl_s if idempotency_key else 0
         stream = keys.stream(kind)
         code, got_id, *rest = await scripts.SUBMIT(
