@@ -145,7 +145,8 @@ def _labels(values: list[str]) -> npt.NDArray[Any]:
         return np.asarray(values)
 
 
-def _label_index(header: list[str], label_column: str | None, shown: str) -> int:
+def find_label_column(header: list[str], label_column: str | None, shown: str) -> int | None:
+    """Index of the label column: the one named, else ``label``/``target``; None if absent."""
     if label_column is not None:
         if label_column not in header:
             raise JobFailure(f"{shown}: label column {label_column!r} not in the header "
@@ -154,7 +155,12 @@ def _label_index(header: list[str], label_column: str | None, shown: str) -> int
     for name in LABEL_CANDIDATES:
         if name in header:
             return header.index(name)
-    return len(header) - 1
+    return None
+
+
+def _label_index(header: list[str], label_column: str | None, shown: str) -> int:
+    found = find_label_column(header, label_column, shown)
+    return len(header) - 1 if found is None else found  # tabular: the last column
 
 
 def _check_classes(y: npt.NDArray[Any], label: str, shown: str) -> None:

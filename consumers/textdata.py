@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers import artifacts
-from consumers.data import BUILTIN_PREFIX, LABEL_CANDIDATES, read_csv, resolve_data_path
+from consumers.data import BUILTIN_PREFIX, find_label_column, read_csv, resolve_data_path
 from consumers.frameworks.base import JobFailure
 
 DATASETS_DIR = Path(__file__).with_name("datasets")
@@ -116,18 +116,11 @@ def _text_index(header: list[str], text_column: str | None, shown: str) -> int:
 
 def _label_index(header: list[str], label_column: str | None, shown: str,
                  required: bool) -> int | None:
-    if label_column is not None:
-        if label_column not in header:
-            raise JobFailure(f"{shown}: label column {label_column!r} not in the header "
-                             f"{header}", code="invalid_data")
-        return header.index(label_column)
-    for name in LABEL_CANDIDATES:
-        if name in header:
-            return header.index(name)
-    if required:
+    found = find_label_column(header, label_column, shown)
+    if found is None and required:
         raise JobFailure(f"{shown}: no label column in the header {header}; name it label or "
                          "set the label_column hyperparameter", code="invalid_data")
-    return None
+    return found
 
 
 def _csv_path(data_root: Path, data_path: str) -> Path:
