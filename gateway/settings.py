@@ -13,7 +13,9 @@ class GatewaySettings(RedisSettings):
     redis_connect_timeout_s: float = Field(default=1.0, gt=0, description="a down Redis "
                                            "answers 503 after at most this long")
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
-    redis_max_connections: int = Field(default=100, ge=1)
+    redis_max_connections: int = Field(default=16, ge=1, description="the request pool's size: "
+                                       "requests beyond it wait for a free connection, so a burst "
+                                       "of clients never opens more")
 
     api_key: SecretStr | None = Field(default=None, description="API_KEY: when set, required on "
                                       "every request but /health and the dashboard page")

@@ -24,6 +24,10 @@ from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
 
 _TYPE_CACHE = 10_000
+# Blocking reads wait in slices of at most this, and at most half the client's socket timeout
+# (redis-py's default: 5 s), which would otherwise cut a long wait short. A slice that ends
+# empty costs one record lookup.
+_BLOCK_SLICE_MS = 2_000
 
 
 class ModelNotReady(IllegalTransition):
@@ -50,6 +54,9 @@ class Producer:
         self._grouped: set[str] = set()
         self._types: OrderedDict[str, str] = OrderedDict()  # job id -> worker type (LRU)
         self._seen: dict[str, str] = {}  # job id -> its queued event's id
+        timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", 5.0)
+        self._slice_ms = _BLOCK_SLICE_MS if timeout is None else \
+            max(10, min(_BLOCK_SLICE_MS, int(timeout * 500)))
 
     def keys(self, worker_type: str) -> QueueKeys:
         return QueueKeys(worker_type, self.prefix)
@@ -212,7 +219,8 @@ class Producer:
         stream = keys.job_events(job_id)
         last = after
         while True:
-            got = await self.redis.xread({stream: last}, count=100, block=block_ms)
+            got = await self.redis.xread({stream: last}, count=100,
+                                         block=min(block_ms, self._slice_ms))
             for _name, entries in got or []:
                 for entry_id, fields in entries:
                     last = entry_id
@@ -233,7 +241,8 @@ class Producer:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 raise TimeoutError(f"job {job_id} not finished after {timeout} s")
-            got = await self.redis.xread({stream: last}, count=100, block=remaining_ms)
+            got = await self.redis.xread({stream: last}, count=100,
+                                         block=min(remaining_ms, self._slice_ms))
             for _name, entries in got or []:
                 for entry_id, fields in entries:
                     last = entry_id

@@ -208,3 +208,19 @@ async def test_operators_see_group_and_in_flight_work(redis: Redis, redis_url: s
         assert summary["consumers"] == [{"name": "op-worker", "pending": 1}]
         await producer.cancel(sub.job_id)
         await producer.wait(sub.job_id, timeout=10)
+
+
+async def test_result_waits_past_the_clients_socket_timeout(redis_url: str,
+                                                            tmp_path: Path) -> None:
+    """A wait longer than the client's socket timeout blocks in slices instead of failing
+    with redis-py's "Timeout reading" (its default socket timeout is 5 s)."""
+    from streams.connection import client
+
+    short = client(redis_url, socket_timeout=0.5)
+    producer = Producer(short)
+    try:
+        async with running_worker(settings_for(redis_url, tmp_path)):
+            sub = await producer.submit_training(job("sleep", seconds=1.5, steps=1))
+            assert (await producer.result(sub.job_id, timeout=30))["slept_s"] >= 1.5
+    finally:
+        await short.aclose()
