@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from aiq.redis_server import RedisServer
 from consumers.settings import WorkerSettings
-from schemas.events import JobEvent
+from schemas.events import JobEvent, ProgressEvent
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobStatus
 from streams.connection import client
@@ -161,6 +161,13 @@ async def test_gpt_learns_and_generates(trained: dict[str, dict[str, Any]],
     assert out["generated"][0].strip() and out["predictions"][0].startswith("the movie was")
 
 
+def _epoch(event: JobEvent, stage: str) -> int:
+    """The epoch of a progress event of ``stage``; -1 for any other event."""
+    if isinstance(event, ProgressEvent) and event.stage == stage:
+        return event.epoch or 0
+    return -1
+
+
 async def _events_until(producer: Producer, job_id: str, seen: list[JobEvent],
                         done: Callable[[JobEvent], bool], timeout: float) -> None:
     """Collect the job's events into ``seen`` (from where it stopped) until ``done(event)``."""
@@ -186,8 +193,8 @@ async def test_sigkilled_worker_job_resumes_from_checkpoint(url: str, root: Path
                 model_type="vgg", data_path="builtin:digits",
                 hyperparameters={"epochs": epochs}, framework_override=WORKER_TYPE))
             seen: list[JobEvent] = []
-            await _events_until(producer, sub.job_id, seen, lambda e: getattr(
-                e, "stage", "") == "evaluating" and (e.epoch or 0) >= 2, timeout=300)
+            await _events_until(producer, sub.job_id, seen,
+                                lambda e: _epoch(e, "evaluating") >= 2, timeout=300)
             a.send_signal(signal.SIGKILL)
             a.wait()
         with worker_process(_settings(url, root, redis_prefix=prefix), root / "b.log"):
@@ -217,8 +224,8 @@ async def test_cancel_mid_training(url: str, root: Path, producer: Producer,
         model_type="resnet", data_path="builtin:digits", hyperparameters={"epochs": 50},
         framework_override=WORKER_TYPE))
     seen: list[JobEvent] = []
-    await _events_until(producer, sub.job_id, seen, lambda e: getattr(
-        e, "stage", "") == "evaluating", timeout=300)  # a checkpoint exists now
+    await _events_until(producer, sub.job_id, seen, lambda e: _epoch(e, "evaluating") >= 1,
+                        timeout=300)  # a checkpoint exists now
     assert (root / "artifacts" / sub.job_id).is_dir()
     assert await producer.cancel(sub.job_id) is JobStatus.RUNNING  # the worker will stop it
     await _events_until(producer, sub.job_id, seen, lambda e: e.type in (
@@ -226,7 +233,7 @@ async def test_cancel_mid_training(url: str, root: Path, producer: Producer,
     assert seen[-1].type == "cancelled"
     record = await producer.get(sub.job_id)
     assert record.status is JobStatus.CANCELLED
-    last_epoch = max(e.epoch or 0 for e in seen if getattr(e, "stage", "") == "training")
+    last_epoch = max(_epoch(e, "training") for e in seen)
     assert last_epoch < 50
     assert not list((root / "artifacts" / sub.job_id).glob("checkpoint*"))
     # The worker is free again.
