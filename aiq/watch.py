@@ -439,6 +439,8 @@ def lifecycle_detail(event: dict[str, Any]) -> str:
     kind = event.get("type")
     if kind == "queued":
         return f"on {event.get('worker_type') or '?'} (position {event.get('position', 0)})"
+    if kind == "waiting":  # held by a GPU worker until its memory estimate fits
+        return str(event.get("message") or event.get("reason") or "")
     if kind == "started":
         return (f"on {event.get('worker', '?')} (attempt {event.get('attempt', 1)}, "
                 f"delivery {event.get('deliveries', 1)})")

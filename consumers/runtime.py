@@ -24,15 +24,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from consumers import oom
+from consumers.admission import Admission
 from consumers.execution import Outcome, classify, run_framework
 from consumers.frameworks.base import Framework, JobContext, JobFailure
+from consumers.gpu import GpuDevices
 from consumers.progress import JobRun
 from consumers.settings import WorkerSettings
 from consumers.threads import JobThreads
 from schemas.catalogue import CATALOGUE, Device
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
-from streams.consumer import Delivery, Finish, QueueConsumer
+from streams.consumer import Delivery, Finish, QueueConsumer, StartOutcome
 from streams.errors import NotOwner
 from streams.keys import GROUP, QueueKeys
 
@@ -53,6 +56,7 @@ class Worker:
         read_conn: Redis,
         name: str | None = None,
         gpus: list[GpuInfo] | None = None,
+        devices: GpuDevices | None = None,
     ) -> None:
         self.settings = settings
         self.framework = framework
@@ -76,10 +80,14 @@ class Worker:
         self._threads: JobThreads | None = None  # made in run(), on the serving loop
         self._finishes: deque[tuple[Finish, Outcome]] = deque()  # final writes to flush
         self._finish_added = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # last progress reports in flight
         self._idle = asyncio.Event()  # set when no job code runs
         self._started_at = int(time.time() * 1000)
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
+        # GPU admission: on for any worker with GPU devices (real, or scripted by settings).
+        self.admission = (Admission(devices, self.queue, redis, self.keys, settings, self.name)
+                          if devices is not None else None)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -100,6 +108,8 @@ class Worker:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._deregister()
+        if self.admission is not None:
+            await self.admission.close()
         self._threads.shutdown()
         self.stopped.set()
         self.log.info("worker stopped")
@@ -171,6 +181,12 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
+                if not batch and self.admission is not None and self.admission.holding:
+                    # Holding a job for GPU memory: read nothing new; check it again at a job
+                    # end or on the recheck timer.
+                    await self.admission.wait(self.stopping)
+                    await self._claim([])
+                    continue
                 if not batch:
                     batch = await self.queue.read(self.read_conn, self.free_slots,
                                                   self.settings.block_ms)
@@ -196,22 +212,34 @@ class Worker:
                 self.log.warning("malformed entry dead-lettered", entry_id=d.entry_id,
                                  stream=d.stream, reason=d.parse_error)
                 await self.queue.dead_letter(d, d.parse_error)
-        more: list[Delivery] = []
-        count = self.free_slots - len(good) if read_more else 0
-        if good and count > 0:
-            outcomes, more = await self.queue.start_and_read(self.read_conn, good, count)
-        elif good:
-            outcomes = await self.queue.start(good)
-        else:
-            return more
+        if self.admission is not None:
+            good = await self.admission.admit(good, self.free_slots)
+        holding = self.admission is not None and self.admission.holding
+        count = self.free_slots - len(good) if read_more and not holding else 0
+        if not good:
+            return []
+        outcomes, more = await self._start(good, count)
         for outcome in outcomes:
             d = outcome.delivery
             if outcome.started:
                 self._launch(d)
             else:
+                if self.admission is not None:
+                    self.admission.release(d.entry_id)
                 self.log.info("entry not started", job_id=d.job_id, entry_id=d.entry_id,
                               code=outcome.code, detail=outcome.detail)
         return more
+
+    async def _start(self, good: list[Delivery], count: int
+                     ) -> tuple[list[StartOutcome], list[Delivery]]:
+        try:
+            if count > 0:
+                return await self.queue.start_and_read(self.read_conn, good, count)
+            return await self.queue.start(good), []
+        except BaseException:
+            if self.admission is not None:  # not started after all: held again
+                self.admission.put_back(good)
+            raise
 
     def _launch(self, d: Delivery) -> None:
         """Hand the job to a job thread; ``_job_done`` gets its result back on the loop."""
@@ -221,14 +249,20 @@ class Worker:
         self.runs[d.entry_id] = run
         self.log.info("job started", job_id=d.job_id, model_type=d.message.model_type,
                       kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)
+        refusal = self.admission.refusal(d.entry_id) if self.admission is not None else None
         if d.message.model_type not in self.model_types:
-            self.executing += 1
-            self._job_done(run, 0.0, None, JobFailure(
+            refusal = JobFailure(
                 f"{self.settings.worker_type} does not serve {d.message.model_type!r}",
-                code="unsupported_model_type"))
+                code="unsupported_model_type")
+        if refusal is not None:
+            self.executing += 1
+            self._job_done(run, 0.0, None, refusal)
             return
-        ctx = JobContext(d.message, self.settings.data_root, self.settings.artifact_root,
-                         d.deliveries, d.attempt, extra={"device": self.device})
+        extra = {"device": self.device}
+        if self.admission is not None:
+            extra.update(self.admission.context(d.entry_id))  # the GPU it was given
+        ctx = JobContext(d.message.with_overrides(), self.settings.data_root,
+                         self.settings.artifact_root, d.deliveries, d.attempt, extra=extra)
         self.executing += 1
         started = time.monotonic()
         self._threads.submit(run_framework, (self.framework, ctx, run),
@@ -243,6 +277,8 @@ class Worker:
         self._slot_freed.set()
         if self.executing == 0:
             self._idle.set()
+        if self.admission is not None:  # memory given back; peaks learnt
+            self.admission.job_ended(run.delivery, result if exc is None else None)
         try:
             outcome = self._outcome(run, started, result, exc)
         except BaseException:  # KeyboardInterrupt & co. from the job: the worker stops
@@ -270,6 +306,8 @@ class Worker:
         result.setdefault("framework_version", self.framework_version)
         result.setdefault("duration_s", round(time.monotonic() - started, 3))
         result.setdefault("worker", self.name)
+        if run.delivery.message is not None:
+            oom.annotate(run.delivery.message, result)
         return Outcome.success(result)
 
     # ---- finalize --------------------------------------------------------------------------
@@ -293,12 +331,22 @@ class Worker:
             return self.queue.complete_call(d, outcome.result)
         if outcome.kind == "cancelled":
             return self.queue.cancel_call(d)
+        if oom.applies(d.message, outcome.error):
+            return self._oom_call(d, outcome)
         max_attempts = self.settings.max_retries + 1
         if outcome.retryable and d.attempt < max_attempts:
             return self.queue.retry_call(d, outcome.error, self._backoff_ms(d.attempt))
         if outcome.retryable:
             outcome.error["message"] += f" (gave up after {d.attempt} attempts)"
         return self.queue.fail_call(d, outcome.error)
+
+    def _oom_call(self, d: Delivery, outcome: Outcome) -> Finish:
+        """CUDA OOM: again with batch_size halved, within its own bound (consumers/oom.py)."""
+        assert d.message is not None
+        overrides = oom.next_overrides(d.message, self.settings.oom_max_halvings)
+        if overrides is None:
+            return self.queue.fail_call(d, oom.final_error(d.message, outcome.error))
+        return self.queue.retry_call(d, outcome.error, self._backoff_ms(1), overrides)
 
     def _backoff_ms(self, attempt: int) -> int:
         base = self.settings.retry_backoff_s * 2 ** (attempt - 1)
@@ -316,7 +364,13 @@ class Worker:
             await self._flush_finishes()
 
     async def _flush_finishes(self) -> None:
-        """Write every queued final write in one round trip (retried while Redis is down)."""
+        """Write every queued final write in one round trip (retried while Redis is down).
+        One flush at a time: the drain's flush waits for the finisher's write in flight, so a
+        job whose result is being written is never handed back as unfinished."""
+        async with self._flush_lock:
+            await self._write_finishes()
+
+    async def _write_finishes(self) -> None:
         items = list(self._finishes)
         self._finishes.clear()
         if not items:
@@ -369,9 +423,14 @@ class Worker:
 
     async def _renew(self) -> None:
         runs = list(self.runs.values())
-        if not runs:
+        held = self.admission.held() if self.admission is not None else []
+        if not runs and not held:
             return
-        codes = await self.queue.renew([r.delivery for r in runs])
+        codes = await self.queue.renew([*(r.delivery for r in runs), *held])
+        for d in held:  # waiting for GPU memory: leased like a running job
+            if codes.get(d.entry_id, 0) == 1 and self.admission is not None:
+                self.admission.drop(d.entry_id)
+                self.log.warning("lease of a held job lost", job_id=d.job_id)
         for run in runs:
             code = codes.get(run.delivery.entry_id, 0)
             if code == 1:
@@ -383,6 +442,8 @@ class Worker:
     async def _reclaim(self) -> None:
         if self.free_slots <= 0 or self.stopping.is_set():
             return
+        if self.admission is not None and self.admission.holding:
+            return  # no more entries while one waits for GPU memory
         batch = await self.queue.reclaim(self.free_slots, self.settings.lease_ms)
         if batch:
             self.log.info("reclaimed entries", entries=[d.entry_id for d in batch])
@@ -402,7 +463,8 @@ class Worker:
             heartbeat_at=int(time.time() * 1000),
             max_concurrent_jobs=self.slots,
             running_jobs=[r.delivery.job_id for r in self.runs.values()],
-            gpus=self.gpus, state="draining" if self.stopping.is_set() else "running",
+            gpus=self.admission.inventory() if self.admission is not None else self.gpus,
+            state="draining" if self.stopping.is_set() else "running",
         )
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from schemas.catalogue import CATALOGUE
 from streams.settings import RedisSettings
@@ -29,6 +29,22 @@ class WorkerSettings(RedisSettings):
     progress_interval_s: float = Field(default=0.25, ge=0, description="progress events are "
                                        "coalesced to at most one per interval per job")
     block_ms: int = Field(default=5000, ge=1)
+
+    # GPU admission (consumers/admission.py): on for every worker that has GPU devices.
+    gpu_script: Path | None = Field(
+        default=None, validation_alias=AliasChoices("aiq_gpu_script", "gpu_script"),
+        description="AIQ_GPU_SCRIPT: a JSON file of scripted GPU devices used instead of NVML "
+        "(tests; see consumers/gpu.py). Any worker type with it runs GPU admission")
+    gpu_headroom_mb: int = Field(default=256, ge=0, description="MiB per device admission "
+                                 "never gives out (CUDA context of a new job, fragmentation)")
+    gpu_estimate_margin: float = Field(default=0.1, ge=0, le=10, description="an estimate from "
+                                       "an observed peak is the peak times 1 + this")
+    admission_recheck_s: float = Field(default=1.0, gt=0, description="how often a job held "
+                                       "for GPU memory is checked again (also at every job end)")
+    waiting_event_min_change_mb: int = Field(default=256, ge=0, description="a waiting job's "
+                                             "event is rewritten when free memory moved this much")
+    oom_max_halvings: int = Field(default=3, ge=0, le=16, description="CUDA OOM: retry with "
+                                  "batch_size halved at most this many times")
 
     data_root: Path = Path("data")
     artifact_root: Path = Path("artifacts")

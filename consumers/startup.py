@@ -8,6 +8,7 @@ from packaging.specifiers import SpecifierSet
 
 from consumers.frameworks import load_framework
 from consumers.frameworks.base import Framework
+from consumers.gpu import GpuDevices, GpuUnavailable, NvmlMissing, open_devices
 from consumers.settings import WorkerSettings
 from schemas.catalogue import CATALOGUE, Device
 from schemas.workers import GpuInfo
@@ -35,33 +36,33 @@ def check_framework(settings: WorkerSettings) -> Framework:
                            f"{install}") from exc
 
 
-def check_gpu(settings: WorkerSettings) -> list[GpuInfo]:
+def check_gpu(settings: WorkerSettings) -> tuple[GpuDevices | None, list[GpuInfo]]:
+    """The worker's GPU devices (None: no GPU admission) and their inventory at start. A GPU
+    type needs a GPU; any type runs on scripted devices when ``AIQ_GPU_SCRIPT`` names some."""
     wt = CATALOGUE[settings.worker_type]
+    if settings.gpu_script is not None:
+        try:
+            devices: GpuDevices = open_devices(settings.gpu_script)
+            return devices, _inventory(devices)
+        except GpuUnavailable as exc:
+            raise StartupError(f"worker type {wt.name}: {exc}") from None
     if wt.device is not Device.GPU:
         if settings.use_gpu:
             raise StartupError(f"USE_GPU=true but worker type {wt.name} is CPU-only; use a "
                                f"-gpu worker type")
-        return []
+        return None, []
     if not settings.use_gpu:
         raise StartupError(f"worker type {wt.name} is a GPU type: set USE_GPU=true")
     try:
-        import pynvml
-    except ImportError:
+        devices = open_devices(None)
+        return devices, _inventory(devices)
+    except NvmlMissing:
         raise StartupError(f"worker type {wt.name} needs NVML bindings (nvidia-ml-py); "
                            f"install with: {wt.install_command}") from None
-    try:
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
-    except pynvml.NVMLError as exc:
-        raise StartupError(f"worker type {wt.name} needs a GPU, but NVML found none ({exc})"
-                           ) from None
-    if count == 0:
-        raise StartupError(f"worker type {wt.name} needs a GPU, but none is visible")
-    gpus = []
-    for i in range(count):
-        h = pynvml.nvmlDeviceGetHandleByIndex(i)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        name = pynvml.nvmlDeviceGetName(h)
-        gpus.append(GpuInfo(index=i, name=str(name), total_mb=mem.total // 2**20,
-                            free_mb=mem.free // 2**20))
-    return gpus
+    except GpuUnavailable as exc:
+        raise StartupError(f"worker type {wt.name} needs a GPU, but {exc}") from None
+
+
+def _inventory(devices: GpuDevices) -> list[GpuInfo]:
+    return [GpuInfo(index=d.index, name=d.name, total_mb=d.total_mb, free_mb=d.free_mb)
+            for d in devices.devices()]

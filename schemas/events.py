@@ -17,6 +17,7 @@ from schemas.status import JobStatus
 
 class EventType(StrEnum):
     QUEUED = "queued"
+    WAITING = "waiting"
     STARTED = "started"
     PROGRESS = "progress"
     RETRYING = "retrying"
@@ -42,6 +43,33 @@ class QueuedEvent(_Event):
     type: Literal[EventType.QUEUED] = EventType.QUEUED
     position: int = 0
     worker_type: str = ""
+
+
+class WaitingDevice(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    index: int
+    name: str = ""
+    total_mb: int
+    free_mb: int = Field(description="free as NVML reports it")
+    reserved_mb: int = Field(default=0, description="promised to jobs this worker started whose "
+                             "memory NVML does not show yet")
+    usable_mb: int = Field(description="what admission may still give out: free - reserved - "
+                           "headroom")
+
+
+class WaitingEvent(_Event):
+    """A worker holds the job (status stays queued) until its GPU memory estimate fits. Written
+    once per change of reason, not per check."""
+
+    type: Literal[EventType.WAITING] = EventType.WAITING
+    reason: str = Field(description="gpu_memory: no device has room for the estimate; "
+                        "behind_waiting_job: an earlier job of this worker waits first")
+    message: str = ""
+    worker: str = ""
+    needed_mb: int = 0
+    estimate_source: str = Field(default="", description="request | peak | table")
+    devices: list[WaitingDevice] = Field(default_factory=list)
+    behind: str | None = Field(default=None, description="the job waiting ahead of this one")
 
 
 class StartedEvent(_Event):
@@ -72,6 +100,8 @@ class RetryingEvent(_Event):
     attempt: int
     delay_ms: int
     error: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] | None = Field(default=None, description="what the next attempt "
+                                             "changes, e.g. a halved batch_size after CUDA OOM")
 
 
 class RequeuedEvent(_Event):
@@ -99,6 +129,7 @@ class CancelledEvent(_Event):
 
 JobEvent = Annotated[
     QueuedEvent
+    | WaitingEvent
     | StartedEvent
     | ProgressEvent
     | RetryingEvent

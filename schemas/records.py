@@ -21,7 +21,11 @@ ENTRY_FIELDS: tuple[str, ...] = (
     "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "data_path",
     "hyperparameters", "model_id", "inputs", "parameters",
 )
-_JSON_FIELDS = ("hyperparameters", "inputs", "parameters", "result", "error", "progress")
+# A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
+# worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
+REQUEUE_FIELDS: tuple[str, ...] = (*ENTRY_FIELDS, "overrides")
+_JSON_FIELDS = ("hyperparameters", "inputs", "parameters", "result", "error", "progress",
+                "overrides", "waiting")
 
 
 def _loads(raw: str | None, default: Any) -> Any:
@@ -43,6 +47,9 @@ class JobMessage(BaseModel):
     model_id: str | None = None
     inputs: list[list[Any]] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+    # Set by a worker for the next attempt, e.g. after CUDA OOM:
+    # {"hyperparameters": {"batch_size": 16}, "oom_retries": [{"batch_size": 64, ...}, ...]}
+    overrides: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model_type")
     @classmethod
@@ -56,12 +63,20 @@ class JobMessage(BaseModel):
         """Parse entry fields; raises ValueError (with the reason) on a malformed entry."""
         try:
             data: dict[str, Any] = {k: v for k, v in fields.items() if v != ""}
-            for name in ("hyperparameters", "inputs", "parameters"):
+            for name in ("hyperparameters", "inputs", "parameters", "overrides"):
                 if name in data:
                     data[name] = orjson.loads(data[name])
             return cls.model_validate(data)
         except (ValidationError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"malformed job entry: {exc}".replace("\n", " ")[:500]) from exc
+
+    def with_overrides(self) -> JobMessage:
+        """The message the framework runs: ``overrides["hyperparameters"]`` applied on top of the
+        submitted hyperparameters (the same message when there are none)."""
+        changed = self.overrides.get("hyperparameters")
+        if not changed:
+            return self
+        return self.model_copy(update={"hyperparameters": {**self.hyperparameters, **changed}})
 
 
 def entry_fields(record: dict[str, str]) -> dict[str, str]:
@@ -103,6 +118,8 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     progress: dict[str, Any] | None = None
     cancel_requested: bool = False
+    overrides: dict[str, Any] | None = None  # what a worker changed for a retry (CUDA OOM)
+    waiting: dict[str, Any] | None = None  # why a queued job waits (GPU admission), latest
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -159,6 +176,8 @@ class JobStatusView(BaseModel):
     started_at: int | None = None
     finished_at: int | None = None
     result: dict[str, Any] | None = None
+    waiting: dict[str, Any] | None = Field(default=None, description="why a queued job is not "
+                                           "started yet (GPU memory); absent once it starts")
 
 
 class JobView(JobStatusView):
@@ -173,6 +192,9 @@ class JobView(JobStatusView):
     deliveries: int = 0
     worker: str | None = None
     cancel_requested: bool = False
+    overrides: dict[str, Any] | None = Field(default=None, description="what a worker changed "
+                                             "for a retry, e.g. a halved batch_size after CUDA "
+                                             "OOM (hyperparameters stay as submitted)")
     links: JobLinks
 
 

@@ -10,6 +10,8 @@ class GpuInfo(BaseModel):
     name: str
     total_mb: int
     free_mb: int
+    reserved_mb: int = Field(default=0, description="promised by GPU admission to running jobs "
+                             "whose memory NVML does not show yet")
 
 
 class WorkerInfo(BaseModel):

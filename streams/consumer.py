@@ -11,10 +11,10 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from schemas.records import ENTRY_FIELDS, JobMessage
+from schemas.records import REQUEUE_FIELDS, JobMessage
 from schemas.status import JobKind
 from streams import scripts
-from streams.errors import NOT_OWNER, NotOwner, raise_for
+from streams.errors import NOT_OWNER, AiqError, NotOwner, error_for, raise_for
 from streams.groups import ensure_groups
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -48,6 +48,7 @@ class Finish:
     payload: dict[str, Any] | None = None  # result (complete) or error (fail, retry)
     delay_ms: int = 0  # retry backoff
     reason: str = ""  # handback
+    overrides: dict[str, Any] | None = None  # retry: what the next attempt changes
 
 
 def _json(value: Any) -> str:
@@ -210,8 +211,8 @@ class QueueConsumer:
         table: dict[str, tuple[scripts.Script, list[str], list[Arg]]] = {
             "cancel": (scripts.CONFIRM_CANCEL, [self.keys.stats, self.keys.jobs], []),
             "retry": (scripts.RETRY, [self.keys.delayed, self.keys.stats],
-                      [_json(f.payload), f.delay_ms]),
-            "handback": (scripts.HANDBACK, [self.keys.stats], [f.reason, *ENTRY_FIELDS]),
+                      [_json(f.payload), f.delay_ms, _json(f.overrides) if f.overrides else ""]),
+            "handback": (scripts.HANDBACK, [self.keys.stats], [f.reason, *REQUEUE_FIELDS]),
         }
         script, extra_keys, args = table[f.action]
         return (script, [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
@@ -237,8 +238,9 @@ class QueueConsumer:
     def cancel_call(self, d: Delivery) -> Finish:
         return Finish("cancel", d)
 
-    def retry_call(self, d: Delivery, error: dict[str, Any], delay_ms: int) -> Finish:
-        return Finish("retry", d, error, delay_ms=delay_ms)
+    def retry_call(self, d: Delivery, error: dict[str, Any], delay_ms: int,
+                   overrides: dict[str, Any] | None = None) -> Finish:
+        return Finish("retry", d, error, delay_ms=delay_ms, overrides=overrides)
 
     def handback_call(self, d: Delivery, reason: str) -> Finish:
         return Finish("handback", d, reason=reason)
@@ -279,6 +281,26 @@ class QueueConsumer:
         return [NotOwner(f"{items[n].delivery.job_id}: not the owner of its entry")
                 if codes[n] == NOT_OWNER else None for n in range(len(items))]
 
+    async def wait(self, items: list[tuple[Delivery, str]]) -> list[bool | AiqError]:
+        """Entries held unstarted by GPU admission, each with its reason (JSON), in one round
+        trip. Per item: True when the reason changed (a ``waiting`` event was written), False
+        when unchanged, or the error (NotOwner, StaleEntry) when the entry is no longer this
+        worker's to hold (a StaleEntry's entry was acked and deleted)."""
+        calls: list[tuple[scripts.Script, list[str], list[Arg]]] = [
+            (scripts.WAIT,
+             [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
+              self.keys.events, self.keys.stats],
+             [*self._common, d.job_id, d.entry_id, GROUP, self.name, reason])
+            for d, reason in items
+        ]
+        out: list[bool | AiqError] = []
+        for (d, _), res in zip(items, await scripts.execute(self.redis, calls), strict=True):
+            _raise_exc(res)
+            code, detail = int(res[0]), res[1]
+            err = error_for(code, str(detail), f"wait of {d.job_id}")
+            out.append(err if err is not None else code == 1)
+        return out
+
     async def renew(self, batch: list[Delivery]) -> dict[str, int]:
         """Renew the leases of in-flight entries. Returns entry id -> 0 renewed, 1 lost,
         2 renewed and cancel requested."""
@@ -304,7 +326,7 @@ class QueueConsumer:
             (scripts.PROMOTE,
              [self.keys.delayed, self.keys.stream(kind), self.keys.job(job_id),
               self.keys.job_events(job_id), self.keys.events],
-             [*self._common, job_id, *ENTRY_FIELDS])
+             [*self._common, job_id, *REQUEUE_FIELDS])
             for job_id, kind in zip(due, kinds, strict=True)
         ]
         results = await scripts.execute(self.redis, calls)

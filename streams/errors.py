@@ -70,9 +70,16 @@ _ERRORS: dict[int, type[AiqError]] = {
 }
 
 
+def error_for(code: int, detail: str, context: str) -> AiqError | None:
+    """The typed error for a negative script code; None for codes >= 0."""
+    if code >= 0:
+        return None
+    cls = _ERRORS.get(code, AiqError)
+    return cls(f"{context}: {detail}" if detail else context)
+
+
 def raise_for(code: int, detail: str, context: str) -> None:
     """Raise the typed error for a negative script code; return for codes >= 0."""
-    if code >= 0:
-        return
-    cls = _ERRORS.get(code, AiqError)
-    raise cls(f"{context}: {detail}" if detail else context)
+    err = error_for(code, detail, context)
+    if err is not None:
+        raise err

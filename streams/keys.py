@@ -14,6 +14,7 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:{pytorch-2.1}:workers             live worker ids (set); ai:{…}:worker:<id> their info
     ai:{pytorch-2.1}:stats               counters (hash): submitted, succeeded, fenced, …
     ai:{pytorch-2.1}:idem:<key>          Idempotency-Key of a submit (hash, expires)
+    ai:{pytorch-2.1}:gpu_peaks           peak GPU MiB seen per <model_type>:<kind>:<batch_size>
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class QueueKeys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self._base}:worker:{worker_id}"
+
+    @property
+    def gpu_peaks(self) -> str:
+        return f"{self._base}:gpu_peaks"
 
     def idempotency(self, key: str) -> str:
         return f"{self._base}:idem:{key}"

@@ -58,8 +58,10 @@ CANCEL = Script.load("cancel")
 CONFIRM_CANCEL = Script.load("confirm_cancel")
 RENEW = Script.load("renew")
 DEAD_LETTER = Script.load("dead_letter")
+WAIT = Script.load("wait")
+GPU_PEAK = Script.load("gpu_peak")
 ALL = (SUBMIT, START, PROGRESS, COMPLETE, FAIL, RETRY, PROMOTE, HANDBACK, CANCEL,
-       CONFIRM_CANCEL, RENEW, DEAD_LETTER)
+       CONFIRM_CANCEL, RENEW, DEAD_LETTER, WAIT, GPU_PEAK)
 _BY_SHA = {s.sha: s for s in ALL}
 
 

@@ -42,6 +42,15 @@ def _test_redis_executable() -> str:
     return choice or find_redis_server()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _reap_spawned_workers() -> Iterator[None]:
+    """No worker process outlives its test module, even when a test fails half-way."""
+    yield
+    from tests.support import reap_spawned
+
+    reap_spawned()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server (appendonly, temp data dir) for the whole session."""

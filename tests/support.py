@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from consumers.frameworks import load_framework
+from consumers.gpu import GpuDevices
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
 from streams.connection import client
@@ -47,13 +48,14 @@ def settings_for(redis_url: str, tmp: Path, worker_type: str = "diagnostic",
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: WorkerSettings, name: str | None = None
-                         ) -> AsyncIterator[Worker]:
-    """A worker serving in this event loop until the block exits (then a graceful stop)."""
+async def running_worker(settings: WorkerSettings, name: str | None = None,
+                         devices: GpuDevices | None = None) -> AsyncIterator[Worker]:
+    """A worker serving in this event loop until the block exits (then a graceful stop).
+    ``devices`` (e.g. ``consumers.gpu.ScriptedDevices``) turns GPU admission on."""
     redis = client(settings.url)
     read_conn = client(settings.url, max_connections=1)
     worker = Worker(settings, load_framework(CATALOG_FRAMEWORK[settings.worker_type]), redis,
-                    read_conn, name=name)
+                    read_conn, name=name, devices=devices)
     task = asyncio.create_task(worker.run())
     try:
         yield worker
@@ -74,15 +76,31 @@ class _Frameworks(dict[str, str]):
 CATALOG_FRAMEWORK = _Frameworks()
 
 
-def spawn_worker(settings: WorkerSettings, log: Path) -> subprocess.Popen[bytes]:
-    """A worker in its own process (python -m consumers), configured by env vars."""
+def spawn_worker(settings: WorkerSettings, log: Path,
+                 argv: Sequence[str | Path] | None = None) -> subprocess.Popen[bytes]:
+    """A worker in its own process (default: this python -m consumers; ``argv`` e.g. another
+    environment's python, or ``aiq worker``), configured by env vars."""
     env = {**os.environ}
     for name, value in settings.model_dump().items():
         if value is not None:
             env[name.upper()] = str(value)
     out = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "consumers"], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(a) for a in argv or (sys.executable, "-m", "consumers")],
+                            env=env, stdout=out, stderr=subprocess.STDOUT)
+    SPAWNED.append(proc)
+    return proc
+
+
+SPAWNED: list[subprocess.Popen[bytes]] = []  # reaped after each test module (conftest)
+
+
+def reap_spawned() -> None:
+    """Kill the workers a test spawned and left running (e.g. it failed before stopping them)."""
+    for proc in SPAWNED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    SPAWNED.clear()
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,

@@ -31,6 +31,15 @@ class RetryableError(Exception):
     code = "retryable_error"
 
 
+class CudaOutOfMemory(RetryableError):
+    """The job ran out of GPU memory. The worker retries it with ``batch_size`` halved (bounded
+    by OOM_MAX_HALVINGS) rather than with the same input; see consumers/oom.py. Raise it without
+    chaining the framework's exception: that traceback holds the job's tensors, which must be
+    freed before the memory can be released."""
+
+    code = "cuda_oom"
+
+
 class JobCancelled(Exception):
     """Raised by ``progress`` after a cancel request; the job stops at this step boundary."""
 

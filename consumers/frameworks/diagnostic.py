@@ -2,7 +2,10 @@
 
 Model types: ``noop`` (returns at once), ``sleep`` (``seconds`` in ``steps`` steps, reporting
 progress each step, so it can be cancelled, interrupted and lease-renewed), ``fail``
-(``error``: fatal | retryable; ``fail_times``: fail the first N attempts, then succeed).
+(``error``: fatal | retryable; ``fail_times``: fail the first N attempts, then succeed),
+``gpu_sim`` (a GPU job without a GPU, for admission and OOM tests: reports a memory peak of
+``base_mb + mb_per_sample * batch_size`` MiB as ``gpu_peak_mb``, raises CUDA OOM when
+``batch_size`` > ``oom_above``, and runs ``seconds`` in ``steps`` like ``sleep``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ import time
 from typing import Any
 
 import aiq
-from consumers.frameworks.base import JobContext, JobFailure, Progress, RetryableError
+from consumers.frameworks.base import (
+    CudaOutOfMemory,
+    JobContext,
+    JobFailure,
+    Progress,
+    RetryableError,
+)
 
 
 def _number(params: dict[str, Any], name: str, default: float) -> float:
@@ -35,6 +44,8 @@ class DiagnosticFramework:
             return self._sleep(params, progress)
         if msg.model_type == "fail":
             return self._fail(params, ctx.attempt)
+        if msg.model_type == "gpu_sim":
+            return self._gpu_sim(params, ctx, progress)
         return {"ok": True}
 
     def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
@@ -53,6 +64,19 @@ class DiagnosticFramework:
                 progress("sleeping", epoch=epoch, epochs=epochs, step=step, steps=steps,
                          percent=100 * done, loss=1.0 - done)
         return {"slept_s": round(time.monotonic() - started, 3), "steps": steps * epochs}
+
+    def _gpu_sim(self, params: dict[str, Any], ctx: JobContext, progress: Progress
+                 ) -> dict[str, Any]:
+        batch = int(_number(params, "batch_size", 32))
+        peak = int(_number(params, "base_mb", 100) + _number(params, "mb_per_sample", 10) * batch)
+        if "oom_above" in params and batch > _number(params, "oom_above", 0):
+            raise CudaOutOfMemory(f"CUDA out of memory with batch_size={batch} (simulated: "
+                                  f"oom_above={params['oom_above']})")
+        began = time.time()
+        result = self._sleep(params, progress) if params.get("seconds") else {}
+        return {**result, "batch_size": batch, "gpu_peak_mb": peak,
+                "device": ctx.extra.get("device", "cpu"), "ran_from": began,
+                "ran_until": time.time()}
 
     def _fail(self, params: dict[str, Any], attempt: int) -> dict[str, Any]:
         fail_times = int(_number(params, "fail_times", 1_000_000))

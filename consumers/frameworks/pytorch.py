@@ -23,7 +23,7 @@ import torch
 from consumers import artifacts
 from consumers.data import resolve_data_path
 from consumers.frameworks import torch_infer
-from consumers.frameworks.base import JobContext, JobFailure, Progress, RetryableError
+from consumers.frameworks.base import CudaOutOfMemory, JobContext, JobFailure, Progress
 from consumers.frameworks.torch_data import load_images
 from consumers.frameworks.torch_models import (
     architecture,
@@ -54,12 +54,15 @@ _PLACEMENT = frozenset({"device", "threads"})
 
 
 def device_for(options: dict[str, Any], ctx: JobContext) -> torch.device:
-    """The one device rule: ``device`` auto (default) picks CUDA when a GPU is visible."""
-    value = options.get("device", ctx.extra.get("device", "auto"))
+    """The one device rule: ``device`` auto (default) picks CUDA when a GPU is visible. The
+    worker's ``device`` (cpu, cuda, or ``cuda:<index>`` chosen by GPU admission) is the
+    default and names the GPU."""
+    assigned = str(ctx.extra.get("device", "auto"))
+    value = options.get("device", assigned.partition(":")[0])
     if value not in ("auto", "cpu", "cuda"):
         raise bad("device", "one of auto, cpu, cuda", value)
     if value != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device(assigned if assigned.startswith("cuda:") else "cuda")
     if value == "cuda":
         raise JobFailure("device 'cuda' was requested but this worker sees no GPU",
                          code="invalid_hyperparameters")
@@ -79,6 +82,16 @@ def limit_threads(options: dict[str, Any], device: torch.device) -> None:
 def _default_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(2, (cores or 1) // 2))
+
+
+_OOM_SIGNS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """The caching allocator's OutOfMemoryError, or the same failure met by the CUDA runtime,
+    cuBLAS or cuDNN allocating on their own."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or any(
+        sign in str(exc) for sign in _OOM_SIGNS)
 
 
 def release(device: torch.device) -> None:
@@ -233,14 +246,29 @@ class PytorchFramework:
         if not msg.data_path:
             raise JobFailure("data_path is required for training", code="data_path_required")
         limit_threads(hp, s.device)
+        cuda = s.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(s.device)
+        oom = None
         try:
-            return self._train(ctx, progress, hp, cfg, s)
-        except torch.cuda.OutOfMemoryError as exc:
-            error = RetryableError(f"CUDA out of memory with batch_size={s.batch_size}: {exc}")
-            error.code = "cuda_oom"
-            raise error from exc
-        finally:
+            result = self._train(ctx, progress, hp, cfg, s)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not _out_of_memory(exc):
+                release(s.device)
+                raise
+            oom = (str(exc).splitlines() or [""])[0][:500]
+        except BaseException:
             release(s.device)
+            raise
+        # Out of the except clause, the OOM's traceback (it holds the job's tensors) is gone,
+        # so the cache can really be emptied.
+        release(s.device)
+        if oom is not None:
+            raise CudaOutOfMemory(f"CUDA out of memory with batch_size={s.batch_size}: {oom}")
+        if cuda:  # what the caching allocator took from the device at most: GPU admission
+            # learns it (a process-wide figure: jobs sharing the device count each other's)
+            result["gpu_peak_mb"] = int(torch.cuda.max_memory_reserved(s.device)) // 2**20
+        return result
 
     def _train(self, ctx: JobContext, progress: Progress, hp: dict[str, Any],
                cfg: dict[str, Any], s: Settings) -> dict[str, Any]:

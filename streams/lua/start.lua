@@ -31,7 +31,7 @@ local function start_one(record, job_events, job_id, entry_id)
     return {-1, 'not the owner of this entry', 0}
   end
   owned[entry_id] = nil
-  local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id', 'started_at')
+  local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id', 'started_at', 'waiting')
   if not st[1] then
     dead_letter(job_id, entry_id, deliveries, 'record_missing')
     return {-5, deliveries, 0}
@@ -58,6 +58,9 @@ local function start_one(record, job_events, job_id, entry_id)
   end
   redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'deliveries', deliveries,
     'last_started_at', ts, 'started_at', st[4] or ts)
+  if st[5] then  -- GPU admission's reason to wait (wait.lua) is over
+    redis.call('HDEL', record, 'waiting')
+  end
   emit(job_events, type_events, job_id, 'started', 'running', '{"worker":"' .. consumer ..
     '","attempt":' .. attempt .. ',"deliveries":' .. deliveries .. ',"resumed":' ..
     tostring(deliveries > 1) .. '}', ts)
