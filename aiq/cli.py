@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -12,7 +13,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from aiq.installed import catalogue_availability
+from aiq.envs import (
+    EnvError,
+    env_dir,
+    has_own_env,
+    install,
+    install_command,
+    sync_command,
+)
+from aiq.installed import Availability, availability, catalogue_availability, visible_gpus
 from aiq.submit import submit_app
 from aiq.up import DEFAULT_REDIS_URL, UpOptions, run
 from aiq.watch import WATCH_HELP, UsageExits3, watch_command
@@ -77,9 +86,30 @@ def worker(
         overrides["use_gpu"] = wt.device is Device.GPU
     if concurrency is not None:
         overrides["max_concurrent_jobs"] = concurrency
+    found = availability(wt)
+    if found.python is None and has_own_env(wt):
+        _fail(f"aiq worker: worker type {name} needs {wt.module} {wt.version_spec}, which is not "
+              f"installed here; install its environment with: {install_command(wt)}", 2)
+    if found.env is not None and found.python is not None:
+        _exec_worker(found, overrides)
     from consumers.__main__ import main
 
     raise typer.Exit(main(**overrides))
+
+
+def _exec_worker(found: Availability, overrides: dict[str, object]) -> NoReturn:
+    """Become ``<env>/bin/python -m consumers``: the worker runs in the type's own environment
+    (same pid, so signals and supervisors reach it), configured by env vars as usual."""
+    assert found.python is not None and found.env is not None
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    for key, value in overrides.items():
+        env[key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    wt = found.worker_type
+    typer.echo(f"aiq worker: {wt.name} runs in {_shown(found.env)} ({wt.module} "
+               f"{found.installed_version})", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(found.python, [str(found.python), "-m", "consumers"], env)
 
 
 @app.command("gateway")
@@ -114,6 +144,96 @@ def types() -> None:
     Console().print(table)
 
 
+env_app = typer.Typer(
+    help="Per-type environments: torch 2.0, torch 2.1 and tensorflow conflict, so each of "
+    "their worker types runs from its own .venvs/<extra>.",
+    no_args_is_help=True,
+)
+
+
+def _env_targets(names: list[str], every: bool) -> list[str]:
+    """The extras to install for ``names`` (or ``--all``), in catalogue order, deduplicated."""
+    if every == bool(names):
+        _fail("aiq env install: name worker types, or give --all (not both)", 2)
+    unknown = [n for n in names if n not in CATALOGUE]
+    if unknown:
+        _fail(f"aiq env install: unknown worker type {', '.join(unknown)}; known types: "
+              f"{', '.join(CATALOGUE)}", 2)
+    chosen = [CATALOGUE[n] for n in names] if names else list(CATALOGUE.values())
+    extras: list[str] = []
+    for wt in chosen:
+        if not has_own_env(wt):
+            found = availability(wt)
+            state = f"{wt.module} {found.installed_version}" if found.ok else (
+                f"install it with: {found.fix}")
+            typer.echo(f"aiq env: {wt.name} runs in the main environment ({state})")
+        elif every and wt.device is Device.GPU and visible_gpus() == 0:
+            typer.echo(f"aiq env: skipping {wt.name} (no GPU visible; `aiq env install "
+                       f"{wt.name}` makes its environment anyway)")
+        elif wt.extra not in extras:
+            assert wt.extra is not None
+            extras.append(wt.extra)
+    return extras
+
+
+@env_app.command("install")
+def env_install(
+    worker_types: Annotated[list[str] | None, typer.Argument(
+        help="Worker types whose environments to create or update.", show_default=False)
+    ] = None,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Every type with its own environment (GPU types only with a GPU).")
+    ] = False,
+) -> None:
+    """Create or update .venvs/<extra> for each type from uv.lock (uv sync --locked; quick
+    when it is up to date)."""
+    for extra in _env_targets(worker_types or [], every):
+        typer.echo(f"aiq env: {sync_command(extra)}")
+        try:
+            result = install(extra, typer.echo)
+        except EnvError as exc:
+            _fail(f"aiq env install: {exc}", 1)
+        if not result.ok:
+            _fail(f"aiq env install: {result.problem}", 1)
+        typer.echo(f"aiq env: {_shown(env_dir(extra))} ready in {result.seconds:.1f}s")
+    _env_table(only=worker_types or None)
+
+
+def _env_table(only: list[str] | None = None) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("type", "environment", "framework", "status"):
+        table.add_column(column, overflow="fold", no_wrap=column == "type")
+    for found in catalogue_availability():
+        wt = found.worker_type
+        if only is not None and wt.name not in only:
+            continue
+        if found.env is not None:
+            place = _shown(found.env)
+        elif wt.extra is None or found.python is not None or not has_own_env(wt):
+            place = f"this environment ({_shown(Path(sys.prefix))})"  # main, or one with it
+        else:
+            place = _shown(env_dir(wt.extra))
+        version = f"{wt.module} {found.installed_version}" if found.installed_version else "-"
+        status = "ready" if found.ok else f"{found.problem}: {found.fix}"
+        table.add_row(wt.name, place, version, status)
+    Console().print(table)
+
+
+def _shown(path: Path) -> str:
+    """A path as a person types it from here: relative to the current directory when inside."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@env_app.command("list")
+def env_list() -> None:
+    """Each worker type's environment, the framework version installed there (read from its
+    metadata, without importing it), and the command that installs what is missing."""
+    _env_table()
+
+
 @app.command()
 def health(
     url: Annotated[str, typer.Option(help="Base URL of the gateway.")] = "http://127.0.0.1:8000",
@@ -132,4 +252,5 @@ def health(
 
 # `aiq submit training|inference` and `aiq watch` live in aiq/submit.py and aiq/watch.py.
 app.add_typer(submit_app, name="submit")
+app.add_typer(env_app, name="env")
 app.command("watch", cls=UsageExits3, help=WATCH_HELP)(watch_command)

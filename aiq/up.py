@@ -1,10 +1,11 @@
 """``aiq up``: a whole local deployment from one command.
 
 Redis (reused when one answers at the URL, else started here with AOF under
-``<data-dir>/redis``), the gateway, and one worker per worker type this environment can run, each
-a child process watched by a small :class:`Supervisor`. Ctrl-C or SIGTERM stops them in order:
-workers first (they drain), then the gateway, then the Redis this command started. A child that
-dies on its own stops the rest, with a non-zero exit.
+``<data-dir>/redis``), the gateway, and one worker per worker type installed here (in this
+environment, or in the type's own ``.venvs/<extra>`` whose python then runs it; see
+:mod:`aiq.envs`), each a child process watched by a small :class:`Supervisor`. Ctrl-C or
+SIGTERM stops them in order: workers first (they drain), then the gateway, then the Redis this
+command started. A child that dies on its own stops the rest, with a non-zero exit.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class UpOptions:
     port: int = 8000
     redis_url: str = DEFAULT_REDIS_URL
     data_dir: Path = Path(".aiq")
-    types: Sequence[str] | None = None  # None: every type this environment can run
+    types: Sequence[str] | None = None  # None: every type installed here
 
 
 # --- supervision ---------------------------------------------------------------------------
@@ -187,11 +188,13 @@ def ensure_redis(url: str, data_dir: Path) -> tuple[str, RedisServer | None]:
 # --- children ------------------------------------------------------------------------------
 
 
-def select_types(requested: Sequence[str] | None) -> tuple[list[WorkerType], list[Availability]]:
-    """The worker types to start and, when none were requested, those skipped here."""
+def select_types(requested: Sequence[str] | None
+                 ) -> tuple[list[Availability], list[Availability]]:
+    """The worker types to start (each with the python that runs it: this environment's or the
+    type's own ``.venvs/<extra>``) and, when none were requested, those skipped here."""
     found = catalogue_availability()
     if requested is None:
-        return [a.worker_type for a in found if a.ok], [a for a in found if not a.ok]
+        return [a for a in found if a.ok], [a for a in found if not a.ok]
     unknown = [name for name in requested if name not in CATALOGUE]
     if unknown:
         known = ", ".join(CATALOGUE)
@@ -200,7 +203,7 @@ def select_types(requested: Sequence[str] | None) -> tuple[list[WorkerType], lis
     missing = [by_name[name].hint for name in requested if not by_name[name].ok]
     if missing:
         raise UpError("cannot run " + "; ".join(missing), code=2)
-    return [CATALOGUE[name] for name in dict.fromkeys(requested)], []
+    return [by_name[name] for name in dict.fromkeys(requested)], []
 
 
 def _base_env(redis_url: str, data_dir: Path) -> dict[str, str]:
@@ -301,21 +304,23 @@ class _Up:
         self.supervisor.spawn("gateway", "gateway", [sys.executable, "-m", "gateway"],
                               gateway_env)
         workers = [
-            self.supervisor.spawn(f"worker {wt.name}", "worker",
-                                  [sys.executable, "-m", "consumers"], _worker_env(base, wt))
-            for wt in types
+            self.supervisor.spawn(f"worker {a.worker_type.name}", "worker",
+                                  [str(a.python or sys.executable), "-m", "consumers"],
+                                  _worker_env(base, a.worker_type))
+            for a in types
         ]
         wait_ready(api, self.supervisor, {w.process.pid for w in workers}, READY_TIMEOUT_S)
         if not self.supervisor.stop_requested and self.supervisor.exited() is None:
             self._banner(api, redis_url, data_dir, types)
         return self._watch()
 
-    def _banner(self, api: str, redis_url: str, data_dir: Path, types: list[WorkerType]
+    def _banner(self, api: str, redis_url: str, data_dir: Path, types: list[Availability]
                 ) -> None:
         started = f"started by aiq up, AOF in {data_dir / 'redis'}" if self.redis else "existing"
         self.echo(f"aiq up: API      {api}  (OpenAPI docs at {api}/docs)")
         self.echo(f"aiq up: Redis    {redis_url}  ({started})")
-        self.echo(f"aiq up: workers  {', '.join(wt.name for wt in types) or 'none'}")
+        workers = ", ".join(_describe(a) for a in types) or "none"
+        self.echo(f"aiq up: workers  {workers}")
         self.echo(f"aiq up: data     {data_dir / 'data'}  artifacts {data_dir / 'artifacts'}")
         self.echo("aiq up: press Ctrl-C to stop")
 
@@ -336,6 +341,14 @@ class _Up:
         if self.redis is not None:
             self.redis.stop()
             self.echo("aiq up: stopped the Redis it started")
+
+
+def _describe(found: Availability) -> str:
+    """``pytorch-2.0 (torch 2.0.1, .venvs/pytorch_2_0)``; main-environment types by name."""
+    if found.env is None:
+        return found.worker_type.name
+    return (f"{found.worker_type.name} ({found.worker_type.module} {found.installed_version}, "
+            f"{found.env})")
 
 
 def _echo(line: str) -> None:

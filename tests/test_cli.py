@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from aiq.cli import app
+from aiq.envs import VENVS_DIR_VAR
 from aiq.redis_server import free_port
 
 runner = CliRunner()
@@ -20,6 +22,13 @@ def _row(output: str, worker_type: str) -> str:
     return next(line for line in output.splitlines() if line.split()[:1] == [worker_type])
 
 
+@pytest.fixture
+def no_type_envs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No per-type environment (.venvs/<extra>) exists: only the main one's types are there."""
+    monkeypatch.setenv(VENVS_DIR_VAR, str(tmp_path / "venvs"))
+
+
+@pytest.mark.usefixtures("no_type_envs")
 def test_types_lists_installed_types_and_install_commands() -> None:
     result = runner.invoke(app, ["types"], env=WIDE)
     assert result.exit_code == 0, result.output
@@ -27,7 +36,7 @@ def test_types_lists_installed_types_and_install_commands() -> None:
     assert "yes" in _row(result.output, "diagnostic")
     torch_row = _row(result.output, "pytorch-2.1")
     assert " no " in torch_row
-    assert "uv sync --extra pytorch_2_1" in torch_row
+    assert "aiq env install pytorch-2.1" in torch_row
 
 
 @pytest.mark.parametrize(
@@ -46,6 +55,7 @@ def test_worker_without_a_known_type_exits_2_with_one_line(
     assert "sklearn" in lines[0]  # lists the known types / points at `aiq types`
 
 
+@pytest.mark.usefixtures("no_type_envs")
 def test_up_refuses_unknown_and_uninstalled_types_before_starting_anything() -> None:
     result = runner.invoke(app, ["up", "--types", "nope"])
     assert result.exit_code == 2
@@ -53,7 +63,7 @@ def test_up_refuses_unknown_and_uninstalled_types_before_starting_anything() -> 
 
     result = runner.invoke(app, ["up", "--types", "sklearn,pytorch-2.1"])
     assert result.exit_code == 2
-    assert "pytorch-2.1: not installed — uv sync --extra pytorch_2_1" in result.output
+    assert "pytorch-2.1: not installed — aiq env install pytorch-2.1" in result.output
 
 
 def test_health_against_nothing_exits_1() -> None:

@@ -17,6 +17,7 @@ import httpx
 import psutil
 import pytest
 
+from aiq.installed import catalogue_availability
 from aiq.redis_server import free_port, redis_reachable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -102,6 +103,10 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
             _kill_all(up)
 
 
+def _line(up: Up, prefix: str) -> str | None:
+    return next((line for line in up.output().splitlines() if line.startswith(prefix)), None)
+
+
 def _healthy(client: httpx.Client) -> Callable[[], bool | None]:
     def check() -> bool | None:
         try:
@@ -138,6 +143,12 @@ def test_up_trains_a_model_then_stops_everything_on_ctrl_c(
         status = _eventually(_finished(client, job_id), 90, "the training job", up)
     assert status["status"] == "succeeded", status
     assert status["result"]["metrics"]["accuracy"] >= 0.9
+    # The banner comes once every worker has registered (torch and tensorflow workers from
+    # their .venvs/<extra> take a while); it names each type installed here.
+    banner = _eventually(lambda: _line(up, "aiq up: workers"), 120, "the banner", up)
+    names = set(banner.replace(",", " ").split())
+    for found in catalogue_availability():
+        assert (found.worker_type.name in names) == found.ok, (found, banner)
     assert "started by aiq up" in up.output()
     assert (tmp_path / "aiq" / "artifacts" / job_id).is_dir()
 
