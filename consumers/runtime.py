@@ -40,6 +40,9 @@ from streams.errors import NotOwner
 from streams.keys import GROUP, QueueKeys
 
 log = structlog.get_logger("aiq.worker")
+# Entries read (and started) per round trip at most: smaller batches keep several round trips
+# in flight under load, so Redis runs one batch's scripts while this process launches another.
+READ_CHUNK = 64
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -70,6 +73,7 @@ class Worker:
         self.slots = settings.max_concurrent_jobs
         self.runs: dict[str, JobRun] = {}  # entry id -> job in flight (running or finishing)
         self.executing = 0  # jobs whose code runs now: what MAX_CONCURRENT_JOBS bounds
+        self._launching = 0  # started jobs whose launch is scheduled on the loop (_launch_all)
         self.gpus = gpus or []
         self.model_types = CATALOGUE[settings.worker_type].model_types
         # CPU worker types run on the CPU even where a GPU is visible.
@@ -118,6 +122,7 @@ class Worker:
         self.stopping.set()
 
     async def _drain(self) -> None:
+        await asyncio.sleep(0)  # launches the read loop scheduled (_launch_all) happen first
         if self.executing:
             self.log.info("draining", running=self.executing,
                           grace_s=self.settings.shutdown_grace_s)
@@ -168,7 +173,7 @@ class Worker:
     def free_slots(self) -> int:
         """A slot frees when the job's code returns; its final write is then in flight (its
         entry stays leased until that write lands), so reading goes on meanwhile."""
-        return self.slots - self.executing
+        return self.slots - self.executing - self._launching
 
     async def _read_loop(self) -> None:
         """Block for entries when idle; under load, start each batch and read the next one in
@@ -188,7 +193,8 @@ class Worker:
                     await self._claim([])
                     continue
                 if not batch:
-                    batch = await self.queue.read(self.read_conn, self.free_slots,
+                    batch = await self.queue.read(self.read_conn,
+                                                  min(self.free_slots, READ_CHUNK),
                                                   self.settings.block_ms)
                 batch = await self._claim(batch, read_more=True)
                 backoff.reset()
@@ -215,20 +221,30 @@ class Worker:
         if self.admission is not None:
             good = await self.admission.admit(good, self.free_slots)
         holding = self.admission is not None and self.admission.holding
-        count = self.free_slots - len(good) if read_more and not holding else 0
+        count = min(self.free_slots - len(good), READ_CHUNK) if read_more and not holding else 0
         if not good:
             return []
         outcomes, more = await self._start(good, count)
+        started = []
         for outcome in outcomes:
             d = outcome.delivery
             if outcome.started:
-                self._launch(d)
+                started.append(d)
             else:
                 if self.admission is not None:
                     self.admission.release(d.entry_id)
                 self.log.info("entry not started", job_id=d.job_id, entry_id=d.entry_id,
                               code=outcome.code, detail=outcome.detail)
+        # Launched on the next loop turn: the caller first sends the next start + read, so
+        # Redis works on it while this process hands these jobs to their threads.
+        self._launching += len(started)
+        asyncio.get_running_loop().call_soon(self._launch_all, started)
         return more
+
+    def _launch_all(self, started: list[Delivery]) -> None:
+        for d in started:
+            self._launching -= 1
+            self._launch(d)
 
     async def _start(self, good: list[Delivery], count: int
                      ) -> tuple[list[StartOutcome], list[Delivery]]:
