@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from types import FrameType
 
@@ -29,6 +30,15 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def freeze_startup_objects() -> None:
+    """Move what exists at start (modules, the app, its routes: most of the process's objects)
+    out of the cyclic collector's reach. A full collection then walks only what clients
+    created; without this, one landing among 1,000 live SSE streams stalled them all for
+    ~200 ms (bench/sse_fanout.py)."""
+    gc.collect()
+    gc.freeze()
+
+
 def main(**overrides: object) -> int:
     try:
         settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
@@ -41,6 +51,7 @@ def main(**overrides: object) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(), proxy_headers=True,
                             timeout_graceful_shutdown=10)
+    freeze_startup_objects()
     _Server(config, app).run()
     return 0
 

@@ -29,6 +29,10 @@ class GatewaySettings(RedisSettings):
     # Live feeds (gateway/hub.py): SSE per job, the /ws dashboard.
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="an idle SSE stream gets "
                                    "a `: ping` comment this often (keeps proxies from closing it)")
+    sse_close_delay_s: float = Field(default=0.25, ge=0, le=5, description="a finished job's "
+                                     "SSE stream ends this long after its terminal event: "
+                                     "teardowns of streams of jobs that end together then do "
+                                     "not delay other streams' events")
     live_buffer_events: int = Field(default=1000, ge=1, description="events buffered per SSE or "
                                     "WebSocket client; past it the oldest are dropped")
     ws_max_lag: int = Field(default=10_000, ge=1, description="a WebSocket client this many "
