@@ -26,11 +26,28 @@ local function emit(job_events, type_events, job_id, etype, status, data, ts)
   return id
 end
 
+-- The lowest and highest of stream entry ids ('-', '+' when one is not an id): the range an
+-- XPENDING for a batch needs to look at.
+local function id_range(ids)
+  local lo, hi, lo_ms, lo_seq, hi_ms, hi_seq
+  for _, id in ipairs(ids) do
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    if not ms then return '-', '+' end
+    ms, seq = tonumber(ms), tonumber(seq)
+    if not lo or ms < lo_ms or (ms == lo_ms and seq < lo_seq) then lo, lo_ms, lo_seq = id, ms, seq end
+    if not hi or ms > hi_ms or (ms == hi_ms and seq > hi_seq) then hi, hi_ms, hi_seq = id, ms, seq end
+  end
+  return lo or '-', hi or '+'
+end
+
 -- Entry ids this consumer owns in the group's pending list -> their delivery counts: one
--- XPENDING for a whole batch instead of one per entry.
-local function owned_by(stream, group, consumer)
+-- XPENDING for a whole batch instead of one per entry, over the batch's id range only (not the
+-- consumer's whole pending list).
+local function owned_by(stream, group, consumer, ids)
   local owned = {}
-  local p = redis.pcall('XPENDING', stream, group, '-', '+', 1000000, consumer)
+  if #ids == 0 then return owned end
+  local lo, hi = id_range(ids)
+  local p = redis.pcall('XPENDING', stream, group, lo, hi, 1000000, consumer)
   if type(p) == 'table' and not p.err then
     for _, e in ipairs(p) do owned[e[1]] = tonumber(e[4]) end
   end
@@ -91,7 +108,9 @@ end
 local function finish_batch(status, field)
   local stream, type_events, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local ts = now_ms()
-  local owned = owned_by(stream, ARGV[4], ARGV[5])
+  local batch_ids = {}
+  for i = 1, (#KEYS - 4) / 2 do batch_ids[i] = ARGV[4 + 3 * i] end
+  local owned = owned_by(stream, ARGV[4], ARGV[5], batch_ids)
   local out, ids = {}, {}
   for i = 1, (#KEYS - 4) / 2 do
     local job_id, entry_id, payload = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]

@@ -6,7 +6,9 @@
 -- ARGV[4] group  ARGV[5] consumer  ARGV[6..n+5] entry ids
 -- Returns one code per entry: 0 renewed | 1 lost (no longer this worker's) | 2 renewed, and a
 -- cancel was requested
-local owned = owned_by(KEYS[1], ARGV[4], ARGV[5])
+local batch_ids = {}
+for i = 6, #ARGV do batch_ids[#batch_ids + 1] = ARGV[i] end
+local owned = owned_by(KEYS[1], ARGV[4], ARGV[5], batch_ids)
 local out, mine = {}, {}
 for i = 6, #ARGV do
   local id = ARGV[i]

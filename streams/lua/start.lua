@@ -22,7 +22,9 @@ local function dead_letter(job_id, entry_id, deliveries, reason)
   redis.call('HINCRBY', stats, 'dead_lettered', 1)
 end
 
-local owned = owned_by(stream, group, consumer)
+local batch_ids = {}
+for i = 1, (#KEYS - 5) / 2 do batch_ids[i] = ARGV[7 + 2 * i] end
+local owned = owned_by(stream, group, consumer, batch_ids)
 
 local function start_one(record, job_events, job_id, entry_id)
   local deliveries = owned[entry_id]
