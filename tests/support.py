@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,24 @@ def spawn_worker(settings: WorkerSettings, log: Path,
                             env=env, stdout=out, stderr=subprocess.STDOUT)
     SPAWNED.append(proc)
     return proc
+
+
+@contextlib.contextmanager
+def worker_process(settings: WorkerSettings, log: Path, grace_s: float = 60
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """``spawn_worker`` for the block, then SIGTERM (a graceful drain), killed after
+    ``grace_s``."""
+    proc = spawn_worker(settings, log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 SPAWNED: list[subprocess.Popen[bytes]] = []  # reaped after each test module (conftest)

@@ -10,10 +10,9 @@ another worker; a running job is cancelled between steps. Runs only in a torch e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +23,21 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from aiq.redis_server import RedisServer
 from consumers.settings import WorkerSettings
 from schemas.events import JobEvent, ProgressEvent
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobStatus
 from streams.connection import client
 from streams.producer import Producer
-from tests.support import settings_for, spawn_worker
+from tests.support import settings_for, worker_process
 
 # The worker type this environment serves (torch 2.0.x or 2.1.x).
 WORKER_TYPE = "pytorch-2.0" if torch.__version__.startswith("2.0.") else "pytorch-2.1"
 VISION = {"resnet": 3, "vgg": 3, "alexnet": 5}  # model type -> epochs
 LANGUAGE = {"bert": 3, "transformer": 3, "gpt": 3}
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture(scope="module")
-def url(redis_server: RedisServer) -> str:
-    """The session's Redis, emptied once for this module (its workers outlive single tests)."""
-    redis_server.ensure_running()
-    with SyncRedis.from_url(redis_server.url) as sync:
-        sync.flushall()
-    return redis_server.url
 
 
 @pytest.fixture(scope="module")
@@ -61,30 +49,6 @@ def _settings(url: str, root: Path, **overrides: Any) -> WorkerSettings:
     # A lease of a few seconds: generous for a busy 2-core machine, short for the kill test.
     values: dict[str, Any] = {"lease_timeout_s": 4.0, "max_concurrent_jobs": 1, **overrides}
     return settings_for(url, root, WORKER_TYPE, **values)
-
-
-@contextlib.contextmanager
-def worker_process(settings: WorkerSettings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = spawn_worker(settings, log)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def producer(url: str) -> AsyncIterator[Producer]:
-    redis: Redis = client(url)
-    try:
-        yield Producer(redis)
-    finally:
-        await redis.aclose()
 
 
 @pytest.fixture(scope="module")

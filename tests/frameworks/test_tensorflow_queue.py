@@ -6,9 +6,8 @@ README's test command runs it there)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,10 @@ import pytest_asyncio
 
 pytest.importorskip("tensorflow")
 
-from redis import Redis as SyncRedis
-from redis.asyncio import Redis
 
-from aiq.redis_server import RedisServer
 from schemas.requests import InferenceRequest, TrainingRequest
-from streams.connection import client
 from streams.producer import Producer
-from tests.support import settings_for, spawn_worker
+from tests.support import settings_for, worker_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 # Sized to learn in seconds on a CPU: MobileNetV2 on the 8x8 digits upsampled to 32x32,
@@ -36,38 +31,13 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def url(redis_server: RedisServer) -> str:
-    redis_server.ensure_running()
-    with SyncRedis.from_url(redis_server.url) as sync:
-        sync.flushall()
-    return redis_server.url
-
-
-@pytest.fixture(scope="module")
 def worker(url: str, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[subprocess.Popen[bytes]]:
     root = tmp_path_factory.mktemp("tfq")
     settings = settings_for(url, root, "tensorflow", lease_timeout_s=10.0,
                             max_concurrent_jobs=1)
-    proc = spawn_worker(settings, root / "worker.log")
-    try:
+    with worker_process(settings, root / "worker.log") as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def producer(url: str) -> AsyncIterator[Producer]:
-    redis: Redis = client(url)
-    try:
-        yield Producer(redis)
-    finally:
-        await redis.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
