@@ -2,7 +2,14 @@
 workers' entries, retry promotion, heartbeats and graceful shutdown.
 
 Concurrency is bounded by ``max_concurrent_jobs``: reads and reclaims ask for at most the free
-slots, so no entry waits unstarted in this worker's pending list.
+slots, so no entry waits unstarted in this worker's pending list. The read loop takes expired
+entries back (a reclaim sweep, every ``reclaim_every_s``) before it reads new ones, and keeps
+sweeping as slots free until no expired entry is left. What a SIGKILL can strand is bounded by
+``capacity``: at most twice ``max_concurrent_jobs`` entries are this worker's at once, the jobs
+running and the final writes not yet landed (a finished job whose write was lost runs again).
+
+Every loop survives what Redis does to it: unavailable, failing over (READONLY) or full (OOM)
+backs off and retries; any other error is logged with its traceback and retried too.
 """
 
 from __future__ import annotations
@@ -20,9 +27,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from consumers import oom
 from consumers.admission import Admission
@@ -35,15 +40,14 @@ from consumers.threads import JobThreads
 from schemas.catalogue import CATALOGUE, Device
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
-from streams.consumer import Delivery, Finish, QueueConsumer, StartOutcome
-from streams.errors import NotOwner
+from streams.consumer import Delivery, Finish, QueueConsumer, ReclaimSweep, StartOutcome
+from streams.errors import UNAVAILABLE, NotOwner
 from streams.keys import GROUP, QueueKeys
 
 log = structlog.get_logger("aiq.worker")
 # Entries read (and started) per round trip at most: smaller batches keep several round trips
 # in flight under load, so Redis runs one batch's scripts while this process launches another.
 READ_CHUNK = 64
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 def consumer_name() -> str:
@@ -80,7 +84,10 @@ class Worker:
         self.device = "cuda" if CATALOGUE[settings.worker_type].device is Device.GPU else "cpu"
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # a slot, or room for more entries, came free
+        self._batch: list[Delivery] = []  # read, not yet started
+        self._sweep: ReclaimSweep | None = None  # reclaim sweep under way
+        self._next_sweep_at = 0.0  # monotonic; the first sweep runs at once
         self._threads: JobThreads | None = None  # made in run(), on the serving loop
         self._finishes: deque[tuple[Finish, Outcome]] = deque()  # final writes to flush
         self._finish_added = asyncio.Event()
@@ -99,7 +106,7 @@ class Worker:
         """Serve until ``stop()``; then drain within the grace period and hand back the rest."""
         self._threads = JobThreads(asyncio.get_running_loop(), self.slots)
         await self._retry_forever("create groups", self.queue.ensure_groups)
-        await self._heartbeat_once()
+        await self._retry_forever("register", self._heartbeat_once)
         self.log.info("worker started", framework=self.framework.name,
                       framework_version=self.framework_version, slots=self.slots)
         loops = [self._read_loop(), self._maintenance_loop(), self._heartbeat_loop(),
@@ -175,38 +182,75 @@ class Worker:
         entry stays leased until that write lands), so reading goes on meanwhile."""
         return self.slots - self.executing - self._launching
 
+    @property
+    def capacity(self) -> int:
+        """How many more entries this worker takes now: the free slots, but never more than
+        twice ``slots`` entries held at once (running, launching, or final write in flight), so a
+        SIGKILL strands at most that many."""
+        held = len(self.runs) + self._launching
+        return min(self.free_slots, 2 * self.slots - held)
+
     async def _read_loop(self) -> None:
-        """Block for entries when idle; under load, start each batch and read the next one in
-        the same round trip."""
-        backoff = _Backoff()
-        batch: list[Delivery] = []
-        while not self.stopping.is_set():
-            if not batch and self.free_slots <= 0:
-                self._slot_freed.clear()
+        await self._forever("read", self._read_step)
+
+    async def _read_step(self) -> None:
+        """Take work while there is room: held GPU jobs first, then expired entries (a reclaim
+        sweep), then new entries. Blocks for new entries when idle; under load, starts each
+        batch and reads the next one in the same round trip."""
+        if not self._batch and self.capacity <= 0:
+            self._slot_freed.clear()
+            if self.capacity <= 0:
                 await self._slot_freed.wait()
-                continue
-            try:
-                if not batch and self.admission is not None and self.admission.holding:
-                    # Holding a job for GPU memory: read nothing new; check it again at a job
-                    # end or on the recheck timer.
-                    await self.admission.wait(self.stopping)
-                    await self._claim([])
-                    continue
-                if not batch:
-                    batch = await self.queue.read(self.read_conn,
-                                                  min(self.free_slots, READ_CHUNK),
-                                                  self.settings.block_ms)
-                batch = await self._claim(batch, read_more=True)
-                backoff.reset()
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    self.log.exception("read failed")
-                    await backoff.wait(self.log, "read", exc)
-                    continue
+            return
+        try:
+            if not self._batch and self.admission is not None and self.admission.holding:
+                # Holding a job for GPU memory: take nothing new; check it again at a job
+                # end or on the recheck timer.
+                await self.admission.wait(self.stopping)
+                await self._claim([])
+                return
+            if not self._batch and self._sweep_due():
+                await self._reclaim()
+                return
+            if not self._batch:
+                self._batch = await self.queue.read(
+                    self.read_conn, min(self.capacity, READ_CHUNK), self._block_ms())
+            self._batch = await self._claim(self._batch, read_more=True)
+        except UNAVAILABLE:
+            raise  # the same batch is started again once Redis is back
+        except Exception as exc:
+            if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                 self.log.warning("consumer group missing (Redis restarted?); recreating")
                 await self._retry_forever("create groups", self.queue.ensure_groups)
-            except REDIS_DOWN as exc:
-                await backoff.wait(self.log, "read", exc)
+                return
+            self._batch = []  # entries that cannot be started: reclaimed after the lease
+            raise
+
+    def _sweep_due(self) -> bool:
+        """A reclaim sweep is under way, or one is due (every ``reclaim_every_s``)."""
+        if self._sweep is None and time.monotonic() >= self._next_sweep_at:
+            self._sweep = self.queue.sweep()
+            self._next_sweep_at = time.monotonic() + self.settings.reclaim_every_s
+        return self._sweep is not None
+
+    def _block_ms(self) -> int:
+        """Block for new entries no longer than until the next reclaim sweep is due."""
+        until_sweep = (self._next_sweep_at - time.monotonic()) * 1000
+        return max(1, min(self.settings.block_ms, int(until_sweep)))
+
+    async def _reclaim(self) -> None:
+        """Take back up to ``capacity`` expired entries of dead workers, going on with the
+        sweep under way; it ends when every pending list was read to its end."""
+        assert self._sweep is not None
+        batch = await self.queue.reclaim(min(self.capacity, READ_CHUNK),
+                                         self.settings.lease_ms, self._sweep)
+        if self._sweep.done:
+            self._sweep = None
+        # An entry of this worker's own whose renewal is late is still in flight here.
+        batch = [d for d in batch if d.entry_id not in self.runs]
+        if batch:
+            self.log.info("reclaimed entries", entries=[d.entry_id for d in batch])
+            await self._claim(batch)
 
     async def _claim(self, batch: list[Delivery], read_more: bool = False) -> list[Delivery]:
         """Dead-letter malformed entries, start the rest and launch what started. With
@@ -219,9 +263,9 @@ class Worker:
                                  stream=d.stream, reason=d.parse_error)
                 await self.queue.dead_letter(d, d.parse_error)
         if self.admission is not None:
-            good = await self.admission.admit(good, self.free_slots)
+            good = await self.admission.admit(good, self.capacity)
         holding = self.admission is not None and self.admission.holding
-        count = min(self.free_slots - len(good), READ_CHUNK) if read_more and not holding else 0
+        count = min(self.capacity - len(good), READ_CHUNK) if read_more and not holding else 0
         if not good:
             return []
         outcomes, more = await self._start(good, count)
@@ -297,6 +341,9 @@ class Worker:
             self.admission.job_ended(run.delivery, result if exc is None else None)
         try:
             outcome = self._outcome(run, started, result, exc)
+        except Exception as err:  # a bug of the worker's, not the job's: the job fails
+            self.log.exception("could not tell how the job ended", job_id=run.delivery.job_id)
+            outcome = Outcome.failure("worker_error", f"{type(err).__name__}: {err}")
         except BaseException:  # KeyboardInterrupt & co. from the job: the worker stops
             self.runs.pop(run.delivery.entry_id, None)
             raise
@@ -308,7 +355,10 @@ class Worker:
             self._finalize(run, outcome)
 
     async def _after_report(self, run: JobRun, outcome: Outcome) -> None:
-        await run.drain()  # the last progress report goes out before the final state
+        try:
+            await run.drain()  # the last progress report goes out before the final state
+        except Exception:
+            self.log.exception("last progress report failed", job_id=run.delivery.job_id)
         self._finalize(run, outcome)
 
     def _outcome(self, run: JobRun, started: float, result: Any,
@@ -340,7 +390,14 @@ class Worker:
             if d.entry_id in self.runs:  # not handed back yet
                 self._finish(self.queue.handback_call(d, "worker shutdown"), outcome)
         else:
-            self._finish(self._outcome_call(d, outcome), outcome)
+            try:
+                call = self._outcome_call(d, outcome)
+            except TypeError as exc:  # orjson's JSONEncodeError: a result JSON cannot hold
+                outcome = Outcome.failure(
+                    "result_not_serializable", f"the job's result cannot be stored as JSON: "
+                    f"{exc}")
+                call = self.queue.fail_call(d, outcome.error)
+            self._finish(call, outcome)
 
     def _outcome_call(self, d: Delivery, outcome: Outcome) -> Finish:
         if outcome.kind == "succeeded":
@@ -374,10 +431,12 @@ class Worker:
         self._finish_added.set()
 
     async def _finish_loop(self) -> None:
-        while True:
+        async def flush_when_added() -> None:
             await self._finish_added.wait()
             self._finish_added.clear()
             await self._flush_finishes()
+
+        await self._forever("finish", flush_when_added, until=asyncio.Event())  # till cancelled
 
     async def _flush_finishes(self) -> None:
         """Write every queued final write in one round trip (retried while Redis is down).
@@ -391,21 +450,34 @@ class Worker:
         self._finishes.clear()
         if not items:
             return
+        results = await self._write_calls([call for call, _ in items])
+        for (call, outcome), refused in zip(items, results, strict=True):
+            d = call.delivery
+            self.runs.pop(d.entry_id, None)
+            if isinstance(refused, NotOwner):
+                self.log.warning("write fenced: the job is no longer ours", job_id=d.job_id,
+                                 error=str(refused))
+            elif refused is not None:  # its lease runs out; it is reclaimed and runs again
+                self.log.error("final write refused", job_id=d.job_id, error=str(refused),
+                               error_type=type(refused).__name__)
+            else:
+                self.log.info("job " + outcome.kind, job_id=d.job_id, **outcome.log_fields())
+        self._slot_freed.set()  # fewer entries held: room to read more
+
+    async def _write_calls(self, calls: list[Finish]) -> list[BaseException | None]:
+        """``queue.finish``, retried while Redis is unavailable. A batch that Redis refuses
+        for another reason is written one call at a time, so one bad write refuses only its
+        own job."""
         backoff = _Backoff()
         while True:
             try:
-                results = await self.queue.finish([call for call, _ in items])
-                break
-            except REDIS_DOWN as exc:
+                return await self.queue.finish(calls)
+            except UNAVAILABLE as exc:
                 await backoff.wait(self.log, "finish", exc)
-        for (call, outcome), fenced in zip(items, results, strict=True):
-            d = call.delivery
-            self.runs.pop(d.entry_id, None)
-            if fenced is not None:
-                self.log.warning("write fenced: the job is no longer ours", job_id=d.job_id,
-                                 error=str(fenced))
-            else:
-                self.log.info("job " + outcome.kind, job_id=d.job_id, **outcome.log_fields())
+            except RedisError as exc:
+                if len(calls) == 1:
+                    return [exc]
+                return [(await self._write_calls([c]))[0] for c in calls]
 
     async def _publish_progress(self, d: Delivery, data: dict[str, Any]) -> bool:
         try:
@@ -415,27 +487,24 @@ class Worker:
             if run is not None:
                 run.lost = True
             return False
-        except REDIS_DOWN:
+        except UNAVAILABLE:
             return False  # progress is best-effort; the next report goes out when Redis is back
+        except (RedisError, TypeError) as exc:  # e.g. a report JSON cannot hold: dropped
+            self.log.warning("progress report dropped", job_id=d.job_id, error=str(exc),
+                             error_type=type(exc).__name__)
+            return False
 
     # ---- maintenance -----------------------------------------------------------------------
 
     async def _maintenance_loop(self) -> None:
-        """Renew leases, reclaim dead workers' entries, promote due retries: on a timer, so it
-        runs even when the queue is idle."""
-        backoff = _Backoff()
-        while not self.stopping.is_set():
-            try:
-                await self._renew()
-                await self._reclaim()
-                await self.queue.promote_due(int(time.time() * 1000))
-                backoff.reset()
-            except REDIS_DOWN as exc:
-                await backoff.wait(self.log, "maintenance", exc)
-                continue
-            except ResponseError as exc:
-                self.log.warning("maintenance error", error=str(exc))
-            await _sleep_unless(self.stopping, self.settings.reclaim_every_s)
+        """Renew leases and promote due retries on a timer (every ``reclaim_every_s``, a third
+        of the lease), so it runs even when the queue is idle."""
+        await self._forever("maintenance", self._maintain)
+
+    async def _maintain(self) -> None:
+        await self._renew()
+        await self.queue.promote_due(int(time.time() * 1000))
+        await _sleep_unless(self.stopping, self.settings.reclaim_every_s)
 
     async def _renew(self) -> None:
         runs = list(self.runs.values())
@@ -455,21 +524,12 @@ class Worker:
             elif code == 2:
                 run.cancel_requested = True
 
-    async def _reclaim(self) -> None:
-        if self.free_slots <= 0 or self.stopping.is_set():
-            return
-        if self.admission is not None and self.admission.holding:
-            return  # no more entries while one waits for GPU memory
-        batch = await self.queue.reclaim(self.free_slots, self.settings.lease_ms)
-        if batch:
-            self.log.info("reclaimed entries", entries=[d.entry_id for d in batch])
-            await self._claim(batch)
-
     async def _heartbeat_loop(self) -> None:
-        while not self.stopping.is_set():
+        async def beat() -> None:
             await _sleep_unless(self.stopping, self.settings.heartbeat_interval_s)
-            with _suppress_redis(self.log, "heartbeat"):
-                await self._heartbeat_once()
+            await self._heartbeat_once()
+
+        await self._forever("heartbeat", beat)
 
     async def _heartbeat_once(self) -> None:
         info = WorkerInfo(
@@ -485,13 +545,30 @@ class Worker:
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)
 
+    async def _forever(self, what: str, step: Callable[[], Awaitable[None]],
+                       until: asyncio.Event | None = None) -> None:
+        """Run ``step`` over and over until ``until`` (default: the worker stopping) is set.
+        A loop never dies: Redis unavailable, failing over or full backs off and retries; any
+        other error is logged with its traceback, then backs off and retries too."""
+        until = until or self.stopping
+        backoff = _Backoff()
+        while not until.is_set():
+            try:
+                await step()
+                backoff.reset()
+            except UNAVAILABLE as exc:
+                await backoff.wait(self.log, what, exc)
+            except Exception as exc:
+                self.log.exception("worker loop error; retrying", during=what)
+                await backoff.wait(self.log, what, exc, quiet=True)
+
     async def _retry_forever(self, what: str, fn: Callable[[], Awaitable[None]]) -> None:
         backoff = _Backoff()
         while True:
             try:
                 await fn()
                 return
-            except REDIS_DOWN as exc:
+            except UNAVAILABLE as exc:
                 await backoff.wait(self.log, what, exc)
 
 
@@ -504,9 +581,11 @@ class _Backoff:
     def reset(self) -> None:
         self.delay = 0.1
 
-    async def wait(self, logger: Any, what: str, exc: BaseException) -> None:
-        logger.warning("redis unavailable; retrying", during=what, error=str(exc),
-                       retry_in_s=self.delay)
+    async def wait(self, logger: Any, what: str, exc: BaseException, quiet: bool = False
+                   ) -> None:
+        if not quiet:
+            logger.warning("redis unavailable; retrying", during=what, error=str(exc),
+                           error_type=type(exc).__name__, retry_in_s=self.delay)
         await asyncio.sleep(self.delay)
         self.delay = min(self.delay * 2, 5.0)
 
@@ -524,7 +603,7 @@ class _suppress_redis:
         return None
 
     def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, REDIS_DOWN):
+        if exc is not None and isinstance(exc, UNAVAILABLE):
             self.logger.warning("redis unavailable", during=self.what, error=str(exc))
             return True
         return False

@@ -15,13 +15,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from schemas.catalogue import RoutingError
-from streams.errors import AiqError, IdempotencyConflict, IllegalTransition, JobNotFound
+from streams.errors import (
+    UNAVAILABLE,
+    AiqError,
+    IdempotencyConflict,
+    IllegalTransition,
+    JobNotFound,
+)
 
 log = logging.getLogger("aiq.gateway")
 
@@ -127,8 +131,9 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
                           headers={"Retry-After": retry_after})
 
 
-async def _redis_response(request: Request, exc: Exception) -> JSONResponse:
-    if "OOM" in str(exc):  # noeviction and maxmemory reached: writes refused until freed
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    """Down, failing over, or full (OOM under noeviction): 503, and the client retries."""
+    if isinstance(exc, UNAVAILABLE):
         return await _redis_down(request, exc)
     return await _internal(request, exc)
 
@@ -143,9 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RoutingError, _routing)
     app.add_exception_handler(AiqError, _domain)
     app.add_exception_handler(HTTPException, _http)
-    for redis_down in (RedisConnectionError, RedisTimeoutError, ReadOnlyError):
-        app.add_exception_handler(redis_down, _redis_down)
-    app.add_exception_handler(ResponseError, _redis_response)
+    app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(Exception, _internal)
 
 

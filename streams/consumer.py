@@ -39,16 +39,40 @@ class Delivery:
         self.job_id = self.fields.get("job_id", "")
 
 
+@dataclass(slots=True)
+class ReclaimSweep:
+    """One pass of XAUTOCLAIM cursors over the pending lists of a type's streams, in stream
+    order, each from its oldest entry; ``done`` once every list was read to its end."""
+
+    streams: tuple[str, ...]
+    cursor: str = "0-0"
+    index: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.streams)
+
+    @property
+    def stream(self) -> str:
+        return self.streams[self.index]
+
+    def advance(self, cursor: str) -> None:
+        """Go on from ``cursor`` (XAUTOCLAIM's next start); 0-0 ends this stream's list."""
+        if cursor == "0-0":
+            self.index += 1
+        self.cursor = cursor
+
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """How a job ended, to be written by ``QueueConsumer.finish``."""
 
     action: Literal["complete", "fail", "cancel", "retry", "handback"]
     delivery: Delivery
-    payload: dict[str, Any] | None = None  # result (complete) or error (fail, retry)
+    payload: str = ""  # result (complete) or error (fail, retry), as JSON
     delay_ms: int = 0  # retry backoff
     reason: str = ""  # handback
-    overrides: dict[str, Any] | None = None  # retry: what the next attempt changes
+    overrides: str = ""  # retry: what the next attempt changes, as JSON
 
 
 def _json(value: Any) -> str:
@@ -111,22 +135,26 @@ class QueueConsumer:
             for entry_id, fields in entries
         ]
 
-    async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
-        """XAUTOCLAIM entries whose lease expired (their worker died). The delivery count goes
-        up; ``start`` dead-letters entries past the limit."""
+    def sweep(self) -> ReclaimSweep:
+        """A new pass over the pending lists of this type's streams (see ``reclaim``)."""
+        return ReclaimSweep(self.keys.streams)
+
+    async def reclaim(self, count: int, min_idle_ms: int, sweep: ReclaimSweep | None = None
+                      ) -> list[Delivery]:
+        """XAUTOCLAIM up to ``count`` entries whose lease expired (their worker died), oldest
+        first, going on from where ``sweep`` stopped (a fresh pass when None). The delivery
+        count goes up; ``start`` dead-letters entries past the limit."""
+        sweep = sweep or self.sweep()
         out: list[Delivery] = []
-        for stream in self.keys.streams:
-            cursor = "0-0"
-            while len(out) < count:
-                reply = await self.redis.xautoclaim(
-                    stream, GROUP, self.name, min_idle_ms, cursor, count=count - len(out)
-                )
-                cursor, entries = reply[0], reply[1]
-                if any(fields is None for _, fields in entries):
-                    await self._ack_vanished(stream)
-                out += [self._delivery(stream, e, f) for e, f in entries if f is not None]
-                if cursor == "0-0":
-                    break
+        while len(out) < count and not sweep.done:
+            stream = sweep.stream
+            reply = await self.redis.xautoclaim(
+                stream, GROUP, self.name, min_idle_ms, sweep.cursor, count=count - len(out))
+            cursor, entries = reply[0], reply[1]
+            if any(fields is None for _, fields in entries):
+                await self._ack_vanished(stream)
+            out += [self._delivery(stream, e, f) for e, f in entries if f is not None]
+            sweep.advance(cursor)
         return out
 
     async def _ack_vanished(self, stream: str) -> None:
@@ -166,15 +194,17 @@ class QueueConsumer:
 
     def _start_outcomes(self, batch: list[Delivery], streams: list[str], results: list[Any]
                         ) -> list[StartOutcome]:
-        replies: dict[str, StartOutcome] = {}
+        # One reply per item in the batch's order (a duplicate entry has its own reply).
+        replies: dict[int, StartOutcome] = {}
         for stream, res in zip(streams, results, strict=True):
             _raise_exc(res)
-            mine = [d for d in batch if d.stream == stream]
-            for d, (code, detail, attempt) in zip(mine, res, strict=True):
+            mine = [n for n, d in enumerate(batch) if d.stream == stream]
+            for n, (code, detail, attempt) in zip(mine, res, strict=True):
+                d = batch[n]
                 if code == 0:
                     d.deliveries, d.attempt = int(detail), int(attempt)
-                replies[d.entry_id] = StartOutcome(d, code == 0, int(code), detail)
-        return [replies[d.entry_id] for d in batch]
+                replies[n] = StartOutcome(d, code == 0, int(code), detail)
+        return [replies[n] for n in range(len(batch))]
 
     async def start(self, batch: list[Delivery]) -> list[StartOutcome]:
         """Take the jobs of well-formed entries: one script call per stream, one round trip."""
@@ -211,7 +241,7 @@ class QueueConsumer:
         table: dict[str, tuple[scripts.Script, list[str], list[Arg]]] = {
             "cancel": (scripts.CONFIRM_CANCEL, [self.keys.stats, self.keys.jobs], []),
             "retry": (scripts.RETRY, [self.keys.delayed, self.keys.stats],
-                      [_json(f.payload), f.delay_ms, _json(f.overrides) if f.overrides else ""]),
+                      [f.payload, f.delay_ms, f.overrides]),
             "handback": (scripts.HANDBACK, [self.keys.stats], [f.reason, *REQUEUE_FIELDS]),
         }
         script, extra_keys, args = table[f.action]
@@ -230,17 +260,19 @@ class QueueConsumer:
         return int(detail) == 1
 
     def complete_call(self, d: Delivery, result: dict[str, Any]) -> Finish:
-        return Finish("complete", d, result)
+        """Raises ``TypeError`` (orjson's JSONEncodeError) for a result JSON cannot hold."""
+        return Finish("complete", d, _json(result))
 
     def fail_call(self, d: Delivery, error: dict[str, Any]) -> Finish:
-        return Finish("fail", d, error)
+        return Finish("fail", d, _json(error))
 
     def cancel_call(self, d: Delivery) -> Finish:
         return Finish("cancel", d)
 
     def retry_call(self, d: Delivery, error: dict[str, Any], delay_ms: int,
                    overrides: dict[str, Any] | None = None) -> Finish:
-        return Finish("retry", d, error, delay_ms=delay_ms, overrides=overrides)
+        return Finish("retry", d, _json(error), delay_ms=delay_ms,
+                      overrides=_json(overrides) if overrides else "")
 
     def handback_call(self, d: Delivery, reason: str) -> Finish:
         return Finish("handback", d, reason=reason)
@@ -254,7 +286,7 @@ class QueueConsumer:
         for f in items:
             d = f.delivery
             keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id)]
-            args += [d.job_id, d.entry_id, _json(f.payload)]
+            args += [d.job_id, d.entry_id, f.payload]
         return script, keys, args
 
     async def finish(self, items: list[Finish]) -> list[BaseException | None]:

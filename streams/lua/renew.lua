@@ -5,22 +5,29 @@
 -- KEYS[1] stream  KEYS[2..n+1] job records (same order as the entry ids)
 -- ARGV[4] group  ARGV[5] consumer  ARGV[6..n+5] entry ids
 -- Returns one code per entry: 0 renewed | 1 lost (no longer this worker's) | 2 renewed, and a
--- cancel was requested
+-- cancel was requested. An id given twice is renewed once and answered twice.
 local batch_ids = {}
 for i = 6, #ARGV do batch_ids[#batch_ids + 1] = ARGV[i] end
 local owned = owned_by(KEYS[1], ARGV[4], ARGV[5], batch_ids)
-local out, mine = {}, {}
+local out = {}
+-- XCLAIM stream group consumer min-idle id... JUSTID: the ids must be the last arguments
+-- before JUSTID, so the command is built as one table (unpack() expands to all its values
+-- only in the last position of a call).
+local claim = {'XCLAIM', KEYS[1], ARGV[4], ARGV[5], 0}
+local first, seen = #claim, {}
 for i = 6, #ARGV do
   local id = ARGV[i]
   if owned[id] then
-    mine[#mine + 1] = id
+    if not seen[id] then claim[#claim + 1] = id end
+    seen[id] = true
     local cancel = redis.call('HGET', KEYS[i - 4], 'cancel_requested') == '1'
     out[#out + 1] = cancel and 2 or 0
   else
     out[#out + 1] = 1
   end
 end
-if #mine > 0 then
-  redis.call('XCLAIM', KEYS[1], ARGV[4], ARGV[5], 0, unpack(mine), 'JUSTID')
+if #claim > first then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call(unpack(claim))
 end
 return out

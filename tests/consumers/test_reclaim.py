@@ -1,0 +1,109 @@
+"""Reclaim after crashes: a worker with free slots keeps taking back expired entries until none
+is left (not one slot-sized batch per timer tick), and a SIGKILLed worker strands at most twice
+its slots (the jobs running plus the final writes not yet landed)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas.requests import TrainingRequest
+from schemas.status import JobKind
+from streams.consumer import QueueConsumer
+from streams.keys import GROUP, QueueKeys
+from streams.limits import StreamLimits
+from streams.producer import Producer
+from tests.support import eventually, running_worker, settings_for, spawn_worker
+
+KEYS = QueueKeys("diagnostic")
+STREAM = KEYS.stream(JobKind.TRAINING)
+
+
+def job(model_type: str = "noop", **hp: object) -> TrainingRequest:
+    return TrainingRequest(model_type=model_type, hyperparameters=hp)  # type: ignore[arg-type]
+
+
+async def submit_many(producer: Producer, n: int, req: TrainingRequest) -> list[str]:
+    return [(await producer.submit_training(req)).job_id for _ in range(n)]
+
+
+async def succeeded(redis: Redis) -> int:
+    return int(await redis.hget(KEYS.stats, "succeeded") or 0)
+
+
+async def test_two_workers_take_back_hundreds_of_stranded_entries_at_once(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    n = 300
+    job_ids = await submit_many(producer, n, job("sleep", seconds=0.02, steps=1))
+    # Two workers read and started every job, then died (their entries look a minute idle).
+    for name, count in (("dead-1", 160), ("dead-2", 140)):
+        dead = QueueConsumer(redis, KEYS, name, StreamLimits())
+        await dead.ensure_groups()
+        batch = await dead.read(redis, count, 100)
+        assert all(o.started for o in await dead.start(batch))
+        await redis.execute_command("XCLAIM", STREAM, GROUP, name, 0,
+                                    *(d.entry_id for d in batch), "IDLE", 60_000, "JUSTID")
+    assert (await redis.xpending(STREAM, GROUP))["pending"] == n
+
+    # The timer tick is far away (5 s): taking back one slot-sized batch per tick would need
+    # 300 / 4 * 5 s > 6 minutes; sweeping until none is left needs the jobs' run time.
+    lease_s = 3.0
+    settings = settings_for(redis_url, tmp_path, lease_timeout_s=lease_s, reclaim_interval_s=5,
+                            max_concurrent_jobs=2)
+    t0 = time.monotonic()
+    async with running_worker(settings, name="a"), running_worker(settings, name="b"):
+        async def all_done() -> bool:
+            return await succeeded(redis) >= n
+
+        await eventually(all_done, timeout=lease_s + n * 0.02 / 4 + 45, interval=0.1,
+                         what="every stranded job finished")
+    took = time.monotonic() - t0
+    print(f"{n} stranded entries back and finished in {took:.1f} s")
+    assert await succeeded(redis) == n
+    assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(KEYS.job(job_id), "status", "deliveries", "worker")
+        rows = await pipe.execute()
+    assert all(status == "succeeded" and deliveries == "2" and worker in ("a", "b")
+               for status, deliveries, worker in rows)
+    assert {w for *_, w in rows} == {"a", "b"}  # both took their share
+
+
+@pytest.mark.slow
+async def test_sigkill_strands_at_most_twice_the_slots(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    producer = Producer(redis)
+    n, slots, kills = 3000, 4, 3
+    await submit_many(producer, n, job())
+    settings = settings_for(redis_url, tmp_path, max_concurrent_jobs=slots,
+                            lease_timeout_s=1.0, reclaim_interval_s=0.2)
+    stranded: list[int] = []
+    for k in range(kills):
+        before = await succeeded(redis)
+        proc = spawn_worker(settings, tmp_path / f"victim-{k}.log")
+
+        async def busy(before: int = before) -> bool:  # killed in full flow
+            return await succeeded(redis) >= before + 200
+
+        await eventually(busy, timeout=60, what="the worker running jobs")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        summary = await redis.xpending(STREAM, GROUP)
+        stranded.append(sum(int(c["pending"]) for c in summary["consumers"]
+                            if f"-{proc.pid}-" in c["name"]))  # host-pid-random
+    print(f"entries stranded per SIGKILL (slots={slots}): {stranded}")
+    assert all(s <= 2 * slots for s in stranded), stranded
+
+    async with running_worker(settings):
+        async def all_done() -> bool:
+            return await succeeded(redis) >= n
+
+        await eventually(all_done, timeout=120, interval=0.1, what="every job finished")
+    assert await succeeded(redis) == n  # a job whose final write was lost ran again, once
+    assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
