@@ -450,7 +450,13 @@ class Worker:
         self._finishes.clear()
         if not items:
             return
-        results = await self._write_calls([call for call, _ in items])
+        try:
+            results = await self._write_calls([call for call, _ in items])
+        except Exception:  # a bug, not Redis: stop renewing, so the leases run out and the
+            for call, _ in items:  # jobs are reclaimed and run again
+                self.runs.pop(call.delivery.entry_id, None)
+            self._slot_freed.set()
+            raise
         for (call, outcome), refused in zip(items, results, strict=True):
             d = call.delivery
             self.runs.pop(d.entry_id, None)

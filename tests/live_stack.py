@@ -20,7 +20,7 @@ import httpx
 import redis as redis_sync
 
 from aiq.redis_server import RedisServer, free_port
-from tests.support import settings_for, spawn_worker
+from tests.support import die_with_parent, settings_for, spawn_worker
 
 
 @dataclass
@@ -57,7 +57,8 @@ def start_gateway(redis_url: str, port: int, log: Path) -> subprocess.Popen[byte
            "LOG_LEVEL": "warning", "SSE_HEARTBEAT_S": "1"}
     out = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509 - from the main thread
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -77,6 +78,13 @@ class _Frameworks(dict[str, str]):
 CATALOG_FRAMEWORK = _Frameworks()
 
 
+def die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """SIGKILL this child when the test process dies without cleaning up (a pytest-timeout
+    ends the run with os._exit), so no worker outlives its test session; Linux only."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def spawn_worker(settings: WorkerSettings, log: Path,
                  argv: Sequence[str | Path] | None = None) -> subprocess.Popen[bytes]:
     """A worker in its own process (default: this python -m consumers; ``argv`` e.g. another
@@ -87,7 +95,8 @@ def spawn_worker(settings: WorkerSettings, log: Path,
             env[name.upper()] = str(value)
     out = log.open("ab")
     proc = subprocess.Popen([str(a) for a in argv or (sys.executable, "-m", "consumers")],
-                            env=env, stdout=out, stderr=subprocess.STDOUT)
+                            env=env, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509 - from the main thread
     SPAWNED.append(proc)
     return proc
 
@@ -133,3 +142,13 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def results_within(producer: Any, jobs: dict[str, str], seconds: float
+                         ) -> dict[str, dict[str, Any]]:
+    """Each job's result (key -> result), all within one deadline: a module's training
+    fixture waits ``seconds`` in all, sized below the module's pytest timeout so that a slow
+    run fails on this deadline with a clear message, never on the timer."""
+    deadline = time.monotonic() + seconds
+    return {key: await producer.result(job_id, timeout=max(1.0, deadline - time.monotonic()))
+            for key, job_id in jobs.items()}

@@ -9,11 +9,14 @@ import). The inner output goes to a log whose tail a failure shows.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -65,6 +68,23 @@ def _tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def run_in_own_group(argv: list[str], cwd: Path, env: dict[str, str], out: IO[bytes],
+                     timeout: float) -> int | None:
+    """Run ``argv`` in its own process group; its exit code, or None when it ran past
+    ``timeout`` (then the whole group is killed: the inner run's workers and Redis too, so
+    nothing it started outlives it)."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a run that ended, too
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("framework-envs")
@@ -82,12 +102,9 @@ def test_framework_suites_pass_in_their_own_environment(extra: str, logs: Path) 
     argv = [str(python), "-m", "pytest", *suites, "-p", "no:cacheprovider", "-q",
             f"--junitxml={junit}"]
     with log.open("wb") as out:
-        try:
-            code = subprocess.run(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, timeout=INNER_TIMEOUT_S,
-                                  check=False).returncode
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{extra}: pytest ran past {INNER_TIMEOUT_S}s; {log}:\n{_tail(log)}")
+        code = run_in_own_group(argv, root, env, out, INNER_TIMEOUT_S)
+    if code is None:
+        pytest.fail(f"{extra}: pytest ran past {INNER_TIMEOUT_S}s; {log}:\n{_tail(log)}")
     where = f"{extra}: {' '.join(argv[:3])} {' '.join(suites)} (log: {log})"
     assert junit.exists(), f"{where} exited {code} without a report:\n{_tail(log)}"
     outcome = read_junit(junit)

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -172,3 +173,29 @@ async def test_loops_keep_running_after_an_unexpected_error(
         await eventually(beating_again, timeout=20, what="heartbeats after two failures")
         sub = await producer.submit_training(job())
         assert (await producer.wait(sub.job_id, timeout=30)).status is JobStatus.SUCCEEDED
+
+
+async def test_a_final_write_that_breaks_lets_the_job_run_again(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """An unexpected error in the final write (not Redis: a bug) must not leave the job held
+    and renewed forever: the worker lets its lease run out, and it runs again and succeeds."""
+    producer = Producer(redis)
+    settings = settings_for(redis_url, tmp_path, lease_timeout_s=0.6, reclaim_interval_s=0.05)
+    async with running_worker(settings) as worker:
+        real = worker.queue.finish
+        calls = 0
+
+        async def broken_once(calls_: list[Any]) -> list[BaseException | None]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("boom")
+            return await real(calls_)
+
+        worker.queue.finish = broken_once  # type: ignore[method-assign]
+        sub = await producer.submit_training(job())
+        rec = await producer.wait(sub.job_id, timeout=30)
+        assert calls >= 2 and not worker.runs
+    assert rec.status is JobStatus.SUCCEEDED and rec.deliveries == 2
+    assert await started_count(redis, sub.job_id) == 2
+    assert await redis.hget(KEYS.stats, "succeeded") == "1"

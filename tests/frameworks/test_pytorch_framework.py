@@ -29,6 +29,8 @@ from schemas.records import JobMessage
 
 VISION = {"resnet": {"epochs": 3}, "vgg": {"epochs": 3}, "alexnet": {"epochs": 5}}
 LANGUAGE = {"bert": {"epochs": 3}, "transformer": {"epochs": 3}, "gpt": {"epochs": 3}}
+# The longest test (ResNet, 3 epochs) takes about 35 s on a quiet 2-core machine.
+pytestmark = pytest.mark.timeout(300)
 
 
 class Recorder:

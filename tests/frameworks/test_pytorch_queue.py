@@ -31,13 +31,16 @@ from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobStatus
 from streams.connection import client
 from streams.producer import Producer
-from tests.support import settings_for, worker_process
+from tests.support import results_within, settings_for, worker_process
 
 # The worker type this environment serves (torch 2.0.x or 2.1.x).
 WORKER_TYPE = "pytorch-2.0" if torch.__version__.startswith("2.0.") else "pytorch-2.1"
 VISION = {"resnet": 3, "vgg": 3, "alexnet": 5}  # model type -> epochs
 LANGUAGE = {"bert": 3, "transformer": 3, "gpt": 3}
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# Training every model type takes about 45 s on a quiet 2-core machine, the kill and resume
+# tests about 25 s each; sized for one three times slower.
+TRAIN_S = 300
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(TRAIN_S + 60)]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ async def trained(producer: Producer, serving: subprocess.Popen[bytes]
             framework_override=WORKER_TYPE))
         assert sub.worker_type == WORKER_TYPE
         jobs[model_type] = sub.job_id
-    return {m: await producer.result(job_id, timeout=600) for m, job_id in jobs.items()}
+    return await results_within(producer, jobs, TRAIN_S)
 
 
 async def _infer(producer: Producer, model_id: str, inputs: list[Any],

@@ -18,9 +18,12 @@ pytest.importorskip("tensorflow")
 
 from schemas.requests import InferenceRequest, TrainingRequest
 from streams.producer import Producer
-from tests.support import settings_for, worker_process
+from tests.support import results_within, settings_for, worker_process
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# Training the three models takes about 120 s on a quiet 2-core machine; sized for one three
+# times slower (the fixture runs inside the first test's timeout).
+TRAIN_S = 540
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(TRAIN_S + 60)]
 # Sized to learn in seconds on a CPU: MobileNetV2 on the 8x8 digits upsampled to 32x32,
 # InceptionV3 at its minimum 75x75, EfficientNetB0 at 32x32.
 MODELS: dict[str, dict[str, Any]] = {
@@ -49,7 +52,7 @@ async def trained(producer: Producer, worker: subprocess.Popen[bytes]
             model_type=model_type, data_path="builtin:digits", hyperparameters=hp))
         assert sub.worker_type == "tensorflow"  # routed by model type
         jobs[model_type] = sub.job_id
-    return {m: await producer.result(job_id, timeout=900) for m, job_id in jobs.items()}
+    return await results_within(producer, jobs, TRAIN_S)
 
 
 @pytest.mark.parametrize("model_type", list(MODELS))
