@@ -44,7 +44,8 @@ from schemas.records import JobMessage
 from schemas.status import JobKind
 from schemas.workers import GpuInfo
 from streams import gpu_peaks
-from streams.consumer import Delivery, QueueConsumer
+from streams.consumer import QueueConsumer
+from streams.delivery import Delivery
 from streams.keys import QueueKeys
 
 log = structlog.get_logger("aiq.admission")
@@ -366,3 +367,4 @@ class Admission:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self._tasks), timeout=5)
         self.devices.close()
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from consumers import oom
 from consumers.frameworks.base import (
     Framework,
     JobCancelled,
@@ -72,3 +73,16 @@ def classify(exc: BaseException, run: JobRun) -> Outcome:
     if isinstance(exc, Exception):
         return Outcome.failure("job_error", f"{type(exc).__name__}: {exc}")
     raise exc  # KeyboardInterrupt, SystemExit, CancelledError
+
+
+def succeeded(run: JobRun, result: Any, provenance: dict[str, Any]) -> Outcome:
+    """The job's code returned ``result``: a success once it is a dict, with ``provenance``
+    (framework, its version, duration, worker) added where the framework left it out."""
+    if not isinstance(result, dict):
+        return Outcome.failure("job_error", f"framework returned {type(result).__name__}, "
+                               "not a result dict")
+    for name, value in provenance.items():
+        result.setdefault(name, value)
+    if run.delivery.message is not None:
+        oom.annotate(run.delivery.message, result)  # the batch size a CUDA OOM left it with
+    return Outcome.success(result)

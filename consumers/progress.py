@@ -9,8 +9,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from consumers.frameworks.base import JobCancelled, JobInterrupted
-from streams.consumer import Delivery
+from streams.consumer import QueueConsumer
+from streams.delivery import Delivery
+from streams.errors import UNAVAILABLE, NotOwner
 
 Publish = Callable[[Delivery, dict[str, Any]], Awaitable[bool]]
 
@@ -102,3 +106,27 @@ class JobRun:
         if pending:
             self._last_sent = 0.0
             await self._send()
+
+
+class ProgressPublisher:
+    """Writes a job's progress reports (``progress.lua``); True when a cancel was requested.
+    Best effort: a report Redis cannot take now, or JSON cannot hold, is dropped; a fenced
+    one marks the job lost (another worker owns it)."""
+
+    def __init__(self, queue: QueueConsumer, runs: dict[str, JobRun], log: Any) -> None:
+        self.queue, self.runs, self.log = queue, runs, log
+
+    async def __call__(self, d: Delivery, data: dict[str, Any]) -> bool:
+        try:
+            return await self.queue.progress(d, data)
+        except NotOwner:
+            run = self.runs.get(d.entry_id)
+            if run is not None:
+                run.lost = True
+            return False
+        except UNAVAILABLE:
+            return False  # the next report goes out when Redis is back
+        except (RedisError, TypeError) as exc:
+            self.log.warning("progress report dropped", job_id=d.job_id, error=str(exc),
+                             error_type=type(exc).__name__)
+            return False

@@ -1,5 +1,6 @@
-"""The worker: read → start → execute in a thread → finish, with lease renewal, reclaim of dead
-workers' entries, retry promotion, heartbeats and graceful shutdown.
+"""The worker, in the order a job goes through it: read → admit → start → run → final write;
+beside that path, lease renewal and retry promotion, heartbeats, and the graceful stop.
+docs/ARCHITECTURE.md ("Life of a job") follows one job through these steps.
 
 Concurrency is bounded by ``max_concurrent_jobs``: reads and reclaims ask for at most the free
 slots, so no entry waits unstarted in this worker's pending list. The read loop takes expired
@@ -8,8 +9,7 @@ sweeping as slots free until no expired entry is left. What a SIGKILL can strand
 ``capacity``: at most twice ``max_concurrent_jobs`` entries are this worker's at once, the jobs
 running and the final writes not yet landed (a finished job whose write was lost runs again).
 
-Every loop survives what Redis does to it: unavailable, failing over (READONLY) or full (OOM)
-backs off and retries; any other error is logged with its traceback and retried too.
+Every loop survives what Redis does to it (consumers/loops.py).
 """
 
 from __future__ import annotations
@@ -17,32 +17,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import socket
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from secrets import token_hex
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from consumers import oom
 from consumers.admission import Admission
-from consumers.execution import Outcome, classify, run_framework
+from consumers.cpu_admission import NoAdmission
+from consumers.ending import ending_for
+from consumers.execution import Outcome, classify, run_framework, succeeded
+from consumers.final_writes import FinalWrites
 from consumers.frameworks.base import Framework, JobContext, JobFailure
 from consumers.gpu import GpuDevices
-from consumers.progress import JobRun
+from consumers.loops import forever, sleep_unless, unless_unavailable, until_done
+from consumers.progress import JobRun, ProgressPublisher
+from consumers.reclaim import Reclaimer
+from consumers.renewal import renew_leases
 from consumers.settings import WorkerSettings
+from consumers.shutdown import hand_back, stop_reading
 from consumers.threads import JobThreads
 from schemas.catalogue import CATALOGUE, Device
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
-from streams.consumer import Delivery, Finish, QueueConsumer, ReclaimSweep, StartOutcome
-from streams.errors import UNAVAILABLE, NotOwner
-from streams.keys import GROUP, QueueKeys
+from streams.consumer import QueueConsumer, StartOutcome
+from streams.delivery import Delivery
+from streams.endings import Fail
+from streams.errors import UNAVAILABLE
+from streams.keys import QueueKeys
 
 log = structlog.get_logger("aiq.worker")
 # Entries read (and started) per round trip at most: smaller batches keep several round trips
@@ -86,41 +92,42 @@ class Worker:
         self.stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()  # a slot, or room for more entries, came free
         self._batch: list[Delivery] = []  # read, not yet started
-        self._sweep: ReclaimSweep | None = None  # reclaim sweep under way
-        self._next_sweep_at = 0.0  # monotonic; the first sweep runs at once
+        self._idle_wait = False  # the read loop waits for entries or a slot (_waiting_idle)
+        self.reclaimer = Reclaimer(self.queue, settings.reclaim_every_s, settings.lease_ms)
         self._threads: JobThreads | None = None  # made in run(), on the serving loop
-        self._finishes: deque[tuple[Finish, Outcome]] = deque()  # final writes to flush
-        self._finish_added = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # last progress reports in flight
         self._idle = asyncio.Event()  # set when no job code runs
         self._started_at = int(time.time() * 1000)
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
+        self._publisher = ProgressPublisher(self.queue, self.runs, self.log)
+        self.final_writes = FinalWrites(self.queue, self.runs, self.log, self._slot_freed.set)
         # GPU admission: on for any worker with GPU devices (real, or scripted by settings).
-        self.admission = (Admission(devices, self.queue, redis, self.keys, settings, self.name)
-                          if devices is not None else None)
+        self.admission: Admission | NoAdmission = (
+            Admission(devices, self.queue, redis, self.keys, settings, self.name)
+            if devices is not None else NoAdmission(self.gpus))
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until ``stop()``; then drain within the grace period and hand back the rest."""
         self._threads = JobThreads(asyncio.get_running_loop(), self.slots)
-        await self._retry_forever("create groups", self.queue.ensure_groups)
-        await self._retry_forever("register", self._heartbeat_once)
+        await until_done(self.log, "create groups", self.queue.ensure_groups)
+        await until_done(self.log, "register", self._heartbeat_once)
         self.log.info("worker started", framework=self.framework.name,
                       framework_version=self.framework_version, slots=self.slots)
-        loops = [self._read_loop(), self._maintenance_loop(), self._heartbeat_loop(),
-                 self._finish_loop()]
+        loops = [self._forever("read", self._read_step),
+                 self._forever("maintenance", self._maintain),
+                 self._forever("heartbeat", self._heartbeat),
+                 self.final_writes.loop()]
         background = [asyncio.create_task(c) for c in loops]
         await self.stopping.wait()
-        background[0].cancel()  # stop reading at once
+        await stop_reading(background[0], self._idle_wait)
         await self._drain()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._deregister()
-        if self.admission is not None:
-            await self.admission.close()
+        await self.admission.close()
         self._threads.shutdown()
         self.stopped.set()
         self.log.info("worker stopped")
@@ -128,53 +135,10 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def _drain(self) -> None:
-        await asyncio.sleep(0)  # launches the read loop scheduled (_launch_all) happen first
-        if self.executing:
-            self.log.info("draining", running=self.executing,
-                          grace_s=self.settings.shutdown_grace_s)
-            self._idle.clear()
-            if self.executing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
-        if self._tasks:  # last progress reports of jobs that just ended
-            await asyncio.wait(list(self._tasks), timeout=5)
-        # What finished in time is recorded as such (bounded: Redis may be down).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flush_finishes(), timeout=10)
-        unfinished = list(self.runs.values())
-        for run in unfinished:
-            run.interrupted = True  # the thread stops at its next step
-        await self._hand_back(unfinished)
-        await self._hand_back_unseen()
+    async def _forever(self, what: str, step: Any) -> None:
+        await forever(self.log, what, step, until=self.stopping)
 
-    async def _hand_back(self, runs: list[JobRun]) -> None:
-        calls = [self.queue.handback_call(r.delivery, "worker shutdown") for r in runs]
-        for run in runs:
-            self.runs.pop(run.delivery.entry_id, None)
-        if calls:
-            with _suppress_redis(self.log, "hand back"):
-                await self.queue.finish(calls)
-                self.log.info("handed back", jobs=[r.delivery.job_id for r in runs])
-
-    async def _hand_back_unseen(self) -> None:
-        """Entries delivered to this consumer but never started (e.g. a read cut short)."""
-        with _suppress_redis(self.log, "hand back unseen"):
-            for stream in self.keys.streams:
-                pending = await self.redis.xpending_range(
-                    stream, GROUP, "-", "+", 1000, consumername=self.name)
-                ids = [p["message_id"] for p in pending if p["message_id"] not in self.runs]
-                for entry_id in ids:
-                    got = await self.redis.xrange(stream, entry_id, entry_id)
-                    fields = got[0][1] if got else {}
-                    d = Delivery(stream, self.keys.kind_of_stream(stream), entry_id, fields)
-                    await self.queue.finish([self.queue.handback_call(d, "worker shutdown")])
-
-    async def _deregister(self) -> None:
-        with _suppress_redis(self.log, "deregister"):
-            await registry.deregister(self.redis, self.keys, self.name)
-
-    # ---- claim -----------------------------------------------------------------------------
+    # ---- 1. read: held GPU jobs, then expired entries, then new ones -----------------------
 
     @property
     def free_slots(self) -> int:
@@ -190,9 +154,6 @@ class Worker:
         held = len(self.runs) + self._launching
         return min(self.free_slots, 2 * self.slots - held)
 
-    async def _read_loop(self) -> None:
-        await self._forever("read", self._read_step)
-
     async def _read_step(self) -> None:
         """Take work while there is room: held GPU jobs first, then expired entries (a reclaim
         sweep), then new entries. Blocks for new entries when idle; under load, starts each
@@ -200,95 +161,77 @@ class Worker:
         if not self._batch and self.capacity <= 0:
             self._slot_freed.clear()
             if self.capacity <= 0:
-                await self._slot_freed.wait()
+                with self._waiting_idle():
+                    await self._slot_freed.wait()
             return
         try:
-            if not self._batch and self.admission is not None and self.admission.holding:
+            if not self._batch and self.admission.holding:
                 # Holding a job for GPU memory: take nothing new; check it again at a job
                 # end or on the recheck timer.
                 await self.admission.wait(self.stopping)
-                await self._claim([])
+                await self._take([])
                 return
-            if not self._batch and self._sweep_due():
+            if not self._batch and self.reclaimer.due():
                 await self._reclaim()
                 return
             if not self._batch:
-                self._batch = await self.queue.read(
-                    self.read_conn, min(self.capacity, READ_CHUNK), self._block_ms())
-            self._batch = await self._claim(self._batch, read_more=True)
+                block_ms = self.reclaimer.block_ms(self.settings.block_ms)
+                with self._waiting_idle():
+                    self._batch = await self.queue.read(self.read_conn,
+                                                        min(self.capacity, READ_CHUNK), block_ms)
+            self._batch = await self._take(self._batch, read_more=True)
         except UNAVAILABLE:
             raise  # the same batch is started again once Redis is back
         except Exception as exc:
             if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                 self.log.warning("consumer group missing (Redis restarted?); recreating")
-                await self._retry_forever("create groups", self.queue.ensure_groups)
+                await until_done(self.log, "create groups", self.queue.ensure_groups)
                 return
             self._batch = []  # entries that cannot be started: reclaimed after the lease
             raise
 
-    def _sweep_due(self) -> bool:
-        """A reclaim sweep is under way, or one is due (every ``reclaim_every_s``)."""
-        if self._sweep is None and time.monotonic() >= self._next_sweep_at:
-            self._sweep = self.queue.sweep()
-            self._next_sweep_at = time.monotonic() + self.settings.reclaim_every_s
-        return self._sweep is not None
-
-    def _block_ms(self) -> int:
-        """Block for new entries no longer than until the next reclaim sweep is due."""
-        until_sweep = (self._next_sweep_at - time.monotonic()) * 1000
-        return max(1, min(self.settings.block_ms, int(until_sweep)))
+    @contextlib.contextmanager
+    def _waiting_idle(self) -> Iterator[None]:
+        """Blocked for new entries or a free slot: a stop may cancel the read here."""
+        self._idle_wait = True
+        try:
+            yield
+        finally:
+            self._idle_wait = False
 
     async def _reclaim(self) -> None:
         """Take back up to ``capacity`` expired entries of dead workers, going on with the
         sweep under way; it ends when every pending list was read to its end."""
-        assert self._sweep is not None
-        batch = await self.queue.reclaim(min(self.capacity, READ_CHUNK),
-                                         self.settings.lease_ms, self._sweep)
-        if self._sweep.done:
-            self._sweep = None
+        batch = await self.reclaimer.next_batch(min(self.capacity, READ_CHUNK))
         # An entry of this worker's own whose renewal is late is still in flight here.
         batch = [d for d in batch if d.entry_id not in self.runs]
         if batch:
             self.log.info("reclaimed entries", entries=[d.entry_id for d in batch])
-            await self._claim(batch)
+            await self._take(batch)
 
-    async def _claim(self, batch: list[Delivery], read_more: bool = False) -> list[Delivery]:
-        """Dead-letter malformed entries, start the rest and launch what started. With
-        ``read_more``, also read (without blocking) as many entries as slots stay free, in the
-        same round trip; they are returned, to be claimed next."""
-        good = [d for d in batch if d.message is not None]
+    async def _take(self, batch: list[Delivery], read_more: bool = False) -> list[Delivery]:
+        """Steps 2 and 3 for a batch: dead-letter what is malformed, admit, start, launch.
+        With ``read_more``, also read (without blocking) as many entries as slots stay free,
+        in the same round trip as the start; they are returned, to be taken next."""
+        good = await self._dead_letter_malformed(batch)
+        good = await self.admission.admit(good, self.capacity)
+        read_on = read_more and not self.admission.holding
+        count = min(self.capacity - len(good), READ_CHUNK) if read_on else 0
+        if not good:
+            return []
+        outcomes, more = await self._start(good, count)
+        self._launch_started(outcomes)
+        return more
+
+    async def _dead_letter_malformed(self, batch: list[Delivery]) -> list[Delivery]:
         for d in batch:
             if d.message is None:
                 self.log.warning("malformed entry dead-lettered", entry_id=d.entry_id,
                                  stream=d.stream, reason=d.parse_error)
                 await self.queue.dead_letter(d, d.parse_error)
-        if self.admission is not None:
-            good = await self.admission.admit(good, self.capacity)
-        holding = self.admission is not None and self.admission.holding
-        count = min(self.capacity - len(good), READ_CHUNK) if read_more and not holding else 0
-        if not good:
-            return []
-        outcomes, more = await self._start(good, count)
-        started = []
-        for outcome in outcomes:
-            d = outcome.delivery
-            if outcome.started:
-                started.append(d)
-            else:
-                if self.admission is not None:
-                    self.admission.release(d.entry_id)
-                self.log.info("entry not started", job_id=d.job_id, entry_id=d.entry_id,
-                              code=outcome.code, detail=outcome.detail)
-        # Launched on the next loop turn: the caller first sends the next start + read, so
-        # Redis works on it while this process hands these jobs to their threads.
-        self._launching += len(started)
-        asyncio.get_running_loop().call_soon(self._launch_all, started)
-        return more
+        return [d for d in batch if d.message is not None]
 
-    def _launch_all(self, started: list[Delivery]) -> None:
-        for d in started:
-            self._launching -= 1
-            self._launch(d)
+    # ---- 2. admit (GPU workers: consumers/admission.py) and 3. start -----------------------
 
     async def _start(self, good: list[Delivery], count: int
                      ) -> tuple[list[StartOutcome], list[Delivery]]:
@@ -297,19 +240,40 @@ class Worker:
                 return await self.queue.start_and_read(self.read_conn, good, count)
             return await self.queue.start(good), []
         except BaseException:
-            if self.admission is not None:  # not started after all: held again
-                self.admission.put_back(good)
+            self.admission.put_back(good)  # not started after all: held again
             raise
+
+    def _launch_started(self, outcomes: list[StartOutcome]) -> None:
+        started = []
+        for outcome in outcomes:
+            d = outcome.delivery
+            if outcome.started:
+                started.append(d)
+                continue
+            self.admission.release(d.entry_id)
+            self.log.info("entry not started", job_id=d.job_id, entry_id=d.entry_id,
+                          code=outcome.code, detail=outcome.detail)
+        # Launched on the next loop turn: the caller first sends the next start + read, so
+        # Redis works on it while this process hands these jobs to their threads.
+        self._launching += len(started)
+        asyncio.get_running_loop().call_soon(self._launch_all, started)
+
+    def _launch_all(self, started: list[Delivery]) -> None:
+        for d in started:
+            self._launching -= 1
+            self._launch(d)
+
+    # ---- 4. run: the framework's code in a job thread --------------------------------------
 
     def _launch(self, d: Delivery) -> None:
         """Hand the job to a job thread; ``_job_done`` gets its result back on the loop."""
         assert d.message is not None and self._threads is not None
-        run = JobRun(d, asyncio.get_running_loop(), self._publish_progress,
+        run = JobRun(d, asyncio.get_running_loop(), self._publisher,
                      self.settings.progress_interval_s)
         self.runs[d.entry_id] = run
         self.log.info("job started", job_id=d.job_id, model_type=d.message.model_type,
                       kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)
-        refusal = self.admission.refusal(d.entry_id) if self.admission is not None else None
+        refusal = self.admission.refusal(d.entry_id)
         if d.message.model_type not in self.model_types:
             refusal = JobFailure(
                 f"{self.settings.worker_type} does not serve {d.message.model_type!r}",
@@ -318,17 +282,13 @@ class Worker:
             self.executing += 1
             self._job_done(run, 0.0, None, refusal)
             return
-        extra = {"device": self.device}
-        if self.admission is not None:
-            extra.update(self.admission.context(d.entry_id))  # the GPU it was given
+        extra = {"device": self.device, **self.admission.context(d.entry_id)}  # its GPU
         ctx = JobContext(d.message.with_overrides(), self.settings.data_root,
                          self.settings.artifact_root, d.deliveries, d.attempt, extra=extra)
         self.executing += 1
         started = time.monotonic()
         self._threads.submit(run_framework, (self.framework, ctx, run),
                              lambda result, exc: self._job_done(run, started, result, exc))
-
-    # ---- execute ---------------------------------------------------------------------------
 
     def _job_done(self, run: JobRun, started: float, result: Any,
                   exc: BaseException | None) -> None:
@@ -337,10 +297,11 @@ class Worker:
         self._slot_freed.set()
         if self.executing == 0:
             self._idle.set()
-        if self.admission is not None:  # memory given back; peaks learnt
-            self.admission.job_ended(run.delivery, result if exc is None else None)
+        self.admission.job_ended(run.delivery, result if exc is None else None)  # peaks
         try:
-            outcome = self._outcome(run, started, result, exc)
+            outcome = classify(exc, run) if exc is not None else succeeded(run, result, {
+                "framework": self.framework.name, "framework_version": self.framework_version,
+                "duration_s": round(time.monotonic() - started, 3), "worker": self.name})
         except Exception as err:  # a bug of the worker's, not the job's: the job fails
             self.log.exception("could not tell how the job ended", job_id=run.delivery.job_id)
             outcome = Outcome.failure("worker_error", f"{type(err).__name__}: {err}")
@@ -352,190 +313,51 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self._finalize(run, outcome)
+            self._end(run, outcome)
 
     async def _after_report(self, run: JobRun, outcome: Outcome) -> None:
         try:
             await run.drain()  # the last progress report goes out before the final state
         except Exception:
             self.log.exception("last progress report failed", job_id=run.delivery.job_id)
-        self._finalize(run, outcome)
+        self._end(run, outcome)
 
-    def _outcome(self, run: JobRun, started: float, result: Any,
-                 exc: BaseException | None) -> Outcome:
-        if exc is not None:
-            return classify(exc, run)
-        if not isinstance(result, dict):
-            return Outcome.failure("job_error", f"framework returned {type(result).__name__}, "
-                                   "not a result dict")
-        result.setdefault("framework", self.framework.name)
-        result.setdefault("framework_version", self.framework_version)
-        result.setdefault("duration_s", round(time.monotonic() - started, 3))
-        result.setdefault("worker", self.name)
-        if run.delivery.message is not None:
-            oom.annotate(run.delivery.message, result)
-        return Outcome.success(result)
+    # ---- 5. final write (consumers/ending.py picks it, consumers/final_writes.py writes it) -
 
-    # ---- finalize --------------------------------------------------------------------------
-
-    def _finalize(self, run: JobRun, outcome: Outcome) -> None:
-        """Queue the job's final write; the finisher writes it with others, then forgets the
-        job (its entry stays leased until then)."""
+    def _end(self, run: JobRun, outcome: Outcome) -> None:
+        """Queue the job's final write; the job leaves ``runs`` once it is written (its entry
+        stays leased until then)."""
         d = run.delivery
         if outcome.kind == "lost":
             self.log.warning("job lost its lease to another worker; result dropped",
                              job_id=d.job_id)
             self.runs.pop(d.entry_id, None)
-        elif outcome.kind == "interrupted":
-            if d.entry_id in self.runs:  # not handed back yet
-                self._finish(self.queue.handback_call(d, "worker shutdown"), outcome)
-        else:
-            try:
-                call = self._outcome_call(d, outcome)
-            except TypeError as exc:  # orjson's JSONEncodeError: a result JSON cannot hold
-                outcome = Outcome.failure(
-                    "result_not_serializable", f"the job's result cannot be stored as JSON: "
-                    f"{exc}")
-                call = self.queue.fail_call(d, outcome.error)
-            self._finish(call, outcome)
-
-    def _outcome_call(self, d: Delivery, outcome: Outcome) -> Finish:
-        if outcome.kind == "succeeded":
-            return self.queue.complete_call(d, outcome.result)
-        if outcome.kind == "cancelled":
-            return self.queue.cancel_call(d)
-        if oom.applies(d.message, outcome.error):
-            return self._oom_call(d, outcome)
-        max_attempts = self.settings.max_retries + 1
-        if outcome.retryable and d.attempt < max_attempts:
-            return self.queue.retry_call(d, outcome.error, self._backoff_ms(d.attempt))
-        if outcome.retryable:
-            outcome.error["message"] += f" (gave up after {d.attempt} attempts)"
-        return self.queue.fail_call(d, outcome.error)
-
-    def _oom_call(self, d: Delivery, outcome: Outcome) -> Finish:
-        """CUDA OOM: again with batch_size halved, within its own bound (consumers/oom.py)."""
-        assert d.message is not None
-        overrides = oom.next_overrides(d.message, self.settings.oom_max_halvings)
-        if overrides is None:
-            return self.queue.fail_call(d, oom.final_error(d.message, outcome.error))
-        return self.queue.retry_call(d, outcome.error, self._backoff_ms(1), overrides)
-
-    def _backoff_ms(self, attempt: int) -> int:
-        base = self.settings.retry_backoff_s * 2 ** (attempt - 1)
-        capped = min(base, self.settings.retry_backoff_max_s)
-        return int(capped * 1000 * random.uniform(0.8, 1.0))
-
-    def _finish(self, call: Finish, outcome: Outcome) -> None:
-        self._finishes.append((call, outcome))
-        self._finish_added.set()
-
-    async def _finish_loop(self) -> None:
-        async def flush_when_added() -> None:
-            await self._finish_added.wait()
-            self._finish_added.clear()
-            await self._flush_finishes()
-
-        await self._forever("finish", flush_when_added, until=asyncio.Event())  # till cancelled
-
-    async def _flush_finishes(self) -> None:
-        """Write every queued final write in one round trip (retried while Redis is down).
-        One flush at a time: the drain's flush waits for the finisher's write in flight, so a
-        job whose result is being written is never handed back as unfinished."""
-        async with self._flush_lock:
-            await self._write_finishes()
-
-    async def _write_finishes(self) -> None:
-        items = list(self._finishes)
-        self._finishes.clear()
-        if not items:
             return
+        if outcome.kind == "interrupted" and d.entry_id not in self.runs:
+            return  # already handed back by the drain
         try:
-            results = await self._write_calls([call for call, _ in items])
-        except Exception:  # a bug, not Redis: stop renewing, so the leases run out and the
-            for call, _ in items:  # jobs are reclaimed and run again
-                self.runs.pop(call.delivery.entry_id, None)
-            self._slot_freed.set()
-            raise
-        for (call, outcome), refused in zip(items, results, strict=True):
-            d = call.delivery
-            self.runs.pop(d.entry_id, None)
-            if isinstance(refused, NotOwner):
-                self.log.warning("write fenced: the job is no longer ours", job_id=d.job_id,
-                                 error=str(refused))
-            elif refused is not None:  # its lease runs out; it is reclaimed and runs again
-                self.log.error("final write refused", job_id=d.job_id, error=str(refused),
-                               error_type=type(refused).__name__)
-            else:
-                self.log.info("job " + outcome.kind, job_id=d.job_id, **outcome.log_fields())
-        self._slot_freed.set()  # fewer entries held: room to read more
+            ending = ending_for(d, outcome, self.settings)
+        except TypeError as exc:  # orjson's JSONEncodeError: a result JSON cannot hold
+            outcome = Outcome.failure(
+                "result_not_serializable", f"the job's result cannot be stored as JSON: {exc}")
+            ending = Fail.of(d, outcome.error)
+        assert ending is not None
+        self.final_writes.add(ending, outcome)
 
-    async def _write_calls(self, calls: list[Finish]) -> list[BaseException | None]:
-        """``queue.finish``, retried while Redis is unavailable. A batch that Redis refuses
-        for another reason is written one call at a time, so one bad write refuses only its
-        own job."""
-        backoff = _Backoff()
-        while True:
-            try:
-                return await self.queue.finish(calls)
-            except UNAVAILABLE as exc:
-                await backoff.wait(self.log, "finish", exc)
-            except RedisError as exc:
-                if len(calls) == 1:
-                    return [exc]
-                return [(await self._write_calls([c]))[0] for c in calls]
-
-    async def _publish_progress(self, d: Delivery, data: dict[str, Any]) -> bool:
-        try:
-            return await self.queue.progress(d, data)
-        except NotOwner:
-            run = self.runs.get(d.entry_id)
-            if run is not None:
-                run.lost = True
-            return False
-        except UNAVAILABLE:
-            return False  # progress is best-effort; the next report goes out when Redis is back
-        except (RedisError, TypeError) as exc:  # e.g. a report JSON cannot hold: dropped
-            self.log.warning("progress report dropped", job_id=d.job_id, error=str(exc),
-                             error_type=type(exc).__name__)
-            return False
-
-    # ---- maintenance -----------------------------------------------------------------------
-
-    async def _maintenance_loop(self) -> None:
-        """Renew leases and promote due retries on a timer (every ``reclaim_every_s``, a third
-        of the lease), so it runs even when the queue is idle."""
-        await self._forever("maintenance", self._maintain)
+    # ---- beside the path: renew leases, promote due retries --------------------------------
 
     async def _maintain(self) -> None:
-        await self._renew()
+        """Renew leases and promote due retries on a timer (every ``reclaim_every_s``, a third
+        of the lease), so it runs even when the queue is idle."""
+        await renew_leases(self.queue, self.runs, self.admission, self.log)
         await self.queue.promote_due(int(time.time() * 1000))
-        await _sleep_unless(self.stopping, self.settings.reclaim_every_s)
+        await sleep_unless(self.stopping, self.settings.reclaim_every_s)
 
-    async def _renew(self) -> None:
-        runs = list(self.runs.values())
-        held = self.admission.held() if self.admission is not None else []
-        if not runs and not held:
-            return
-        codes = await self.queue.renew([*(r.delivery for r in runs), *held])
-        for d in held:  # waiting for GPU memory: leased like a running job
-            if codes.get(d.entry_id, 0) == 1 and self.admission is not None:
-                self.admission.drop(d.entry_id)
-                self.log.warning("lease of a held job lost", job_id=d.job_id)
-        for run in runs:
-            code = codes.get(run.delivery.entry_id, 0)
-            if code == 1:
-                run.lost = True
-                self.log.warning("lease lost", job_id=run.delivery.job_id)
-            elif code == 2:
-                run.cancel_requested = True
+    # ---- heartbeat -------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        async def beat() -> None:
-            await _sleep_unless(self.stopping, self.settings.heartbeat_interval_s)
-            await self._heartbeat_once()
-
-        await self._forever("heartbeat", beat)
+    async def _heartbeat(self) -> None:
+        await sleep_unless(self.stopping, self.settings.heartbeat_interval_s)
+        await self._heartbeat_once()
 
     async def _heartbeat_once(self) -> None:
         info = WorkerInfo(
@@ -545,71 +367,30 @@ class Worker:
             heartbeat_at=int(time.time() * 1000),
             max_concurrent_jobs=self.slots,
             running_jobs=[r.delivery.job_id for r in self.runs.values()],
-            gpus=self.admission.inventory() if self.admission is not None else self.gpus,
+            gpus=self.admission.inventory(),
             state="draining" if self.stopping.is_set() else "running",
         )
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)
 
-    async def _forever(self, what: str, step: Callable[[], Awaitable[None]],
-                       until: asyncio.Event | None = None) -> None:
-        """Run ``step`` over and over until ``until`` (default: the worker stopping) is set.
-        A loop never dies: Redis unavailable, failing over or full backs off and retries; any
-        other error is logged with its traceback, then backs off and retries too."""
-        until = until or self.stopping
-        backoff = _Backoff()
-        while not until.is_set():
-            try:
-                await step()
-                backoff.reset()
-            except UNAVAILABLE as exc:
-                await backoff.wait(self.log, what, exc)
-            except Exception as exc:
-                self.log.exception("worker loop error; retrying", during=what)
-                await backoff.wait(self.log, what, exc, quiet=True)
+    # ---- graceful stop: drain, hand back the rest, deregister ------------------------------
 
-    async def _retry_forever(self, what: str, fn: Callable[[], Awaitable[None]]) -> None:
-        backoff = _Backoff()
-        while True:
-            try:
-                await fn()
-                return
-            except UNAVAILABLE as exc:
-                await backoff.wait(self.log, what, exc)
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # launches the read loop scheduled (_launch_all) happen first
+        if self.executing:
+            self.log.info("draining", running=self.executing,
+                          grace_s=self.settings.shutdown_grace_s)
+            self._idle.clear()
+            if self.executing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
+        if self._tasks:  # last progress reports of jobs that just ended
+            await asyncio.wait(list(self._tasks), timeout=5)
+        # What finished in time is recorded as such (bounded: Redis may be down).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.final_writes.flush(), timeout=10)
+        await hand_back(self.queue, self.runs, self.log)
 
-
-class _Backoff:
-    """Exponential backoff for Redis outages: 0.1 s doubling to 5 s."""
-
-    def __init__(self) -> None:
-        self.delay = 0.1
-
-    def reset(self) -> None:
-        self.delay = 0.1
-
-    async def wait(self, logger: Any, what: str, exc: BaseException, quiet: bool = False
-                   ) -> None:
-        if not quiet:
-            logger.warning("redis unavailable; retrying", during=what, error=str(exc),
-                           error_type=type(exc).__name__, retry_in_s=self.delay)
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, 5.0)
-
-
-async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-
-
-class _suppress_redis:
-    def __init__(self, logger: Any, what: str) -> None:
-        self.logger, self.what = logger, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, UNAVAILABLE):
-            self.logger.warning("redis unavailable", during=self.what, error=str(exc))
-            return True
-        return False
+    async def _deregister(self) -> None:
+        with unless_unavailable(self.log, "deregister"):
+            await registry.deregister(self.redis, self.keys, self.name)

@@ -11,7 +11,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import aiq
 from gateway.auth import ApiKeyAuth
 from gateway.errors import install_error_handlers
 from gateway.hub import Hub
@@ -19,6 +18,7 @@ from gateway.middleware import BodySizeLimit
 from gateway.openapi import install_openapi
 from gateway.routes import api_router, dashboard, events, ws
 from gateway.settings import GatewaySettings
+from schemas import aiq_version
 from streams.connection import HiredisPackConnection
 from streams.producer import Producer
 
@@ -65,7 +65,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(
         title="aiq",
         summary="AI job queue on Redis Streams: training and inference jobs over HTTP.",
-        version=aiq.__version__,
+        version=aiq_version(),
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator
 
 from schemas.catalogue import KNOWN_MODEL_TYPES
 from schemas.requests import JobId
@@ -157,8 +157,18 @@ class JobSubmitted(BaseModel):
     kind: JobKind
     stream: str = Field(description="the Redis stream the job was added to")
     duplicate: bool = Field(default=False, description="true when an Idempotency-Key matched")
-    status_url: str
-    events_url: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def status_url(self) -> str:
+        """Where the gateway answers the job's status (relative to its base URL)."""
+        return f"/jobs/{self.job_id}/status"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def events_url(self) -> str:
+        """The job's live events (SSE)."""
+        return f"/jobs/{self.job_id}/events"
 
 
 class JobStatusView(BaseModel):

@@ -4,8 +4,8 @@ does in bulk take a list and run in one pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -14,29 +14,21 @@ from redis.asyncio.client import Pipeline
 from schemas.records import REQUEUE_FIELDS, JobMessage
 from schemas.status import JobKind
 from streams import scripts
+from streams.delivery import Delivery
+from streams.endings import (
+    Complete,
+    ConfirmCancel,
+    Ending,
+    Fail,
+    Handback,
+    RenewCode,
+    Retry,
+)
 from streams.errors import NOT_OWNER, AiqError, NotOwner, error_for, raise_for
 from streams.groups import ensure_groups
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
 from streams.scripts import Arg
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One entry this worker read or reclaimed."""
-
-    stream: str
-    kind: JobKind
-    entry_id: str
-    fields: dict[str, str]
-    message: JobMessage | None = None
-    parse_error: str = ""
-    deliveries: int = 0
-    attempt: int = 1
-    job_id: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.job_id = self.fields.get("job_id", "")
 
 
 @dataclass(slots=True)
@@ -61,18 +53,6 @@ class ReclaimSweep:
         if cursor == "0-0":
             self.index += 1
         self.cursor = cursor
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """How a job ended, to be written by ``QueueConsumer.finish``."""
-
-    action: Literal["complete", "fail", "cancel", "retry", "handback"]
-    delivery: Delivery
-    payload: str = ""  # result (complete) or error (fail, retry), as JSON
-    delay_ms: int = 0  # retry backoff
-    reason: str = ""  # handback
-    overrides: str = ""  # retry: what the next attempt changes, as JSON
 
 
 def _json(value: Any) -> str:
@@ -172,10 +152,6 @@ class QueueConsumer:
         if gone:
             await self.redis.xack(stream, GROUP, *gone)
 
-    def _job_keys(self, d: Delivery) -> list[str]:
-        return [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
-                self.keys.events]
-
     def _start_calls(self, batch: list[Delivery]
                      ) -> tuple[list[str], list[tuple[scripts.Script, list[str], list[Arg]]]]:
         streams = list(dict.fromkeys(d.stream for d in batch))
@@ -236,18 +212,22 @@ class QueueConsumer:
         )
         raise_for(code, str(detail), f"dead-letter {d.entry_id}")
 
-    def _owned_call(self, f: Finish) -> tuple[scripts.Script, list[str], list[Arg]]:
-        d = f.delivery
-        table: dict[str, tuple[scripts.Script, list[str], list[Arg]]] = {
-            "cancel": (scripts.CONFIRM_CANCEL, [self.keys.stats, self.keys.jobs], []),
-            "retry": (scripts.RETRY, [self.keys.delayed, self.keys.stats],
-                      [f.payload, f.delay_ms, f.overrides]),
-            "handback": (scripts.HANDBACK, [self.keys.stats], [f.reason, *REQUEUE_FIELDS]),
-        }
-        script, extra_keys, args = table[f.action]
-        return (script, [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
-                         self.keys.events, *extra_keys],
-                [*self._common, d.job_id, d.entry_id, GROUP, self.name, *args])
+    def _single_call(self, e: ConfirmCancel | Retry | Handback
+                     ) -> tuple[scripts.Script, list[str], list[Arg]]:
+        """The script call of an ending written one job per call."""
+        d = e.delivery
+        keys = [d.stream, self.keys.job(d.job_id), self.keys.job_events(d.job_id),
+                self.keys.events]
+        args: list[Arg] = [*self._common, d.job_id, d.entry_id, GROUP, self.name]
+        match e:
+            case ConfirmCancel():
+                return scripts.CONFIRM_CANCEL, [*keys, self.keys.stats, self.keys.jobs], args
+            case Retry():
+                return (scripts.RETRY, [*keys, self.keys.delayed, self.keys.stats],
+                        [*args, e.error, e.delay_ms, e.overrides])
+            case Handback():
+                return (scripts.HANDBACK, [*keys, self.keys.stats],
+                        [*args, e.reason, *REQUEUE_FIELDS])
 
     async def progress(self, d: Delivery, data: dict[str, Any]) -> bool:
         """Publish progress; True when a cancel was requested. Raises NotOwner when fenced."""
@@ -259,59 +239,40 @@ class QueueConsumer:
         raise_for(code, str(detail), f"progress of {d.job_id}")
         return int(detail) == 1
 
-    def complete_call(self, d: Delivery, result: dict[str, Any]) -> Finish:
-        """Raises ``TypeError`` (orjson's JSONEncodeError) for a result JSON cannot hold."""
-        return Finish("complete", d, _json(result))
-
-    def fail_call(self, d: Delivery, error: dict[str, Any]) -> Finish:
-        return Finish("fail", d, _json(error))
-
-    def cancel_call(self, d: Delivery) -> Finish:
-        return Finish("cancel", d)
-
-    def retry_call(self, d: Delivery, error: dict[str, Any], delay_ms: int,
-                   overrides: dict[str, Any] | None = None) -> Finish:
-        return Finish("retry", d, _json(error), delay_ms=delay_ms,
-                      overrides=_json(overrides) if overrides else "")
-
-    def handback_call(self, d: Delivery, reason: str) -> Finish:
-        return Finish("handback", d, reason=reason)
-
-    def _batched_call(
-        self, script: scripts.Script, items: list[Finish]
-    ) -> tuple[scripts.Script, list[str], list[Arg]]:
+    def _batched_call(self, script: scripts.Script, items: list[Complete] | list[Fail]
+                      ) -> tuple[scripts.Script, list[str], list[Arg]]:
         """complete/fail of many jobs of one stream in one script call."""
         keys = [items[0].delivery.stream, self.keys.events, self.keys.stats, self.keys.jobs]
         args: list[Arg] = [*self._common, GROUP, self.name]
-        for f in items:
-            d = f.delivery
+        for e in items:
+            d = e.delivery
             keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id)]
-            args += [d.job_id, d.entry_id, f.payload]
+            args += [d.job_id, d.entry_id, e.result if isinstance(e, Complete) else e.error]
         return script, keys, args
 
-    async def finish(self, items: list[Finish]) -> list[BaseException | None]:
+    async def write_endings(self, endings: list[Ending]) -> list[NotOwner | None]:
         """Write how jobs ended, all in one round trip: completions and failures batched per
-        stream into one script call each, the rest one call each. Per item: None when
-        accepted, NotOwner when fenced; connection errors raise."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        for n, f in enumerate(items):
-            if f.action in ("complete", "fail"):
-                groups.setdefault((f.action, f.delivery.stream), []).append(n)
-        singles = [n for n, f in enumerate(items) if f.action not in ("complete", "fail")]
-        calls = [self._batched_call(scripts.COMPLETE if action == "complete" else scripts.FAIL,
-                                    [items[n] for n in idx])
-                 for (action, _), idx in groups.items()]
-        calls += [self._owned_call(items[n]) for n in singles]
+        stream into one script call each, the rest one call each. Per ending: None when
+        written, NotOwner when fenced; connection errors raise."""
+        batches: dict[tuple[type, str], list[int]] = {}
+        for n, e in enumerate(endings):
+            if isinstance(e, Complete | Fail):
+                batches.setdefault((type(e), e.delivery.stream), []).append(n)
+        singles = [n for n, e in enumerate(endings) if not isinstance(e, Complete | Fail)]
+        calls = [self._batched_call(scripts.COMPLETE if kind is Complete else scripts.FAIL,
+                                    cast("list[Complete] | list[Fail]", [endings[n] for n in idx]))
+                 for (kind, _), idx in batches.items()]
+        calls += [self._single_call(endings[n]) for n in singles]  # type: ignore[arg-type]
         results = await scripts.execute(self.redis, calls)
         codes: dict[int, int] = {}
-        for idx, res in zip(groups.values(), results, strict=False):
+        for idx, res in zip(batches.values(), results, strict=False):
             _raise_exc(res)
             codes.update(zip(idx, (int(c) for c in res), strict=True))
-        for n, res in zip(singles, results[len(groups):], strict=True):
+        for n, res in zip(singles, results[len(batches):], strict=True):
             _raise_exc(res)
             codes[n] = int(res[0])
-        return [NotOwner(f"{items[n].delivery.job_id}: not the owner of its entry")
-                if codes[n] == NOT_OWNER else None for n in range(len(items))]
+        return [NotOwner(f"{endings[n].delivery.job_id}: not the owner of its entry")
+                if codes[n] == NOT_OWNER else None for n in range(len(endings))]
 
     async def wait(self, items: list[tuple[Delivery, str]]) -> list[bool | AiqError]:
         """Entries held unstarted by GPU admission, each with its reason (JSON), in one round
@@ -333,10 +294,9 @@ class QueueConsumer:
             out.append(err if err is not None else code == 1)
         return out
 
-    async def renew(self, batch: list[Delivery]) -> dict[str, int]:
-        """Renew the leases of in-flight entries. Returns entry id -> 0 renewed, 1 lost,
-        2 renewed and cancel requested."""
-        out: dict[str, int] = {}
+    async def renew(self, batch: list[Delivery]) -> dict[str, RenewCode]:
+        """Renew the leases of in-flight entries: entry id -> what ``renew.lua`` answered."""
+        out: dict[str, RenewCode] = {}
         for stream in self.keys.streams:
             mine = [d for d in batch if d.stream == stream]
             if not mine:
@@ -345,7 +305,7 @@ class QueueConsumer:
                 self.redis, [stream, *(self.keys.job(d.job_id) for d in mine)],
                 [*self._common, GROUP, self.name, *(d.entry_id for d in mine)],
             )
-            out.update({d.entry_id: int(c) for d, c in zip(mine, codes, strict=True)})
+            out.update({d.entry_id: RenewCode(int(c)) for d, c in zip(mine, codes, strict=True)})
         return out
 
     async def promote_due(self, now_ms: int, limit: int = 100) -> int:

@@ -134,9 +134,7 @@ class Producer:
                 self._seen.pop(next(iter(self._seen)))
         return JobSubmitted(
             job_id=got_id, status=JobStatus.QUEUED, worker_type=worker_type, kind=kind,
-            stream=stream, duplicate=code == 1, status_url=f"/jobs/{got_id}/status",
-            events_url=f"/jobs/{got_id}/events",
-        )
+            stream=stream, duplicate=code == 1)
 
     def _remember(self, job_id: str, worker_type: str) -> None:
         self._types[job_id] = worker_type

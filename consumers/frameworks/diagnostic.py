@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiq
 from consumers.frameworks.base import (
     CudaOutOfMemory,
     JobContext,
@@ -21,6 +20,7 @@ from consumers.frameworks.base import (
     Progress,
     RetryableError,
 )
+from schemas import aiq_version
 
 
 def _number(params: dict[str, Any], name: str, default: float) -> float:
@@ -35,7 +35,7 @@ class DiagnosticFramework:
     name = "diagnostic"
 
     def version(self) -> str:
-        return aiq.__version__
+        return aiq_version()
 
     def train(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
         msg = ctx.message

@@ -11,7 +11,7 @@ import pytest
 from consumers.frameworks.base import JobCancelled
 from consumers.progress import JobRun
 from schemas.status import JobKind
-from streams.consumer import Delivery
+from streams.delivery import Delivery
 
 
 def make_run(interval: float, cancel_after: int | None = None

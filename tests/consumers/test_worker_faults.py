@@ -182,7 +182,7 @@ async def test_a_final_write_that_breaks_lets_the_job_run_again(
     producer = Producer(redis)
     settings = settings_for(redis_url, tmp_path, lease_timeout_s=0.6, reclaim_interval_s=0.05)
     async with running_worker(settings) as worker:
-        real = worker.queue.finish
+        real = worker.queue.write_endings
         calls = 0
 
         async def broken_once(calls_: list[Any]) -> list[BaseException | None]:
@@ -192,7 +192,7 @@ async def test_a_final_write_that_breaks_lets_the_job_run_again(
                 raise RuntimeError("boom")
             return await real(calls_)
 
-        worker.queue.finish = broken_once  # type: ignore[method-assign]
+        worker.queue.write_endings = broken_once  # type: ignore[method-assign]
         sub = await producer.submit_training(job())
         rec = await producer.wait(sub.job_id, timeout=30)
         assert calls >= 2 and not worker.runs

@@ -9,7 +9,9 @@ from redis.asyncio import Redis
 
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind, JobStatus
-from streams.consumer import Delivery, QueueConsumer
+from streams.consumer import QueueConsumer
+from streams.delivery import Delivery
+from streams.endings import Complete, Fail
 from streams.errors import NotOwner
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -64,7 +66,7 @@ async def test_renew_resets_the_idle_time_of_every_owned_entry(
     theirs = await read(b, 2)
     await b.start(theirs)
     gone = mine[3]
-    [res] = await a.finish([a.complete_call(gone, {})])  # acked and deleted: missing
+    [res] = await a.write_endings([Complete.of(gone, {})])  # acked and deleted: missing
     assert res is None
     await age(redis, "a", mine[:3])
     await age(redis, "b", theirs)
@@ -137,16 +139,16 @@ async def test_finish_mixed_batch(redis: Redis, producer: Producer, action: str)
     [theirs] = await read(b, 1)
     await a.start(mine)
     await b.start([theirs])
-    [done] = await a.finish([a.complete_call(mine[3], {"first": True})])  # then missing
+    [done] = await a.write_endings([Complete.of(mine[3], {"first": True})])  # then missing
     assert done is None
 
     def call(c: QueueConsumer, d: Delivery) -> object:
         if action == "complete":
-            return c.complete_call(d, {"n": d.entry_id})
-        return c.fail_call(d, {"code": "x", "message": d.entry_id})
+            return Complete.of(d, {"n": d.entry_id})
+        return Fail.of(d, {"code": "x", "message": d.entry_id})
 
     batch = [mine[0], theirs, mine[1], mine[0], mine[3], mine[2]]
-    results = await a.finish([call(a, d) for d in batch])  # type: ignore[misc]
+    results = await a.write_endings([call(a, d) for d in batch])  # type: ignore[misc]
 
     assert [r is None for r in results] == [True, False, True, False, False, True]
     assert all(isinstance(r, NotOwner) for r in results if r is not None)

@@ -8,7 +8,9 @@ from redis.asyncio import Redis
 
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind, JobStatus
-from streams.consumer import Delivery, QueueConsumer
+from streams.consumer import QueueConsumer
+from streams.delivery import Delivery
+from streams.endings import Complete, ConfirmCancel, Fail, Handback, RenewCode, Retry
 from streams.errors import IllegalTransition, JobNotFound, NotOwner
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -80,7 +82,7 @@ async def test_start_progress_complete(redis: Redis, setup: tuple[Producer, Queu
     assert outcome.started and d.deliveries == 1 and d.attempt == 1
     assert (await producer.get(job_id)).status is JobStatus.RUNNING
     assert await c.progress(d, {"stage": "x", "percent": 50}) is False
-    [res] = await c.finish([c.complete_call(d, {"accuracy": 0.9})])
+    [res] = await c.write_endings([Complete.of(d, {"accuracy": 0.9})])
     assert res is None
     rec = await producer.get(job_id)
     assert rec.status is JobStatus.SUCCEEDED and rec.result == {"accuracy": 0.9}
@@ -95,7 +97,7 @@ async def test_fail_records_error(redis: Redis, setup: tuple[Producer, QueueCons
     job_id = await submit(producer)
     d = await read_one(c)
     await c.start([d])
-    await c.finish([c.fail_call(d, {"code": "bad", "message": "bad input"})])
+    await c.write_endings([Fail.of(d, {"code": "bad", "message": "bad input"})])
     rec = await producer.get(job_id)
     assert rec.status is JobStatus.FAILED and rec.error and rec.error.code == "bad"
     assert await redis.xlen(STREAM) == 0
@@ -107,7 +109,7 @@ async def test_retry_then_promote_creates_fresh_entry(
     job_id = await submit(producer)
     d = await read_one(c)
     await c.start([d])
-    await c.finish([c.retry_call(d, {"code": "flaky", "message": "x", "retryable": True}, 0)])
+    await c.write_endings([Retry.of(d, {"code": "flaky", "message": "x", "retryable": True}, 0)])
     rec = await producer.get(job_id)
     assert rec.status is JobStatus.RETRYING and rec.attempt == 2
     assert await redis.xlen(STREAM) == 0 and await redis.zcard(KEYS.delayed) == 1
@@ -126,7 +128,7 @@ async def test_promote_waits_for_due_time(redis: Redis,
     await submit(producer)
     d = await read_one(c)
     await c.start([d])
-    await c.finish([c.retry_call(d, {"code": "x", "message": "x"}, 60_000)])
+    await c.write_endings([Retry.of(d, {"code": "x", "message": "x"}, 60_000)])
     assert await c.promote_due(now_ms=2**62) == 0  # the script checks the server clock
     assert await redis.zcard(KEYS.delayed) == 1
 
@@ -161,7 +163,7 @@ async def test_cancel_retrying_removes_delayed(
     job_id = await submit(producer)
     d = await read_one(c)
     await c.start([d])
-    await c.finish([c.retry_call(d, {"code": "x", "message": "x"}, 60_000)])
+    await c.write_endings([Retry.of(d, {"code": "x", "message": "x"}, 60_000)])
     assert await producer.cancel(job_id) is JobStatus.CANCELLED
     assert await redis.zcard(KEYS.delayed) == 0
 
@@ -174,8 +176,8 @@ async def test_cancel_running_flags_then_confirm(
     await c.start([d])
     assert await producer.cancel(job_id) is JobStatus.RUNNING
     assert await c.progress(d, {"stage": "x"}) is True  # the worker learns at its next step
-    assert await c.renew([d]) == {d.entry_id: 2}
-    await c.finish([c.cancel_call(d)])
+    assert await c.renew([d]) == {d.entry_id: RenewCode.CANCEL_REQUESTED}
+    await c.write_endings([ConfirmCancel(d)])
     assert (await producer.get(job_id)).status is JobStatus.CANCELLED
     assert await event_types(redis, job_id) == ["queued", "started", "cancel_requested",
                                                 "progress", "cancelled"]
@@ -193,10 +195,10 @@ async def test_zombie_write_is_fenced(redis: Redis, setup: tuple[Producer, Queue
     assert outcome.started and db.deliveries == 2
     with pytest.raises(NotOwner):
         await a.progress(da, {"stage": "late"})
-    [late] = await a.finish([a.complete_call(da, {"by": "zombie"})])
+    [late] = await a.write_endings([Complete.of(da, {"by": "zombie"})])
     assert isinstance(late, NotOwner)
-    assert await a.renew([da]) == {da.entry_id: 1}  # renewal never steals it back
-    [ok] = await b.finish([b.complete_call(db, {"by": "b"})])
+    assert await a.renew([da]) == {da.entry_id: RenewCode.LOST}  # renewal never steals it back
+    [ok] = await b.write_endings([Complete.of(db, {"by": "b"})])
     assert ok is None
     rec = await producer.get(job_id)
     assert rec.result == {"by": "b"} and rec.worker == "w2"
@@ -214,7 +216,7 @@ async def test_renewed_lease_is_not_reclaimed(
     idle = await redis.xpending_range(STREAM, GROUP, "-", "+", 1)
     await redis.execute_command("XCLAIM", STREAM, GROUP, "w1", 0, d.entry_id, "IDLE", 60_000,
                                 "JUSTID")  # as if the job had run a minute
-    assert await a.renew([d]) == {d.entry_id: 0}
+    assert await a.renew([d]) == {d.entry_id: RenewCode.RENEWED}
     assert await b.reclaim(1, min_idle_ms=30_000) == []
     after = await redis.xpending_range(STREAM, GROUP, "-", "+", 1)
     assert after[0]["times_delivered"] == idle[0]["times_delivered"] == 1
@@ -257,7 +259,7 @@ async def test_handback_requeues_at_once(redis: Redis,
     job_id = await submit(producer)
     d = await read_one(c)
     await c.start([d])
-    [res] = await c.finish([c.handback_call(d, "worker shutdown")])
+    [res] = await c.write_endings([Handback(d, "worker shutdown")])
     assert res is None
     rec = await producer.get(job_id)
     assert rec.status is JobStatus.QUEUED and rec.entry_id != d.entry_id

@@ -1,0 +1,37 @@
+"""When the read loop takes back expired entries of dead workers: a sweep every ``every_s``
+(the first at once), which goes on, batch after batch as slots free, until every pending list
+of the type was read to its end; new entries are read between sweeps."""
+
+from __future__ import annotations
+
+import time
+
+from streams.consumer import QueueConsumer, ReclaimSweep
+from streams.delivery import Delivery
+
+
+class Reclaimer:
+    def __init__(self, queue: QueueConsumer, every_s: float, min_idle_ms: int) -> None:
+        self.queue, self.every_s, self.min_idle_ms = queue, every_s, min_idle_ms
+        self._sweep: ReclaimSweep | None = None  # the sweep under way
+        self._next_at = 0.0  # monotonic
+
+    def due(self) -> bool:
+        """A sweep is under way, or one is due."""
+        if self._sweep is None and time.monotonic() >= self._next_at:
+            self._sweep = self.queue.sweep()
+            self._next_at = time.monotonic() + self.every_s
+        return self._sweep is not None
+
+    def block_ms(self, max_ms: int) -> int:
+        """Block for new entries no longer than until the next sweep is due."""
+        return max(1, min(max_ms, int((self._next_at - time.monotonic()) * 1000)))
+
+    async def next_batch(self, count: int) -> list[Delivery]:
+        """Up to ``count`` expired entries, claimed for this consumer, going on with the
+        sweep under way (``due()`` first)."""
+        assert self._sweep is not None
+        batch = await self.queue.reclaim(count, self.min_idle_ms, self._sweep)
+        if self._sweep.done:
+            self._sweep = None
+        return batch
