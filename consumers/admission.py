@@ -36,7 +36,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from consumers.frameworks.base import JobFailure
+from consumers.frameworks.base import FailJob
 from consumers.gpu import DeviceMemory, GpuDevices, GpuUnavailable
 from consumers.oom import batch_size_of
 from consumers.settings import WorkerSettings
@@ -113,7 +113,7 @@ class Admission:
         self.log = log.bind(worker=worker)
         self._held: list[_Held] = []
         self._reserved: dict[str, Reservation] = {}  # entry id -> reservation
-        self._rejected: dict[str, JobFailure] = {}  # entry id -> why it fails at once
+        self._rejected: dict[str, FailJob] = {}  # entry id -> why it fails at once
         self._baseline: dict[int, int] = {}  # device -> MiB this process used while idle there
         self._last: list[DeviceMemory] = []
         self._changed = asyncio.Event()
@@ -144,7 +144,7 @@ class Admission:
             self._rejected.pop(d.entry_id, None)
         self._held = [*back, *self._held]
 
-    def refusal(self, entry_id: str) -> JobFailure | None:
+    def refusal(self, entry_id: str) -> FailJob | None:
         return self._rejected.pop(entry_id, None)
 
     def context(self, entry_id: str) -> dict[str, Any]:
@@ -298,10 +298,10 @@ class Admission:
         self._held = held
         return start, waiting
 
-    def _too_big(self, est: Estimate, devices: list[DeviceMemory]) -> JobFailure:
+    def _too_big(self, est: Estimate, devices: list[DeviceMemory]) -> FailJob:
         biggest = max(devices, key=lambda d: d.total_mb)
         headroom = self.settings.gpu_headroom_mb
-        return JobFailure(
+        return FailJob(
             f"the job asks for {est.mb} MiB of GPU memory (gpu_mem_mb) but the largest GPU of "
             f"this worker, cuda:{biggest.index} ({biggest.name}), has {biggest.total_mb} MiB "
             f"({biggest.total_mb - headroom} MiB usable with GPU_HEADROOM_MB={headroom}); it "

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-from consumers.frameworks.base import JobFailure
+from consumers.frameworks.base import FailJob
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
@@ -57,7 +57,7 @@ def read_json(path: Path) -> Any:
 def model_dir(artifact_root: Path, model_id: str) -> Path:
     """The directory of ``model_id``; refuses ids that could name anything outside the root."""
     if not _MODEL_ID.fullmatch(model_id) or ".." in model_id:
-        raise JobFailure(f"invalid model_id {model_id!r}: use the job id of a training job",
+        raise FailJob(f"invalid model_id {model_id!r}: use the job id of a training job",
                          code="model_not_found")
     return artifact_root / model_id
 
@@ -77,13 +77,13 @@ def load_metadata(artifact_root: Path, model_id: str) -> dict[str, Any]:
     try:
         meta = read_json(path)
     except FileNotFoundError:
-        raise JobFailure(f"model {model_id!r} not found (no trained model with that id)",
+        raise FailJob(f"model {model_id!r} not found (no trained model with that id)",
                          code="model_not_found") from None
     except orjson.JSONDecodeError as exc:
-        raise JobFailure(f"model {model_id!r}: metadata is unreadable: {exc}",
+        raise FailJob(f"model {model_id!r}: metadata is unreadable: {exc}",
                          code="model_unreadable") from exc
     if not isinstance(meta, dict):
-        raise JobFailure(f"model {model_id!r}: metadata is not an object", code="model_unreadable")
+        raise FailJob(f"model {model_id!r}: metadata is not an object", code="model_unreadable")
     return meta
 
 
@@ -94,11 +94,11 @@ def load_model(artifact_root: Path, model_id: str) -> tuple[Any, dict[str, Any]]
     meta = load_metadata(artifact_root, model_id)
     path = model_dir(artifact_root, model_id) / MODEL_FILE
     if not path.is_file():
-        raise JobFailure(f"model {model_id!r} not found: {MODEL_FILE} is missing",
+        raise FailJob(f"model {model_id!r} not found: {MODEL_FILE} is missing",
                          code="model_not_found")
     try:
         model = joblib.load(path)
     except (OSError, EOFError, ValueError, ImportError, AttributeError) as exc:
-        raise JobFailure(f"model {model_id!r} could not be loaded: {exc}",
+        raise FailJob(f"model {model_id!r} could not be loaded: {exc}",
                          code="model_unreadable") from exc
     return model, meta

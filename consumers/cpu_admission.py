@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from consumers.frameworks.base import JobFailure
+from consumers.frameworks.base import FailJob
 from schemas.workers import GpuInfo
 from streams.delivery import Delivery
 
@@ -38,7 +38,7 @@ class NoAdmission:
     def release(self, entry_id: str) -> None:
         return None
 
-    def refusal(self, entry_id: str) -> JobFailure | None:
+    def refusal(self, entry_id: str) -> FailJob | None:
         return None
 
     def context(self, entry_id: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Data loading for worker processes: safe path resolution, built-in datasets, CSV tables.
 
-Every problem with a job's data is a ``JobFailure`` (not retried) whose message names the
+Every problem with a job's data is a ``FailJob`` (not retried) whose message names the
 file, line and column, so the user can fix the input without reading worker logs.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from consumers.frameworks.base import JobFailure
+from consumers.frameworks.base import FailJob
 
 BUILTIN_PREFIX = "builtin:"
 LABEL_CANDIDATES = ("label", "target")
@@ -56,23 +56,23 @@ def resolve_data_path(data_root: Path, data_path: str) -> Path:
 
     Symlinks and ``..`` are resolved first, so nothing can point outside the root."""
     if not data_path or not data_path.strip():
-        raise JobFailure("data_path is empty", code="data_path_required")
+        raise FailJob("data_path is empty", code="data_path_required")
     root = data_root.resolve()
     try:
         candidate = Path(data_path)
         resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
     except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte, a symlink loop
-        raise JobFailure(f"invalid data_path {data_path!r}: {exc}",
+        raise FailJob(f"invalid data_path {data_path!r}: {exc}",
                          code="invalid_data_path") from exc
     if not resolved.is_relative_to(root):
-        raise JobFailure(
+        raise FailJob(
             f"data_path {data_path!r} resolves outside the data root; use a path relative to the "
             "data root (or an absolute path inside it)",
             code="data_path_outside_root",
         )
     if not resolved.is_file():
         what = "is not a file" if resolved.exists() else "was not found"
-        raise JobFailure(f"data file {data_path!r} {what} under the data root",
+        raise FailJob(f"data file {data_path!r} {what} under the data root",
                          code="data_not_found")
     return resolved
 
@@ -82,7 +82,7 @@ def load_builtin(name: str) -> Tabular:
     loaders = _builtin_loaders()
     if name not in loaders:
         known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)
-        raise JobFailure(f"unknown built-in dataset {BUILTIN_PREFIX + name!r}; known: {known}",
+        raise FailJob(f"unknown built-in dataset {BUILTIN_PREFIX + name!r}; known: {known}",
                          code="unknown_dataset")
     bunch = loaders[name]()
     features = [str(f) for f in getattr(bunch, "feature_names", [])]
@@ -101,17 +101,17 @@ def read_csv(path: Path, shown: str) -> tuple[list[str], list[tuple[int, list[st
             header = next(reader, None)
             rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise JobFailure(f"{shown}: not a readable UTF-8 CSV file: {exc}",
+        raise FailJob(f"{shown}: not a readable UTF-8 CSV file: {exc}",
                          code="invalid_data") from exc
     if header is None or not any(c.strip() for c in header):
-        raise JobFailure(f"{shown}: the file is empty (expected a header row and data rows)",
+        raise FailJob(f"{shown}: the file is empty (expected a header row and data rows)",
                          code="invalid_data")
     header = [c.strip() for c in header]
     if not rows:
-        raise JobFailure(f"{shown}: no data rows after the header", code="invalid_data")
+        raise FailJob(f"{shown}: no data rows after the header", code="invalid_data")
     for line, row in rows:
         if len(row) != len(header):
-            raise JobFailure(f"{shown} line {line}: {len(row)} values but the header has "
+            raise FailJob(f"{shown} line {line}: {len(row)} values but the header has "
                              f"{len(header)} columns", code="invalid_data")
     return header, rows
 
@@ -120,10 +120,10 @@ def _to_float(value: str, where: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise JobFailure(f"{where}: non-numeric value {value.strip()[:40]!r}; features must be "
+        raise FailJob(f"{where}: non-numeric value {value.strip()[:40]!r}; features must be "
                          "numbers", code="invalid_data") from None
     if not math.isfinite(number):
-        raise JobFailure(f"{where}: value {value.strip()!r} is not a finite number",
+        raise FailJob(f"{where}: value {value.strip()!r} is not a finite number",
                          code="invalid_data")
     return number
 
@@ -149,7 +149,7 @@ def find_label_column(header: list[str], label_column: str | None, shown: str) -
     """Index of the label column: the one named, else ``label``/``target``; None if absent."""
     if label_column is not None:
         if label_column not in header:
-            raise JobFailure(f"{shown}: label column {label_column!r} not in the header "
+            raise FailJob(f"{shown}: label column {label_column!r} not in the header "
                              f"{header}", code="invalid_data")
         return header.index(label_column)
     for name in LABEL_CANDIDATES:
@@ -166,7 +166,7 @@ def _label_index(header: list[str], label_column: str | None, shown: str) -> int
 def _check_classes(y: npt.NDArray[Any], label: str, shown: str) -> None:
     classes = np.unique(y)
     if len(classes) < 2:
-        raise JobFailure(f"{shown}: label column {label!r} has {len(classes)} distinct value(s) "
+        raise FailJob(f"{shown}: label column {label!r} has {len(classes)} distinct value(s) "
                          f"{classes.tolist()}; classification needs at least 2 classes",
                          code="invalid_data")
 
@@ -177,12 +177,12 @@ def load_tabular(data_root: Path, data_path: str, label_column: str | None = Non
         return load_builtin(data_path.removeprefix(BUILTIN_PREFIX))
     header, rows = read_csv(resolve_data_path(data_root, data_path), data_path)
     if len(header) < 2:
-        raise JobFailure(f"{data_path}: need at least one feature column and a label column, "
+        raise FailJob(f"{data_path}: need at least one feature column and a label column, "
                          f"got header {header}", code="invalid_data")
     li = _label_index(header, label_column, data_path)
     for line, row in rows:
         if not row[li].strip():
-            raise JobFailure(f"{data_path} line {line}: empty label in column {header[li]!r}",
+            raise FailJob(f"{data_path} line {line}: empty label in column {header[li]!r}",
                              code="invalid_data")
     features = [(i, name) for i, name in enumerate(header) if i != li]
     X = _float_matrix(rows, features, data_path)
@@ -193,16 +193,16 @@ def load_tabular(data_root: Path, data_path: str, label_column: str | None = Non
 
 def _inline_matrix(inputs: list[list[Any]]) -> npt.NDArray[np.float64]:
     if not inputs:
-        raise JobFailure("inputs is empty; give at least one row", code="invalid_inputs")
+        raise FailJob("inputs is empty; give at least one row", code="invalid_inputs")
     width = len(inputs[0])
     out = np.empty((len(inputs), width), dtype=np.float64)
     for r, row in enumerate(inputs):
         if len(row) != width:
-            raise JobFailure(f"inputs row {r}: {len(row)} values but row 0 has {width}",
+            raise FailJob(f"inputs row {r}: {len(row)} values but row 0 has {width}",
                              code="invalid_inputs")
         for c, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise JobFailure(f"inputs row {r}, column {c}: {value!r} is not a number",
+                raise FailJob(f"inputs row {r}, column {c}: {value!r} is not a number",
                                  code="invalid_inputs")
             out[r, c] = _to_float(str(value), f"inputs row {r}, column {c}")
     return out
@@ -233,6 +233,6 @@ def load_inputs(data_root: Path, inputs_or_path: list[list[Any]] | str, *, n_fea
     else:
         X = _inline_matrix(inputs_or_path)
     if X.shape[1] != n_features:
-        raise JobFailure(f"inputs have {X.shape[1]} columns but the model expects {n_features} "
+        raise FailJob(f"inputs have {X.shape[1]} columns but the model expects {n_features} "
                          "features", code="invalid_inputs")
     return X

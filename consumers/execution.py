@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from consumers import oom
 from consumers.frameworks.base import (
+    CancelRequested,
+    FailJob,
     Framework,
-    JobCancelled,
     JobContext,
-    JobFailure,
-    JobInterrupted,
     Progress,
-    RetryableError,
+    RetryLater,
+    StopRequested,
 )
 from consumers.progress import JobRun
 from schemas.status import JobKind
@@ -24,7 +24,7 @@ Kind = Literal["succeeded", "failed", "cancelled", "interrupted", "lost"]
 
 # Errors worth another attempt: the job may pass next time. Anything else is a bug or bad input
 # and fails at once instead of N times.
-TRANSIENT = (RetryableError, ConnectionError, TimeoutError, MemoryError, OSError)
+TRANSIENT = (RetryLater, ConnectionError, TimeoutError, MemoryError, OSError)
 
 
 @dataclass(slots=True)
@@ -59,11 +59,11 @@ def run_framework(framework: Framework, ctx: JobContext, progress: Progress) -> 
 
 
 def classify(exc: BaseException, run: JobRun) -> Outcome:
-    if isinstance(exc, JobCancelled):
+    if isinstance(exc, CancelRequested):
         return Outcome("cancelled")
-    if isinstance(exc, JobInterrupted):
+    if isinstance(exc, StopRequested):
         return Outcome("lost" if run.lost else "interrupted")
-    if isinstance(exc, JobFailure):
+    if isinstance(exc, FailJob):
         return Outcome.failure(exc.code, str(exc))
     if isinstance(exc, FileNotFoundError):
         return Outcome.failure("file_not_found", str(exc))

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from consumers.frameworks.base import JobCancelled, JobInterrupted
+from consumers.frameworks.base import CancelRequested, StopRequested
 from streams.consumer import QueueConsumer
 from streams.delivery import Delivery
 from streams.errors import UNAVAILABLE, NotOwner
@@ -44,9 +44,9 @@ class JobRun:
     def check(self) -> None:
         """Raise at a step boundary when the job must stop."""
         if self.cancel_requested:
-            raise JobCancelled
+            raise CancelRequested
         if self.interrupted or self.lost:
-            raise JobInterrupted
+            raise StopRequested
 
     def __call__(self, stage: str, *, percent: float | None = None, **fields: Any) -> None:
         """The ``Progress`` callback, called from the job's thread."""

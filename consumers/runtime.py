@@ -32,7 +32,7 @@ from consumers.cpu_admission import NoAdmission
 from consumers.ending import ending_for
 from consumers.execution import Outcome, classify, run_framework, succeeded
 from consumers.final_writes import FinalWrites
-from consumers.frameworks.base import Framework, JobContext, JobFailure
+from consumers.frameworks.base import FailJob, Framework, JobContext
 from consumers.gpu import GpuDevices
 from consumers.loops import forever, sleep_unless, unless_unavailable, until_done
 from consumers.progress import JobRun, ProgressPublisher
@@ -275,7 +275,7 @@ class Worker:
                       kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)
         refusal = self.admission.refusal(d.entry_id)
         if d.message.model_type not in self.model_types:
-            refusal = JobFailure(
+            refusal = FailJob(
                 f"{self.settings.worker_type} does not serve {d.message.model_type!r}",
                 code="unsupported_model_type")
         if refusal is not None:

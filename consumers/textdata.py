@@ -2,7 +2,7 @@
 classifiers), the shipped ``builtin:sentiment`` dataset, and a small word-level tokenizer.
 
 No hub tokenizer is downloaded: the vocabulary is built from the training texts and saved with
-the model (``vocab.json``). Every data problem is a ``JobFailure`` naming the file and line.
+the model (``vocab.json``). Every data problem is a ``FailJob`` naming the file and line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from consumers import artifacts
 from consumers.data import BUILTIN_PREFIX, find_label_column, read_csv, resolve_data_path
-from consumers.frameworks.base import JobFailure
+from consumers.frameworks.base import FailJob
 
 DATASETS_DIR = Path(__file__).with_name("datasets")
 TEXT_BUILTINS = {"sentiment": DATASETS_DIR / "sentiment.csv"}
@@ -81,7 +81,7 @@ class Vocab:
         try:
             return cls(artifacts.read_json(path)["tokens"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise JobFailure(f"vocabulary {path.name} is unreadable: {exc}",
+            raise FailJob(f"vocabulary {path.name} is unreadable: {exc}",
                              code="model_unreadable") from exc
 
 
@@ -103,13 +103,13 @@ def encode(vocab: Vocab, texts: Sequence[str], max_length: int,
 def _text_index(header: list[str], text_column: str | None, shown: str) -> int:
     if text_column is not None:
         if text_column not in header:
-            raise JobFailure(f"{shown}: text column {text_column!r} not in the header {header}",
+            raise FailJob(f"{shown}: text column {text_column!r} not in the header {header}",
                              code="invalid_data")
         return header.index(text_column)
     for name in TEXT_CANDIDATES:
         if name in header:
             return header.index(name)
-    raise JobFailure(f"{shown}: no text column in the header {header}; name one of "
+    raise FailJob(f"{shown}: no text column in the header {header}; name one of "
                      f"{', '.join(TEXT_CANDIDATES)} or set the text_column hyperparameter",
                      code="invalid_data")
 
@@ -118,7 +118,7 @@ def _label_index(header: list[str], label_column: str | None, shown: str,
                  required: bool) -> int | None:
     found = find_label_column(header, label_column, shown)
     if found is None and required:
-        raise JobFailure(f"{shown}: no label column in the header {header}; name it label or "
+        raise FailJob(f"{shown}: no label column in the header {header}; name it label or "
                          "set the label_column hyperparameter", code="invalid_data")
     return found
 
@@ -129,7 +129,7 @@ def _csv_path(data_root: Path, data_path: str) -> Path:
     name = data_path.removeprefix(BUILTIN_PREFIX)
     if name not in TEXT_BUILTINS:
         known = ", ".join(BUILTIN_PREFIX + n for n in TEXT_BUILTINS)
-        raise JobFailure(f"unknown built-in text dataset {data_path!r}; known: {known}",
+        raise FailJob(f"unknown built-in text dataset {data_path!r}; known: {known}",
                          code="unknown_dataset")
     return TEXT_BUILTINS[name]
 
@@ -139,7 +139,7 @@ def _column(rows: list[tuple[int, list[str]]], index: int, name: str, shown: str
     for line, row in rows:
         value = row[index].strip()
         if not value:
-            raise JobFailure(f"{shown} line {line}: empty value in column {name!r}",
+            raise FailJob(f"{shown} line {line}: empty value in column {name!r}",
                              code="invalid_data")
         values.append(value)
     return values
@@ -155,7 +155,7 @@ def load_text(data_root: Path, data_path: str, *, text_column: str | None = None
     texts = _column(rows, ti, header[ti], data_path)
     labels = None if li is None else _column(rows, li, header[li], data_path)
     if labelled and labels is not None and len(set(labels)) < 2:
-        raise JobFailure(f"{data_path}: label column {header[li or 0]!r} has "
+        raise FailJob(f"{data_path}: label column {header[li or 0]!r} has "
                          f"{len(set(labels))} distinct value(s); classification needs at least 2",
                          code="invalid_data")
     return TextTable(texts=texts, labels=labels, text_column=header[ti],
@@ -165,11 +165,11 @@ def load_text(data_root: Path, data_path: str, *, text_column: str | None = None
 def inline_texts(inputs: list[list[Any]]) -> list[str]:
     """Inference inputs ``[["a text"], ...]``: the first cell of each row, a non-empty string."""
     if not inputs:
-        raise JobFailure("inputs is empty; give at least one text", code="invalid_inputs")
+        raise FailJob("inputs is empty; give at least one text", code="invalid_inputs")
     texts = []
     for r, row in enumerate(inputs):
         if not row or not isinstance(row[0], str) or not row[0].strip():
-            raise JobFailure(f"inputs row {r}: expected [\"some text\"], got {row!r:.80}",
+            raise FailJob(f"inputs row {r}: expected [\"some text\"], got {row!r:.80}",
                              code="invalid_inputs")
         texts.append(row[0])
     return texts

@@ -83,7 +83,7 @@ def entry_fields(record: dict[str, str]) -> dict[str, str]:
     return {k: record.get(k, "") for k in ENTRY_FIELDS}
 
 
-class JobError(BaseModel):
+class ErrorDetail(BaseModel):
     code: str
     message: str
     retryable: bool = False
@@ -115,7 +115,7 @@ class JobRecord(BaseModel):
     started_at: int | None = None
     finished_at: int | None = None
     result: dict[str, Any] | None = None
-    error: JobError | None = None
+    error: ErrorDetail | None = None
     progress: dict[str, Any] | None = None
     cancel_requested: bool = False
     overrides: dict[str, Any] | None = None  # what a worker changed for a retry (CUDA OOM)
@@ -181,7 +181,7 @@ class JobStatusView(BaseModel):
     model_type: str
     progress: dict[str, Any] | None = None
     attempt: int
-    error: JobError | None = None
+    error: ErrorDetail | None = None
     created_at: int
     started_at: int | None = None
     finished_at: int | None = None

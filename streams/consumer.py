@@ -247,7 +247,7 @@ class QueueConsumer:
         for e in items:
             d = e.delivery
             keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id)]
-            args += [d.job_id, d.entry_id, e.result if isinstance(e, Complete) else e.error]
+            args += [d.job_id, d.entry_id, e.payload]
         return script, keys, args
 
     async def write_endings(self, endings: list[Ending]) -> list[NotOwner | None]:

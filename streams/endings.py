@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import orjson
 
@@ -31,26 +31,26 @@ def _json(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Complete:
-    script: ClassVar[str] = "complete"
+class _Batched:
+    """An ending written for many jobs of one stream in one script call."""
+
     delivery: Delivery
-    result: str  # JSON
+    payload: str  # JSON: the result (Complete) or the error (Fail)
 
     @classmethod
-    def of(cls, d: Delivery, result: dict[str, Any]) -> Complete:
-        """Raises ``TypeError`` for a result JSON cannot hold."""
-        return cls(d, _json(result))
+    def of(cls, d: Delivery, value: dict[str, Any]) -> Self:
+        """Raises ``TypeError`` for a value JSON cannot hold."""
+        return cls(d, _json(value))
 
 
 @dataclass(frozen=True, slots=True)
-class Fail:
-    script: ClassVar[str] = "fail"
-    delivery: Delivery
-    error: str  # JSON
+class Complete(_Batched):
+    script: ClassVar[str] = "complete"
 
-    @classmethod
-    def of(cls, d: Delivery, error: dict[str, Any]) -> Fail:
-        return cls(d, _json(error))
+
+@dataclass(frozen=True, slots=True)
+class Fail(_Batched):
+    script: ClassVar[str] = "fail"
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,13 @@ class JobFailed(AiqError):
         self.error = error or {}
 
 
-class JobWasCancelled(AiqError):
+class ModelNotReady(IllegalTransition):
+    """Inference asked for a model whose training job has not succeeded (yet)."""
+
+    code = "model_not_ready"
+
+
+class JobCancelled(AiqError):
     code = "job_cancelled"
 
 

@@ -18,7 +18,13 @@ from schemas.records import ENTRY_FIELDS, JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
-from streams.errors import IllegalTransition, JobFailed, JobNotFound, JobWasCancelled, raise_for
+from streams.errors import (
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    ModelNotReady,
+    raise_for,
+)
 from streams.groups import ensure_groups
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -28,10 +34,6 @@ _TYPE_CACHE = 10_000
 # (redis-py's default: 5 s), which would otherwise cut a long wait short. A slice that ends
 # empty costs one record lookup.
 _BLOCK_SLICE_MS = 2_000
-
-
-class ModelNotReady(IllegalTransition):
-    code = "model_not_ready"
 
 
 def new_job_id() -> str:
@@ -260,7 +262,7 @@ class Producer:
 
     async def result(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Block until the job is final; return its result, or raise ``JobFailed`` (with the
-        job's error) or ``JobWasCancelled``. The result travels in the terminal event itself, so
+        job's error) or ``JobCancelled``. The result travels in the terminal event itself, so
         this costs no read after the wake-up."""
         fields = await self._terminal(job_id, timeout)
         data = orjson.loads(fields.get("data") or "{}")
@@ -268,7 +270,7 @@ class Producer:
             result: dict[str, Any] = data.get("result") or {}
             return result
         if fields["type"] == "cancelled":
-            raise JobWasCancelled(f"job {job_id} was cancelled")
+            raise JobCancelled(f"job {job_id} was cancelled")
         error = data.get("error") or {}
         raise JobFailed(f"job {job_id} failed: {error.get('code')}: {error.get('message')}",
                         error)

@@ -1,7 +1,7 @@
 """The one small interface every framework module implements.
 
 Framework code runs in an executor thread, never on the event loop. It reports progress through
-``progress`` and stops cooperatively: ``progress`` raises ``JobCancelled`` (or ``JobInterrupted``
+``progress`` and stops cooperatively: ``progress`` raises ``CancelRequested`` (or ``StopRequested``
 on shutdown / lost lease) at the next call after a cancel, so call it at every step or epoch.
 """
 
@@ -11,41 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from consumers.errors import CancelRequested, CudaOutOfMemory, FailJob, RetryLater, StopRequested
 from schemas.records import JobMessage
 
-
-class JobFailure(Exception):
-    """Fail the job without retry (bad input, bad data, unknown model...)."""
-
-    code = "job_failed"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-
-
-class RetryableError(Exception):
-    """A transient error: the job is retried with exponential backoff."""
-
-    code = "retryable_error"
-
-
-class CudaOutOfMemory(RetryableError):
-    """The job ran out of GPU memory. The worker retries it with ``batch_size`` halved (bounded
-    by OOM_MAX_HALVINGS) rather than with the same input; see consumers/oom.py. Raise it without
-    chaining the framework's exception: that traceback holds the job's tensors, which must be
-    freed before the memory can be released."""
-
-    code = "cuda_oom"
-
-
-class JobCancelled(Exception):
-    """Raised by ``progress`` after a cancel request; the job stops at this step boundary."""
-
-
-class JobInterrupted(Exception):
-    """Raised by ``progress`` when the worker drains on SIGTERM or lost the job's lease."""
+__all__ = ["CancelRequested", "CudaOutOfMemory", "FailJob", "Framework", "JobContext", "Progress",
+           "RetryLater", "StopRequested"]
 
 
 class Progress(Protocol):

@@ -15,20 +15,13 @@ from typing import Any
 
 from consumers.frameworks.base import (
     CudaOutOfMemory,
+    FailJob,
     JobContext,
-    JobFailure,
     Progress,
-    RetryableError,
+    RetryLater,
 )
+from consumers.frameworks.params import Params
 from schemas import aiq_version
-
-
-def _number(params: dict[str, Any], name: str, default: float) -> float:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise JobFailure(f"hyperparameter {name!r} must be a non-negative number",
-                         code="invalid_hyperparameters")
-    return float(value)
 
 
 class DiagnosticFramework:
@@ -53,8 +46,8 @@ class DiagnosticFramework:
         return {"predictions": [len(row) for row in rows], "n": len(rows)}
 
     def _sleep(self, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        seconds = _number(params, "seconds", 1.0)
-        steps = max(int(_number(params, "steps", 10)), 1)
+        seconds = Params(params).number("seconds", 1.0, ge=0)
+        steps = max(int(Params(params).number("steps", 10, ge=0)), 1)
         epochs = int(params.get("epochs", 1))
         started = time.monotonic()
         for epoch in range(1, epochs + 1):
@@ -67,9 +60,10 @@ class DiagnosticFramework:
 
     def _gpu_sim(self, params: dict[str, Any], ctx: JobContext, progress: Progress
                  ) -> dict[str, Any]:
-        batch = int(_number(params, "batch_size", 32))
-        peak = int(_number(params, "base_mb", 100) + _number(params, "mb_per_sample", 10) * batch)
-        if "oom_above" in params and batch > _number(params, "oom_above", 0):
+        p = Params(params)
+        batch = int(p.number("batch_size", 32, ge=0))
+        peak = int(p.number("base_mb", 100, ge=0) + p.number("mb_per_sample", 10, ge=0) * batch)
+        if "oom_above" in params and batch > p.number("oom_above", 0, ge=0):
             raise CudaOutOfMemory(f"CUDA out of memory with batch_size={batch} (simulated: "
                                   f"oom_above={params['oom_above']})")
         began = time.time()
@@ -79,9 +73,9 @@ class DiagnosticFramework:
                 "ran_until": time.time()}
 
     def _fail(self, params: dict[str, Any], attempt: int) -> dict[str, Any]:
-        fail_times = int(_number(params, "fail_times", 1_000_000))
+        fail_times = int(Params(params).number("fail_times", 1_000_000, ge=0))
         if attempt > fail_times:
             return {"ok": True, "attempt": attempt}
         if params.get("error", "fatal") == "retryable":
-            raise RetryableError(f"diagnostic retryable failure on attempt {attempt}")
-        raise JobFailure(f"diagnostic fatal failure on attempt {attempt}", code="diagnostic")
+            raise RetryLater(f"diagnostic retryable failure on attempt {attempt}")
+        raise FailJob(f"diagnostic fatal failure on attempt {attempt}", code="diagnostic")

@@ -17,71 +17,42 @@ import numpy.typing as npt
 
 from consumers import artifacts
 from consumers.data import Tabular, load_inputs, load_tabular
-from consumers.frameworks.base import JobContext, JobFailure, Progress
+from consumers.frameworks.base import FailJob, JobContext, Progress
+from consumers.frameworks.params import Params, bad
 
 FRAMEWORK = "sklearn"
 # General hyperparameters every request carries; they do not apply to these estimators.
 GENERAL_HYPERPARAMETERS = frozenset({"epochs", "learning_rate", "batch_size"})
 COMMON_HYPERPARAMETERS = frozenset({"test_size", "random_state", "label_column"})
 FOREST_CHUNKS = 10
-_BAD = "invalid_hyperparameters"
 
 
-def _bad(name: str, rule: str, value: Any) -> JobFailure:
-    return JobFailure(f"hyperparameter {name!r} must be {rule}, got {value!r}", code=_BAD)
 
 
-def _int(hp: dict[str, Any], name: str, default: int | None, minimum: int,
-         allow_none: bool = False) -> int | None:
-    value = hp.get(name, default)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        rule = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise _bad(name, rule, value)
-    return value
 
 
-def _positive_float(hp: dict[str, Any], name: str, default: float) -> float:
-    value = hp.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or not math.isfinite(value):
-        raise _bad(name, "a positive number", value)
-    return float(value)
 
 
-def _choice(hp: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = hp.get(name, default)
-    if value not in choices:
-        raise _bad(name, "one of " + ", ".join(choices), value)
-    return str(value)
 
 
-def _bool(hp: dict[str, Any], name: str, default: bool) -> bool:
-    value = hp.get(name, default)
-    if not isinstance(value, bool):
-        raise _bad(name, "true or false", value)
-    return value
 
 
 def _gamma(hp: dict[str, Any]) -> str | float:
     value = hp.get("gamma", "scale")
     if value in ("scale", "auto"):
         return str(value)
-    return _positive_float(hp, "gamma", 1.0)
+    return Params(hp).number("gamma", 1.0, gt=0)
 
 
 def _random_forest(hp: dict[str, Any], seed: int | None) -> Any:
     from sklearn.ensemble import RandomForestClassifier
 
-    n_jobs = _int(hp, "n_jobs", 1, -1)
+    n_jobs = Params(hp).integer("n_jobs", 1, -1)
     if n_jobs == 0:
-        raise _bad("n_jobs", "a positive integer or -1", 0)
+        raise bad("n_jobs", "a positive integer or -1", 0)
     return RandomForestClassifier(
-        n_estimators=_int(hp, "n_estimators", 100, 1),
-        max_depth=_int(hp, "max_depth", None, 1, allow_none=True),
+        n_estimators=Params(hp).integer("n_estimators", 100, 1),
+        max_depth=Params(hp).integer_or_none("max_depth", None, 1),
         random_state=seed, n_jobs=n_jobs, warm_start=True,
     )
 
@@ -89,16 +60,16 @@ def _random_forest(hp: dict[str, Any], seed: int | None) -> Any:
 def _svm(hp: dict[str, Any], seed: int | None) -> Any:
     from sklearn.svm import SVC
 
-    return SVC(C=_positive_float(hp, "C", 10.0), gamma=_gamma(hp),
-               kernel=_choice(hp, "kernel", "rbf", ("rbf", "linear", "poly", "sigmoid")),
-               probability=_bool(hp, "probability", False), random_state=seed)
+    return SVC(C=Params(hp).number("C", 10.0, gt=0), gamma=_gamma(hp),
+               kernel=Params(hp).choice("kernel", "rbf", ("rbf", "linear", "poly", "sigmoid")),
+               probability=Params(hp).flag("probability", False), random_state=seed)
 
 
 def _logistic_regression(hp: dict[str, Any], seed: int | None) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=_positive_float(hp, "C", 1.0),
-                              max_iter=_int(hp, "max_iter", 1000, 1), random_state=seed)
+    return LogisticRegression(C=Params(hp).number("C", 1.0, gt=0),
+                              max_iter=Params(hp).integer("max_iter", 1000, 1), random_state=seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +89,7 @@ MODELS: dict[str, ModelSpec] = {
 
 def _spec(model_type: str) -> ModelSpec:
     if model_type not in MODELS:
-        raise JobFailure(f"model type {model_type!r} is not served by the sklearn framework; "
+        raise FailJob(f"model type {model_type!r} is not served by the sklearn framework; "
                          f"known: {', '.join(sorted(MODELS))}", code="unsupported_model_type")
     return MODELS[model_type]
 
@@ -128,11 +99,11 @@ def _common(hp: dict[str, Any]) -> tuple[float, int | None, str | None]:
     test_size = hp.get("test_size", 0.2)
     if isinstance(test_size, bool) or not isinstance(test_size, int | float) \
             or not 0 < test_size < 1:
-        raise _bad("test_size", "a fraction between 0 and 1 (exclusive)", test_size)
+        raise bad("test_size", "a fraction between 0 and 1 (exclusive)", test_size)
     label = hp.get("label_column")
     if label is not None and not isinstance(label, str):
-        raise _bad("label_column", "a column name", label)
-    return float(test_size), _int(hp, "random_state", 0, 0, allow_none=True), label
+        raise bad("label_column", "a column name", label)
+    return float(test_size), Params(hp).integer_or_none("random_state", 0, 0), label
 
 
 def _split(data: Tabular, test_size: float, seed: int | None) -> list[npt.NDArray[Any]]:
@@ -141,13 +112,13 @@ def _split(data: Tabular, test_size: float, seed: int | None) -> list[npt.NDArra
     classes, counts = np.unique(data.y, return_counts=True)
     if counts.min() < 2:
         rare = classes[counts.argmin()].item()
-        raise JobFailure(f"class {rare!r} has a single sample; a stratified train/test split "
+        raise FailJob(f"class {rare!r} has a single sample; a stratified train/test split "
                          "needs at least 2 per class", code="invalid_data")
     try:
         parts: list[npt.NDArray[Any]] = train_test_split(
             data.X, data.y, test_size=test_size, random_state=seed, stratify=data.y)
     except ValueError as exc:
-        raise JobFailure(f"cannot split {len(data.y)} rows with test_size={test_size}: {exc}",
+        raise FailJob(f"cannot split {len(data.y)} rows with test_size={test_size}: {exc}",
                          code="invalid_data") from exc
     return parts
 
@@ -211,7 +182,7 @@ class SklearnFramework:
         test_size, seed, label_column = _common(hp)
         model = _build(msg.model_type, hp, seed)  # validates hyperparameters before any I/O
         if not msg.data_path:
-            raise JobFailure("data_path is required for training", code="data_path_required")
+            raise FailJob("data_path is required for training", code="data_path_required")
         progress("loading_data", percent=0, message=msg.data_path)
         data = load_tabular(ctx.data_root, msg.data_path, label_column)
         parts = _split(data, test_size, seed)
@@ -220,7 +191,7 @@ class SklearnFramework:
         try:
             _fit(model, parts[0], parts[2], progress)
         except ValueError as exc:  # sklearn's input checks: a data problem, not transient
-            raise JobFailure(f"training failed: {exc}", code="training_failed") from exc
+            raise FailJob(f"training failed: {exc}", code="training_failed") from exc
         progress("evaluating", percent=80)
         metrics = _metrics(model, parts)
         progress("saving", percent=90, metrics=metrics)
@@ -265,16 +236,16 @@ class SklearnFramework:
     def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
         msg = ctx.message
         if not msg.model_id:
-            raise JobFailure("model_id is required for inference", code="model_id_required")
+            raise FailJob("model_id is required for inference", code="model_id_required")
         progress("loading_model", percent=0, message=msg.model_id)
         model, meta = artifacts.load_model(ctx.artifact_root, msg.model_id)
         if meta.get("framework") != FRAMEWORK:
-            raise JobFailure(f"model {msg.model_id!r} was trained with framework "
+            raise FailJob(f"model {msg.model_id!r} was trained with framework "
                              f"{meta.get('framework')!r}, not {FRAMEWORK!r}",
                              code="framework_mismatch")
         source = msg.inputs if msg.inputs is not None else msg.data_path
         if source is None:
-            raise JobFailure("inference needs inputs (rows) or a data_path",
+            raise FailJob("inference needs inputs (rows) or a data_path",
                              code="inputs_required")
         progress("loading_data", percent=20)
         X = load_inputs(ctx.data_root, source, n_features=int(meta["n_features"]),

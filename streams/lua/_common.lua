@@ -59,23 +59,31 @@ local function ack_delete(stream, group, id)
   redis.call('XDEL', stream, id)
 end
 
--- Terminal state: the entry leaves the stream, the record and its events expire.
+local FINAL = {succeeded = true, failed = true, cancelled = true}
+
+-- Whether a job in this status is over (no transition leaves it).
+local function is_final(status)
+  return FINAL[status] == true
+end
+
 -- The jobs index is scored by creation time (submit). Entries older than the retention are
 -- pruned when jobs finish, so the index stays bounded like the records it points to.
 local function prune_index(index, ts)
   redis.call('ZREMRANGEBYSCORE', index, '-inf', ts - RETENTION * 1000)
 end
 
-local function finish(stream, group, entry_id, record, job_events, type_events, stats, index,
-                      job_id, status, field, payload, ts)
-  ack_delete(stream, group, entry_id)
-  redis.call('HSET', record, 'status', status, 'finished_at', ts, field, payload)
+-- The one terminal write of a job: status, finished_at and `fields` ({name, value, ...}) in
+-- its record, its final event with `data`, both kept for the retention from now.
+local function write_final(record, job_events, type_events, job_id, status, fields, data, ts)
+  redis.call('HSET', record, 'status', status, 'finished_at', ts, unpack(fields))
   redis.call('EXPIRE', record, RETENTION)
-  local data = '{}'
-  if field == 'result' or field == 'error' then data = '{"' .. field .. '":' .. payload .. '}' end
   emit(job_events, type_events, job_id, status, status, data, ts)
   redis.call('EXPIRE', job_events, RETENTION)
-  redis.call('HINCRBY', stats, status, 1)
+end
+
+-- n jobs became final in `status`: counted in the stats, and the jobs index pruned.
+local function count_final(stats, index, status, n, ts)
+  redis.call('HINCRBY', stats, status, n)
   prune_index(index, ts)
 end
 
@@ -107,32 +115,28 @@ end
 -- Returns per job: 0 accepted | -1 fenced (not this consumer's entry: rejected, counted)
 local function finish_batch(status, field)
   local stream, type_events, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local ts = now_ms()
+  local group, consumer = ARGV[4], ARGV[5]
+  local n, ts = (#KEYS - 4) / 2, now_ms()
   local batch_ids = {}
-  for i = 1, (#KEYS - 4) / 2 do batch_ids[i] = ARGV[4 + 3 * i] end
-  local owned = owned_by(stream, ARGV[4], ARGV[5], batch_ids)
+  for i = 1, n do batch_ids[i] = ARGV[4 + 3 * i] end
+  local owned = owned_by(stream, group, consumer, batch_ids)
   local out, ids = {}, {}
-  for i = 1, (#KEYS - 4) / 2 do
+  for i = 1, n do
     local job_id, entry_id, payload = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-    local record, job_events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
     if owned[entry_id] then
       owned[entry_id] = nil  -- the same entry twice in one batch: only the first counts
       ids[#ids + 1] = entry_id
-      redis.call('HSET', record, 'status', status, 'finished_at', ts, field, payload)
-      redis.call('EXPIRE', record, RETENTION)
-      emit(job_events, type_events, job_id, status, status, '{"' .. field .. '":' .. payload ..
-        '}', ts)
-      redis.call('EXPIRE', job_events, RETENTION)
+      write_final(KEYS[3 + 2 * i], KEYS[4 + 2 * i], type_events, job_id, status,
+        {field, payload}, '{"' .. field .. '":' .. payload .. '}', ts)
       out[i] = 0
     else
       out[i] = -1
     end
   end
   if #ids > 0 then
-    redis.call('XACK', stream, ARGV[4], unpack(ids))
+    redis.call('XACK', stream, group, unpack(ids))
     redis.call('XDEL', stream, unpack(ids))
-    redis.call('HINCRBY', stats, status, #ids)
-    prune_index(index, ts)
+    count_final(stats, index, status, #ids, ts)
   end
   local fenced_n = #out - #ids
   if fenced_n > 0 then redis.call('HINCRBY', stats, 'fenced', fenced_n) end

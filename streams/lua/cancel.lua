@@ -6,30 +6,28 @@
 -- Returns {0, 'cancelled'} | {1, 'cancel_requested'} | {-4, status} already final
 --         {-5, ''} no such job
 -- Events: cancelled | cancel_requested
-local record, job_id = KEYS[3], ARGV[4]
+local training, inference, record, job_events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local type_events, delayed, stats, index = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local job_id, group = ARGV[4], ARGV[5]
+
 if redis.call('EXISTS', record) == 0 then return {-5, ''} end
 local st = redis.call('HMGET', record, 'status', 'kind', 'entry_id')
-local status = st[1]
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-  return {-4, status}
-end
+local status, kind, entry_id = st[1], st[2], st[3]
+if is_final(status) then return {-4, status} end
 local ts = now_ms()
 if status == 'running' then
   redis.call('HSET', record, 'cancel_requested', '1')
-  emit(KEYS[4], KEYS[5], job_id, 'cancel_requested', 'running', '{}', ts)
+  emit(job_events, type_events, job_id, 'cancel_requested', 'running', '{}', ts)
   return {1, 'cancel_requested'}
 end
-local stream = KEYS[1]
-if st[2] == 'inference' then stream = KEYS[2] end
+local stream = training
+if kind == 'inference' then stream = inference end
 -- Never delivered: remove the entry. Delivered but not started: start acks it.
-if status == 'queued' and st[3] and not owner_of(stream, ARGV[5], st[3]) then
-  redis.call('XDEL', stream, st[3])
+if status == 'queued' and entry_id and not owner_of(stream, group, entry_id) then
+  redis.call('XDEL', stream, entry_id)
 end
-redis.call('ZREM', KEYS[6], job_id)
-redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ts, 'cancelled_by', 'request')
-redis.call('EXPIRE', record, RETENTION)
-emit(KEYS[4], KEYS[5], job_id, 'cancelled', 'cancelled', '{}', ts)
-redis.call('EXPIRE', KEYS[4], RETENTION)
-redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
-prune_index(KEYS[8], ts)
+redis.call('ZREM', delayed, job_id)
+write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
+  '{}', ts)
+count_final(stats, index, 'cancelled', 1, ts)
 return {0, 'cancelled'}

@@ -4,8 +4,14 @@
 -- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer
 -- Returns {0, 'ok'} | {-1, msg} fenced
 -- Event: cancelled
-local owner = owner_of(KEYS[1], ARGV[6], ARGV[5])
-if owner ~= ARGV[7] then return fenced(KEYS[5]) end
-finish(KEYS[1], ARGV[6], ARGV[5], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[4],
-  'cancelled', 'cancelled_by', '"request"', now_ms())
+local stream, record, job_events, type_events, stats, index =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local job_id, entry_id, group, consumer = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+
+if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+local ts = now_ms()
+ack_delete(stream, group, entry_id)
+write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
+  '{}', ts)
+count_final(stats, index, 'cancelled', 1, ts)
 return {0, 'ok'}

@@ -4,11 +4,15 @@
 -- ARGV[4] entry_id  ARGV[5] group  ARGV[6] consumer  ARGV[7] reason  ARGV[8] raw fields JSON
 -- ARGV[9] dead stream maxlen
 -- Returns {0, dead entry id} | {-1, msg} not the owner
-local owner, deliveries = owner_of(KEYS[1], ARGV[5], ARGV[4])
-if owner ~= ARGV[6] then return fenced(KEYS[3]) end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', 'job_id', '',
-  'entry_id', ARGV[4], 'stream', KEYS[1], 'reason', ARGV[7], 'deliveries', deliveries,
-  'consumer', ARGV[6], 'ts', now_ms(), 'raw', ARGV[8])
-ack_delete(KEYS[1], ARGV[5], ARGV[4])
-redis.call('HINCRBY', KEYS[3], 'dead_lettered', 1)
+local stream, dead, stats = KEYS[1], KEYS[2], KEYS[3]
+local entry_id, group, consumer, reason, raw, dead_maxlen =
+  ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+
+local owner, deliveries = owner_of(stream, group, entry_id)
+if owner ~= consumer then return fenced(stats) end
+local id = redis.call('XADD', dead, 'MAXLEN', '~', dead_maxlen, '*', 'job_id', '',
+  'entry_id', entry_id, 'stream', stream, 'reason', reason, 'deliveries', deliveries,
+  'consumer', consumer, 'ts', now_ms(), 'raw', raw)
+ack_delete(stream, group, entry_id)
+redis.call('HINCRBY', stats, 'dead_lettered', 1)
 return {0, id}

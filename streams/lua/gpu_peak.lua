@@ -3,8 +3,9 @@
 -- KEYS[1] gpu peaks hash
 -- ARGV[4] field "<model_type>:<kind>:<batch_size>"  ARGV[5] peak MiB (integer > 0)
 -- Returns {1, peak} raised | {0, stored peak} not above the stored one
-local old = tonumber(redis.call('HGET', KEYS[1], ARGV[4]) or '0')
-local new = tonumber(ARGV[5])
+local peaks, field, new = KEYS[1], ARGV[4], tonumber(ARGV[5])
+
+local old = tonumber(redis.call('HGET', peaks, field) or '0')
 if new <= old then return {0, old} end
-redis.call('HSET', KEYS[1], ARGV[4], new)
+redis.call('HSET', peaks, field, new)
 return {1, new}

@@ -5,13 +5,14 @@
 -- ARGV[9..] entry field names
 -- Returns {0, new entry_id} | {-1, msg} fenced
 -- Event: requeued {reason}
-local owner = owner_of(KEYS[1], ARGV[6], ARGV[5])
-if owner ~= ARGV[7] then return fenced(KEYS[5]) end
-local ts = now_ms()
-ack_delete(KEYS[1], ARGV[6], ARGV[5])
-local names = {}
-for i = 9, #ARGV do names[#names + 1] = ARGV[i] end
-local entry_id = requeue_from_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], names,
-  ARGV[8], ts)
-redis.call('HINCRBY', KEYS[5], 'handed_back', 1)
-return {0, entry_id}
+local stream, record, job_events, type_events, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local job_id, entry_id, group, consumer, reason = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local field_names = {}
+for i = 9, #ARGV do field_names[#field_names + 1] = ARGV[i] end
+
+if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+ack_delete(stream, group, entry_id)
+local new_id = requeue_from_record(stream, record, job_events, type_events, job_id, field_names,
+  reason, now_ms())
+redis.call('HINCRBY', stats, 'handed_back', 1)
+return {0, new_id}

@@ -4,14 +4,16 @@
 -- Returns {1, entry_id} promoted | {0, ''} not due, or promoted by another worker
 --         {-2, status} the job left 'retrying' (cancelled): dropped from the delayed set
 -- Event: requeued {reason: 'retry'}
+local delayed, stream, record, job_events, type_events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local job_id = ARGV[4]
+local field_names = {}
+for i = 5, #ARGV do field_names[#field_names + 1] = ARGV[i] end
+
 local ts = now_ms()
-local due = redis.call('ZSCORE', KEYS[1], ARGV[4])
+local due = redis.call('ZSCORE', delayed, job_id)
 if not due or tonumber(due) > ts then return {0, ''} end
-redis.call('ZREM', KEYS[1], ARGV[4])
-local status = redis.call('HGET', KEYS[3], 'status')
+redis.call('ZREM', delayed, job_id)
+local status = redis.call('HGET', record, 'status')
 if status ~= 'retrying' then return {-2, status or ''} end
-local names = {}
-for i = 5, #ARGV do names[#names + 1] = ARGV[i] end
-local entry_id = requeue_from_record(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[4], names,
-  'retry', ts)
-return {1, entry_id}
+return {1, requeue_from_record(stream, record, job_events, type_events, job_id, field_names,
+  'retry', ts)}

@@ -6,21 +6,25 @@
 -- ARGV[4] group  ARGV[5] consumer  ARGV[6..n+5] entry ids
 -- Returns one code per entry: 0 renewed | 1 lost (no longer this worker's) | 2 renewed, and a
 -- cancel was requested. An id given twice is renewed once and answered twice.
-local batch_ids = {}
-for i = 6, #ARGV do batch_ids[#batch_ids + 1] = ARGV[i] end
-local owned = owned_by(KEYS[1], ARGV[4], ARGV[5], batch_ids)
+local stream, group, consumer = KEYS[1], ARGV[4], ARGV[5]
+local entry_ids, records = {}, {}  -- entry i's job record is records[i]
+for i = 6, #ARGV do
+  entry_ids[#entry_ids + 1] = ARGV[i]
+  records[#records + 1] = KEYS[i - 4]
+end
+
+local owned = owned_by(stream, group, consumer, entry_ids)
 local out = {}
 -- XCLAIM stream group consumer min-idle id... JUSTID: the ids must be the last arguments
 -- before JUSTID, so the command is built as one table (unpack() expands to all its values
 -- only in the last position of a call).
-local claim = {'XCLAIM', KEYS[1], ARGV[4], ARGV[5], 0}
+local claim = {'XCLAIM', stream, group, consumer, 0}
 local first, seen = #claim, {}
-for i = 6, #ARGV do
-  local id = ARGV[i]
+for i, id in ipairs(entry_ids) do
   if owned[id] then
     if not seen[id] then claim[#claim + 1] = id end
     seen[id] = true
-    local cancel = redis.call('HGET', KEYS[i - 4], 'cancel_requested') == '1'
+    local cancel = redis.call('HGET', records[i], 'cancel_requested') == '1'
     out[#out + 1] = cancel and 2 or 0
   else
     out[#out + 1] = 1

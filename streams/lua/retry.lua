@@ -7,19 +7,23 @@
 -- e.g. a halved batch_size after CUDA OOM; promote copies it into the fresh entry
 -- Returns {0, next attempt} | {-1, msg} fenced
 -- Event: retrying {attempt, delay_ms, error[, overrides]}
-local owner = owner_of(KEYS[1], ARGV[6], ARGV[5])
-if owner ~= ARGV[7] then return fenced(KEYS[6]) end
+local stream, record, job_events, type_events, delayed, stats =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local job_id, entry_id, group, consumer, err = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local delay_ms, overrides = tonumber(ARGV[9]), ARGV[10] or ''
+
+if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
 local ts = now_ms()
-ack_delete(KEYS[1], ARGV[6], ARGV[5])
-local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
-redis.call('HSET', KEYS[2], 'status', 'retrying', 'error', ARGV[8])
-local overrides = ''
-if ARGV[10] and ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[2], 'overrides', ARGV[10])
-  overrides = ',"overrides":' .. ARGV[10]
+ack_delete(stream, group, entry_id)
+local attempt = redis.call('HINCRBY', record, 'attempt', 1)
+redis.call('HSET', record, 'status', 'retrying', 'error', err)
+local overrides_json = ''
+if overrides ~= '' then
+  redis.call('HSET', record, 'overrides', overrides)
+  overrides_json = ',"overrides":' .. overrides
 end
-redis.call('ZADD', KEYS[5], ts + tonumber(ARGV[9]), ARGV[4])
-emit(KEYS[3], KEYS[4], ARGV[4], 'retrying', 'retrying', '{"attempt":' .. attempt ..
-  ',"delay_ms":' .. tonumber(ARGV[9]) .. ',"error":' .. ARGV[8] .. overrides .. '}', ts)
-redis.call('HINCRBY', KEYS[6], 'retried', 1)
+redis.call('ZADD', delayed, ts + delay_ms, job_id)
+emit(job_events, type_events, job_id, 'retrying', 'retrying', '{"attempt":' .. attempt ..
+  ',"delay_ms":' .. delay_ms .. ',"error":' .. err .. overrides_json .. '}', ts)
+redis.call('HINCRBY', stats, 'retried', 1)
 return {0, attempt}

@@ -12,11 +12,11 @@
 --   {-5, deliveries, 0} no record for the job: dead-lettered
 -- Events: started {worker, attempt, deliveries, resumed} | failed {error}
 local stream, type_events, dead, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local group, consumer, max_deliveries = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local group, consumer, max_deliveries, dead_maxlen = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local ts = now_ms()
 
 local function dead_letter(job_id, entry_id, deliveries, reason)
-  redis.call('XADD', dead, 'MAXLEN', '~', ARGV[7], '*', 'job_id', job_id, 'entry_id', entry_id,
+  redis.call('XADD', dead, 'MAXLEN', '~', dead_maxlen, '*', 'job_id', job_id, 'entry_id', entry_id,
     'stream', stream, 'reason', reason, 'deliveries', deliveries, 'consumer', consumer, 'ts', ts)
   ack_delete(stream, group, entry_id)
   redis.call('HINCRBY', stats, 'dead_lettered', 1)
@@ -39,8 +39,7 @@ local function start_one(record, job_events, job_id, entry_id)
     return {-5, deliveries, 0}
   end
   local status, attempt = st[1], tonumber(st[2] or '1')
-  if status == 'succeeded' or status == 'failed' or status == 'cancelled' or st[3] ~= entry_id
-  then
+  if is_final(status) or st[3] ~= entry_id then
     ack_delete(stream, group, entry_id)
     return {-2, status or '', 0}
   end
@@ -49,13 +48,9 @@ local function start_one(record, job_events, job_id, entry_id)
     local err = cjson.encode({code = 'delivery_limit',
       message = 'delivered ' .. deliveries .. ' times without finishing (worker crashes?); ' ..
                 'moved to the dead-letter stream', retryable = false})
-    redis.call('HSET', record, 'status', 'failed', 'finished_at', ts, 'error', err,
-      'deliveries', deliveries)
-    redis.call('EXPIRE', record, RETENTION)
-    emit(job_events, type_events, job_id, 'failed', 'failed', '{"error":' .. err .. '}', ts)
-    redis.call('EXPIRE', job_events, RETENTION)
-    redis.call('HINCRBY', stats, 'failed', 1)
-    prune_index(index, ts)
+    write_final(record, job_events, type_events, job_id, 'failed',
+      {'error', err, 'deliveries', deliveries}, '{"error":' .. err .. '}', ts)
+    count_final(stats, index, 'failed', 1, ts)
     return {-3, deliveries, 0}
   end
   redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'deliveries', deliveries,

@@ -7,22 +7,25 @@
 --         Idempotency-Key, or a retry of this call)
 --         {-6, job_id, ''} idempotency key reused with a different request
 -- Event: queued {position, worker_type}
-local job_id = ARGV[4]
-local idem = ARGV[5] ~= '0'
+local stream, record_key, job_events, type_events, index, idem_key, stats =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local job_id, idem_ttl, fingerprint, group = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local n = tonumber(ARGV[8])
+local idem = idem_ttl ~= '0'
+
 -- The job id is made by the client, so a client-side retry of this very call is a no-op.
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1, job_id, ''} end
+if redis.call('EXISTS', record_key) == 1 then return {1, job_id, ''} end
 if idem then
-  local prev = redis.call('HMGET', KEYS[6], 'job_id', 'fingerprint')
+  local prev = redis.call('HMGET', idem_key, 'job_id', 'fingerprint')
   if prev[1] then
-    if prev[2] ~= ARGV[6] then return {-6, prev[1], ''} end
+    if prev[2] ~= fingerprint then return {-6, prev[1], ''} end
     return {1, prev[1], ''}
   end
 end
-local n = tonumber(ARGV[8])
 local entry, extra = {}, {}
 for i = 9, 8 + 2 * n do entry[#entry + 1] = ARGV[i] end
 for i = 9 + 2 * n, #ARGV do extra[#extra + 1] = ARGV[i] end
-local entry_id = redis.call('XADD', KEYS[1], '*', unpack(entry))
+local entry_id = redis.call('XADD', stream, '*', unpack(entry))
 local ts = now_ms()
 local record = entry
 local wt = ''
@@ -35,18 +38,18 @@ for _, v in ipairs({'status', 'queued', 'created_at', ts, 'entry_id', entry_id,
                     'deliveries', 0}) do
   record[#record + 1] = v
 end
-redis.call('HSET', KEYS[2], unpack(record))
-redis.call('ZADD', KEYS[5], ts, job_id)
+redis.call('HSET', record_key, unpack(record))
+redis.call('ZADD', index, ts, job_id)
 if idem then
-  redis.call('HSET', KEYS[6], 'job_id', job_id, 'fingerprint', ARGV[6])
-  redis.call('EXPIRE', KEYS[6], ARGV[5])
+  redis.call('HSET', idem_key, 'job_id', job_id, 'fingerprint', fingerprint)
+  redis.call('EXPIRE', idem_key, idem_ttl)
 end
-redis.call('HINCRBY', KEYS[7], 'submitted', 1)
+redis.call('HINCRBY', stats, 'submitted', 1)
 -- Acked entries are deleted, so undelivered = length - pending.
 local pending = 0
-local summary = redis.pcall('XPENDING', KEYS[1], ARGV[7])
+local summary = redis.pcall('XPENDING', stream, group)
 if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
-local position = redis.call('XLEN', KEYS[1]) - pending
-local event_id = emit(KEYS[3], KEYS[4], job_id, 'queued', 'queued',
+local position = redis.call('XLEN', stream) - pending
+local event_id = emit(job_events, type_events, job_id, 'queued', 'queued',
   cjson.encode({position = position, worker_type = wt}), ts)
 return {0, job_id, entry_id, event_id}

@@ -11,18 +11,19 @@
 --         {-1, msg} fenced: not this consumer's entry (reclaimed by another worker)
 --         {-2, status} the job is final, or the entry is stale: entry acked and deleted
 -- Event: waiting {reason, message, worker, needed_mb, estimate_source, devices, behind}
-local owner = owner_of(KEYS[1], ARGV[6], ARGV[5])
-if owner ~= ARGV[7] then return fenced(KEYS[5]) end
-local st = redis.call('HMGET', KEYS[2], 'status', 'entry_id', 'waiting')
+local stream, record, job_events, type_events, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local job_id, entry_id, group, consumer, reason = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+
+if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+local st = redis.call('HMGET', record, 'status', 'entry_id', 'waiting')
 local status = st[1]
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' or st[2] ~= ARGV[5]
-then
-  ack_delete(KEYS[1], ARGV[6], ARGV[5])
+if is_final(status) or st[2] ~= entry_id then
+  ack_delete(stream, group, entry_id)
   return {-2, status or ''}
 end
-if st[3] == ARGV[8] then return {0, ''} end
+if st[3] == reason then return {0, ''} end
 -- 'running' here is a job reclaimed from a dead worker: it is not running any more.
-redis.call('HSET', KEYS[2], 'status', 'queued', 'waiting', ARGV[8])
-local id = emit(KEYS[3], KEYS[4], ARGV[4], 'waiting', 'queued', ARGV[8], now_ms())
-redis.call('HINCRBY', KEYS[5], 'waited', 1)
+redis.call('HSET', record, 'status', 'queued', 'waiting', reason)
+local id = emit(job_events, type_events, job_id, 'waiting', 'queued', reason, now_ms())
+redis.call('HINCRBY', stats, 'waited', 1)
 return {1, id}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from consumers.frameworks.base import JobCancelled
+from consumers.frameworks.base import CancelRequested
 from consumers.progress import JobRun
 from schemas.status import JobKind
 from streams.delivery import Delivery
@@ -50,5 +50,5 @@ async def test_cancel_reported_by_publish_stops_the_job_at_next_step() -> None:
     run, _ = make_run(interval=0.0, cancel_after=1)
     run("training", step=1, steps=10)
     await run.drain()
-    with pytest.raises(JobCancelled):
+    with pytest.raises(CancelRequested):
         run("training", step=2, steps=10)

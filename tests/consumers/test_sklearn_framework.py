@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 from consumers import artifacts
 from consumers.data import load_inputs, load_tabular, resolve_data_path
-from consumers.frameworks.base import JobContext, JobFailure
+from consumers.frameworks.base import FailJob, JobContext
 from consumers.frameworks.sklearn import SklearnFramework
 from schemas.records import JobMessage
 
@@ -148,7 +148,7 @@ def test_label_column_override_and_int_labels(root: Path) -> None:
     data = load_tabular(root / "data", "override.csv", "cls")
     assert data.feature_names == ["x", "y"] and data.y.tolist()[:2] == [0, 1]
     # Without the override the last column is the label (40 classes of one sample: refused).
-    with pytest.raises(JobFailure, match="single sample"):
+    with pytest.raises(FailJob, match="single sample"):
         _train(root, "svm", "override.csv")
 
 
@@ -159,7 +159,7 @@ def test_label_column_override_and_int_labels(root: Path) -> None:
 def test_path_traversal_refused(tmp_path: Path, bad: str) -> None:
     (tmp_path / "data" / "sub").mkdir(parents=True)
     _write(tmp_path / "outside.csv", "a,label\n1,0\n")
-    with pytest.raises(JobFailure, match="outside the data root") as info:
+    with pytest.raises(FailJob, match="outside the data root") as info:
         resolve_data_path(tmp_path / "data", bad)
     assert info.value.code == "data_path_outside_root"
 
@@ -170,7 +170,7 @@ def test_symlink_escaping_root_refused(tmp_path: Path) -> None:
     os.symlink(secret, tmp_path / "data" / "link.csv")
     os.symlink(tmp_path, tmp_path / "data" / "dirlink")
     for bad in ("link.csv", "dirlink/secret.csv"):
-        with pytest.raises(JobFailure) as info:
+        with pytest.raises(FailJob) as info:
             load_tabular(tmp_path / "data", bad)
         assert info.value.code == "data_path_outside_root"
 
@@ -178,7 +178,7 @@ def test_symlink_escaping_root_refused(tmp_path: Path) -> None:
 def test_absolute_inside_root_and_missing(tmp_path: Path) -> None:
     inside = _write(tmp_path / "data" / "ok.csv", "a,label\n1,0\n")
     assert resolve_data_path(tmp_path / "data", str(inside)) == inside.resolve()
-    with pytest.raises(JobFailure, match="not found") as info:
+    with pytest.raises(FailJob, match="not found") as info:
         resolve_data_path(tmp_path / "data", "nope.csv")
     assert info.value.code == "data_not_found"
 
@@ -195,19 +195,19 @@ def test_absolute_inside_root_and_missing(tmp_path: Path) -> None:
 ])
 def test_malformed_csv(tmp_path: Path, text: str, match: str) -> None:
     _write(tmp_path / "bad.csv", text)
-    with pytest.raises(JobFailure, match=match) as info:
+    with pytest.raises(FailJob, match=match) as info:
         load_tabular(tmp_path, "bad.csv")
     assert info.value.code == "invalid_data"
 
 
 def test_unknown_builtin(tmp_path: Path) -> None:
-    with pytest.raises(JobFailure, match=r"builtin:mnist.*builtin:digits") as info:
+    with pytest.raises(FailJob, match=r"builtin:mnist.*builtin:digits") as info:
         load_tabular(tmp_path, "builtin:mnist")
     assert info.value.code == "unknown_dataset"
 
 
 def test_inference_wrong_column_count(root: Path, trained: dict[str, dict[str, Any]]) -> None:
-    with pytest.raises(JobFailure, match="3 columns but the model expects 64") as info:
+    with pytest.raises(FailJob, match="3 columns but the model expects 64") as info:
         _infer(root, trained["svm"]["model_id"], model_type="svm", inputs=[[1, 2, 3]])
     assert info.value.code == "invalid_inputs"
 
@@ -219,7 +219,7 @@ def test_inference_wrong_column_count(root: Path, trained: dict[str, dict[str, A
     ([], "empty"),
 ])
 def test_bad_inline_inputs(tmp_path: Path, rows: list[list[Any]], match: str) -> None:
-    with pytest.raises(JobFailure, match=match):
+    with pytest.raises(FailJob, match=match):
         load_inputs(tmp_path, rows, n_features=2)
 
 
@@ -228,10 +228,10 @@ def test_inline_numeric_strings_accepted(tmp_path: Path) -> None:
 
 
 def test_model_not_found(root: Path) -> None:
-    with pytest.raises(JobFailure) as info:
+    with pytest.raises(FailJob) as info:
         _infer(root, _job_id(), model_type="svm", inputs=[[1.0] * 64])
     assert info.value.code == "model_not_found"
-    with pytest.raises(JobFailure) as info:
+    with pytest.raises(FailJob) as info:
         artifacts.load_model(root / "artifacts", "../data")
     assert info.value.code == "model_not_found"
 
@@ -244,7 +244,7 @@ def test_model_not_found(root: Path) -> None:
     ({"test_size": 1.5}, "test_size"),
 ])
 def test_invalid_hyperparameters(root: Path, hp: dict[str, Any], name: str) -> None:
-    with pytest.raises(JobFailure, match=name) as info:
+    with pytest.raises(FailJob, match=name) as info:
         _train(root, "random_forest", "builtin:iris", **hp)
     assert info.value.code == "invalid_hyperparameters"
 
@@ -254,7 +254,7 @@ def test_invalid_hyperparameters(root: Path, hp: dict[str, Any], name: str) -> N
     ("logistic_regression", {"max_iter": 0}),
 ])
 def test_invalid_model_hyperparameters(root: Path, model_type: str, hp: dict[str, Any]) -> None:
-    with pytest.raises(JobFailure) as info:
+    with pytest.raises(FailJob) as info:
         _train(root, model_type, "builtin:iris", **hp)
     assert info.value.code == "invalid_hyperparameters"
 

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind, JobStatus
-from streams.errors import JobFailed, JobWasCancelled
+from streams.errors import JobCancelled, JobFailed
 from streams.keys import QueueKeys
 from streams.limits import StreamLimits
 from streams.producer import Producer
@@ -186,7 +186,7 @@ async def test_result_returns_or_raises(redis: Redis, redis_url: str, tmp_path: 
         long = await producer.submit_training(job("sleep", seconds=30, steps=300))
         await eventually(lambda: _running(producer, long.job_id), what="job running")
         await producer.cancel(long.job_id)
-        with pytest.raises(JobWasCancelled):
+        with pytest.raises(JobCancelled):
             await producer.result(long.job_id, timeout=10)
 
 

@@ -21,9 +21,9 @@ import torch
 
 from consumers import artifacts
 from consumers.datasets import make_text
-from consumers.frameworks.base import JobCancelled, JobContext, JobFailure, JobInterrupted
+from consumers.frameworks.base import CancelRequested, FailJob, JobContext, StopRequested
 from consumers.frameworks.pytorch import PytorchFramework, device_for
-from consumers.frameworks.torch_train import CHECKPOINT_FILE
+from consumers.frameworks.pytorch.train import CHECKPOINT_FILE
 from consumers.textdata import TEXT_BUILTINS
 from schemas.records import JobMessage
 
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(300)
 class Recorder:
     """A Progress that remembers every call and raises ``exc`` once ``when(stage, fields)``."""
 
-    def __init__(self, when: Any = None, exc: type[BaseException] = JobInterrupted) -> None:
+    def __init__(self, when: Any = None, exc: type[BaseException] = StopRequested) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.when = when
         self.exc = exc
@@ -160,7 +160,7 @@ def test_checkpoint_resume_after_a_crash(root: Path) -> None:
     job = {"job_id": f"job_{uuid.uuid4()}", "model_type": "vgg", "data_path": "builtin:digits",
            "hyperparameters": {"epochs": 4}}
     crash = Recorder(when=lambda stage, f: stage == "training" and f.get("epoch") == 3)
-    with pytest.raises(JobInterrupted):
+    with pytest.raises(StopRequested):
         PytorchFramework().train(_ctx(root, **job), crash)
     checkpoint = root / "artifacts" / job["job_id"] / CHECKPOINT_FILE
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
@@ -179,8 +179,8 @@ def test_checkpoint_resume_after_a_crash(root: Path) -> None:
 def test_cancel_mid_epoch_propagates(root: Path) -> None:
     ctx = _ctx(root, model_type="vgg", data_path="builtin:digits", hyperparameters={"epochs": 2})
     cancel = Recorder(when=lambda stage, f: f.get("epoch") == 2 and f.get("step") == 3,
-                      exc=JobCancelled)
-    with pytest.raises(JobCancelled):
+                      exc=CancelRequested)
+    with pytest.raises(CancelRequested):
         PytorchFramework().train(ctx, cancel)
     assert cancel.stage("training")[-1]["epoch"] == 2
     assert not (ctx.artifact_dir / CHECKPOINT_FILE).exists()  # nobody resumes a cancelled job
@@ -223,7 +223,7 @@ def test_bad_data_fails_without_retry(root: Path, model_type: str, data_path: st
         path.write_text(content)
     elif data_path == "noy.npz":
         np.savez(path, x=np.zeros((4, 8, 8)))
-    with pytest.raises(JobFailure) as err:
+    with pytest.raises(FailJob) as err:
         _train(root, model_type, data_path, epochs=1)
     assert err.value.code == code, str(err.value)
 
@@ -238,20 +238,20 @@ def test_bad_data_fails_without_retry(root: Path, model_type: str, data_path: st
 ])
 def test_bad_hyperparameters_fail_before_any_io(root: Path, model_type: str,
                                                 hp: dict[str, Any]) -> None:
-    with pytest.raises(JobFailure) as err:
+    with pytest.raises(FailJob) as err:
         _train(root, model_type, "does-not-exist.csv", **hp)
     assert err.value.code == "invalid_hyperparameters"
 
 
 def test_inference_errors(trained: dict[str, Any], root: Path) -> None:
     vgg = trained["vgg"][0]["model_id"]
-    with pytest.raises(JobFailure) as err:
+    with pytest.raises(FailJob) as err:
         _infer(root, "vgg", vgg, inputs=[[1.0, 2.0, 3.0]])
     assert err.value.code == "invalid_inputs"
-    with pytest.raises(JobFailure) as err:
+    with pytest.raises(FailJob) as err:
         _infer(root, "vgg", f"job_{uuid.uuid4()}", inputs=[[0.0] * 64])
     assert err.value.code == "model_not_found"
-    with pytest.raises(JobFailure) as err:
+    with pytest.raises(FailJob) as err:
         _infer(root, "bert", trained["bert"][0]["model_id"], inputs=[[3]])
     assert err.value.code == "invalid_inputs"
 
@@ -263,7 +263,7 @@ def test_weights_path_initialises_the_model(trained: dict[str, Any], root: Path)
     assert result["weights"] == {"path": "vgg_weights.pt", "missing_keys": 0,
                                  "unexpected_keys": 0}
     assert result["metrics"]["accuracy"] >= 0.9  # starts from a trained model
-    with pytest.raises(JobFailure) as err:
+    with pytest.raises(FailJob) as err:
         _train(root, "resnet", "builtin:digits", epochs=1, weights_path="vgg_weights.pt")
     assert err.value.code == "invalid_data"
 
@@ -272,7 +272,7 @@ def test_weights_path_initialises_the_model(trained: dict[str, Any], root: Path)
 def test_device_rule_on_a_cpu_worker(root: Path) -> None:
     ctx = _ctx(root, model_type="bert", data_path="x")
     assert device_for({}, ctx).type == "cpu"
-    with pytest.raises(JobFailure):
+    with pytest.raises(FailJob):
         device_for({"device": "cuda"}, ctx)
 
 

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from consumers.frameworks import pytorch  # noqa: E402
-from consumers.frameworks.base import CudaOutOfMemory, JobContext, JobFailure  # noqa: E402
+from consumers.frameworks.base import CudaOutOfMemory, FailJob, JobContext  # noqa: E402
 from schemas.records import JobMessage  # noqa: E402
 from schemas.status import JobKind  # noqa: E402
 
@@ -58,7 +58,7 @@ def test_cuda_oom_is_a_cuda_oom_failure_raised_after_memory_is_released(
     assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
-@pytest.mark.parametrize("error", [JobFailure("bad data", code="invalid_data"),
+@pytest.mark.parametrize("error", [FailJob("bad data", code="invalid_data"),
                                    RuntimeError("mat1 and mat2 shapes cannot be multiplied")])
 def test_other_errors_release_memory_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          error: Exception) -> None:
@@ -83,6 +83,6 @@ def test_device_given_by_admission_is_used(tmp_path: Path, monkeypatch: pytest.M
     assert pytorch.device_for({"device": "cpu"}, ctx) == torch.device("cpu")
     assert pytorch.device_for({}, context(tmp_path, "cuda")) == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(JobFailure, match="sees no GPU"):
+    with pytest.raises(FailJob, match="sees no GPU"):
         pytorch.device_for({}, ctx)
     assert pytorch.device_for({}, context(tmp_path, "cpu")) == torch.device("cpu")

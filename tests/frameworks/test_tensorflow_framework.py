@@ -17,8 +17,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from consumers import artifacts
-from consumers.frameworks import tf_models
-from consumers.frameworks.base import JobCancelled, JobContext, JobFailure, JobInterrupted
+from consumers.frameworks.base import CancelRequested, FailJob, JobContext, StopRequested
 from consumers.frameworks.tensorflow import (
     CHECKPOINT_DIR,
     MODEL_FILE,
@@ -26,6 +25,7 @@ from consumers.frameworks.tensorflow import (
     load_images,
     parse_spec,
 )
+from consumers.frameworks.tensorflow import models as tf_models
 from schemas.records import JobMessage
 
 pytestmark = pytest.mark.timeout(240)
@@ -35,7 +35,7 @@ class Recorder:
     """A Progress that remembers every call and can raise at a chosen (epoch, step)."""
 
     def __init__(self, raise_at: tuple[int, int] | None = None,
-                 error: type[Exception] = JobInterrupted) -> None:
+                 error: type[Exception] = StopRequested) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.raise_at = raise_at
         self.error = error
@@ -143,13 +143,13 @@ def test_inference_by_model_id(root: Path, mobilenet: tuple[dict[str, Any], Reco
 
 def test_inference_errors(root: Path, mobilenet: tuple[dict[str, Any], Recorder]) -> None:
     model_id = mobilenet[0]["model_id"]
-    with pytest.raises(JobFailure) as bad_shape:
+    with pytest.raises(FailJob) as bad_shape:
         _infer(root, model_id, inputs=[[1.0, 2.0, 3.0]])
     assert bad_shape.value.code == "invalid_inputs" and "[8, 8, 1]" in str(bad_shape.value)
-    with pytest.raises(JobFailure) as ragged:
+    with pytest.raises(FailJob) as ragged:
         _infer(root, model_id, inputs=[[1.0] * 64, [1.0] * 63])
     assert ragged.value.code == "invalid_inputs"
-    with pytest.raises(JobFailure) as missing:
+    with pytest.raises(FailJob) as missing:
         _infer(root, "job_does-not-exist", inputs=[[0.0] * 64])
     assert missing.value.code == "model_not_found"
 
@@ -175,8 +175,8 @@ def test_interrupted_job_resumes_from_checkpoint(root: Path) -> None:
     job_id = f"job_{uuid.uuid4()}"
     fields = {"job_id": job_id, "data_path": "blobs.npz",
               "hyperparameters": {"epochs": 4, "batch_size": 32}}
-    first = Recorder(raise_at=(3, 2), error=JobInterrupted)
-    with pytest.raises(JobInterrupted):
+    first = Recorder(raise_at=(3, 2), error=StopRequested)
+    with pytest.raises(StopRequested):
         TensorflowFramework().train(_ctx(root, **fields), first)
     checkpoint = root / "artifacts" / job_id / CHECKPOINT_DIR
     assert artifacts.read_json(checkpoint / "latest.json")["epoch"] == 2
@@ -196,17 +196,17 @@ def test_interrupted_job_resumes_from_checkpoint(root: Path) -> None:
 
 
 def test_cancel_mid_epoch_propagates_out_of_keras_fit() -> None:
-    """JobCancelled raised by progress inside ``fit`` is not swallowed by Keras: it stops
+    """CancelRequested raised by progress inside ``fit`` is not swallowed by Keras: it stops
     training at that very batch and reaches the caller. (A tiny model keeps this fast; the
-    resume test above shows the same path through ``train`` with JobInterrupted.)"""
+    resume test above shows the same path through ``train`` with StopRequested.)"""
     import tensorflow as tf
 
     model = tf.keras.Sequential([tf.keras.Input(shape=(4,)), tf.keras.layers.Dense(3)])
     tf_models.compile_model(model, tf_models.optimizer("adam", 1e-3))
     x, y = np.random.default_rng(0).random((320, 4)), np.arange(320) % 3
-    progress, epochs_done = Recorder(raise_at=(1, 3), error=JobCancelled), []
+    progress, epochs_done = Recorder(raise_at=(1, 3), error=CancelRequested), []
     callback = tf_models.JobCallback(progress, 2, 10, lambda e, logs: epochs_done.append(e))
-    with pytest.raises(JobCancelled):
+    with pytest.raises(CancelRequested):
         tf_models.fit(model, (x, y, x[:32], y[:32]), batch_size=32, epochs=2, initial_epoch=0,
                       callback=callback)
     batches = [kw for kw in progress.stage("training") if kw.get("step")]
@@ -224,7 +224,7 @@ def test_weights_path_seeds_the_model(root: Path,
     for a, b in zip(trained.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     (root / "data" / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(JobFailure) as junk:
+    with pytest.raises(FailJob) as junk:
         tf_models.load_weights(fresh, root / "data" / "junk.h5")
     assert junk.value.code == "invalid_weights"
 
@@ -232,7 +232,7 @@ def test_weights_path_seeds_the_model(root: Path,
 def _fail(root: Path, data_path: str | None, code: str, model_type: str = "mobilenet",
           **hp: Any) -> str:
     ctx = _ctx(root, model_type=model_type, data_path=data_path, hyperparameters=hp)
-    with pytest.raises(JobFailure) as info:
+    with pytest.raises(FailJob) as info:
         TensorflowFramework().train(ctx, Recorder())
     assert info.value.code == code, str(info.value)
     return str(info.value)

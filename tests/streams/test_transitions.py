@@ -25,6 +25,14 @@ def consumer(redis: Redis, name: str, max_deliveries: int = 5) -> QueueConsumer:
     return QueueConsumer(redis, KEYS, name, LIMITS, max_deliveries)
 
 
+
+async def started(producer: Producer, c: QueueConsumer) -> tuple[str, Delivery]:
+    """A job submitted, read and started by ``c``: its id and its delivery."""
+    job_id = await submit(producer)
+    d = await read_one(c)
+    await c.start([d])
+    return job_id, d
+
 async def submit(producer: Producer, model_type: str = "noop", **hp: object) -> str:
     req = TrainingRequest(model_type=model_type, hyperparameters=hp)  # type: ignore[arg-type]
     return (await producer.submit_training(req)).job_id
@@ -94,9 +102,7 @@ async def test_start_progress_complete(redis: Redis, setup: tuple[Producer, Queu
 
 async def test_fail_records_error(redis: Redis, setup: tuple[Producer, QueueConsumer]) -> None:
     producer, c = setup
-    job_id = await submit(producer)
-    d = await read_one(c)
-    await c.start([d])
+    job_id, d = await started(producer, c)
     await c.write_endings([Fail.of(d, {"code": "bad", "message": "bad input"})])
     rec = await producer.get(job_id)
     assert rec.status is JobStatus.FAILED and rec.error and rec.error.code == "bad"
@@ -106,9 +112,7 @@ async def test_fail_records_error(redis: Redis, setup: tuple[Producer, QueueCons
 async def test_retry_then_promote_creates_fresh_entry(
         redis: Redis, setup: tuple[Producer, QueueConsumer]) -> None:
     producer, c = setup
-    job_id = await submit(producer)
-    d = await read_one(c)
-    await c.start([d])
+    job_id, d = await started(producer, c)
     await c.write_endings([Retry.of(d, {"code": "flaky", "message": "x", "retryable": True}, 0)])
     rec = await producer.get(job_id)
     assert rec.status is JobStatus.RETRYING and rec.attempt == 2
@@ -160,9 +164,7 @@ async def test_cancel_delivered_but_not_started(
 async def test_cancel_retrying_removes_delayed(
         redis: Redis, setup: tuple[Producer, QueueConsumer]) -> None:
     producer, c = setup
-    job_id = await submit(producer)
-    d = await read_one(c)
-    await c.start([d])
+    job_id, d = await started(producer, c)
     await c.write_endings([Retry.of(d, {"code": "x", "message": "x"}, 60_000)])
     assert await producer.cancel(job_id) is JobStatus.CANCELLED
     assert await redis.zcard(KEYS.delayed) == 0
@@ -171,9 +173,7 @@ async def test_cancel_retrying_removes_delayed(
 async def test_cancel_running_flags_then_confirm(
         redis: Redis, setup: tuple[Producer, QueueConsumer]) -> None:
     producer, c = setup
-    job_id = await submit(producer)
-    d = await read_one(c)
-    await c.start([d])
+    job_id, d = await started(producer, c)
     assert await producer.cancel(job_id) is JobStatus.RUNNING
     assert await c.progress(d, {"stage": "x"}) is True  # the worker learns at its next step
     assert await c.renew([d]) == {d.entry_id: RenewCode.CANCEL_REQUESTED}
@@ -226,9 +226,7 @@ async def test_delivery_limit_dead_letters(redis: Redis) -> None:
     producer = Producer(redis, LIMITS)
     c = consumer(redis, "w1", max_deliveries=2)
     await c.ensure_groups()
-    job_id = await submit(producer)
-    d = await read_one(c)
-    await c.start([d])
+    job_id, _ = await started(producer, c)
     [d2] = await c.reclaim(1, min_idle_ms=0)
     assert (await c.start([d2]))[0].started  # delivery 2: still allowed
     [d3] = await c.reclaim(1, min_idle_ms=0)
@@ -256,9 +254,7 @@ async def test_malformed_entry_dead_lettered(redis: Redis,
 async def test_handback_requeues_at_once(redis: Redis,
                                          setup: tuple[Producer, QueueConsumer]) -> None:
     producer, c = setup
-    job_id = await submit(producer)
-    d = await read_one(c)
-    await c.start([d])
+    job_id, d = await started(producer, c)
     [res] = await c.write_endings([Handback(d, "worker shutdown")])
     assert res is None
     rec = await producer.get(job_id)

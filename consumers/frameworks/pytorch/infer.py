@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from consumers import artifacts
-from consumers.frameworks.base import JobContext, JobFailure, Progress
-from consumers.frameworks.torch_data import inline_images, load_images
-from consumers.frameworks.torch_models import bad, build_model, float_param, int_param
+from consumers.frameworks.base import FailJob, JobContext, Progress
+from consumers.frameworks.params import Params, bad
+from consumers.frameworks.pytorch.data import inline_images, load_images
+from consumers.frameworks.pytorch.models import build_model
 from consumers.textdata import (
     BOS_ID,
     EOS_ID,
@@ -43,7 +44,7 @@ def load_saved(ctx: JobContext, model_id: str,
                device: torch.device) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     meta = artifacts.load_metadata(ctx.artifact_root, model_id)
     if meta.get("framework") != FRAMEWORK:
-        raise JobFailure(f"model {model_id!r} was trained with framework "
+        raise FailJob(f"model {model_id!r} was trained with framework "
                          f"{meta.get('framework')!r}, not {FRAMEWORK!r}", code="framework_mismatch")
     directory = artifacts.model_dir(ctx.artifact_root, model_id)
     try:
@@ -52,7 +53,7 @@ def load_saved(ctx: JobContext, model_id: str,
         state = torch.load(directory / MODEL_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state)
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise JobFailure(f"model {model_id!r} could not be loaded: {exc}"[:800],
+        raise FailJob(f"model {model_id!r} could not be loaded: {exc}"[:800],
                          code="model_unreadable") from exc
     return model.to(device).eval(), meta, directory
 
@@ -63,7 +64,7 @@ def _source(ctx: JobContext) -> list[list[Any]] | str:
         return msg.inputs
     if msg.data_path:
         return msg.data_path
-    raise JobFailure("inference needs inputs (rows) or a data_path", code="inputs_required")
+    raise FailJob("inference needs inputs (rows) or a data_path", code="inputs_required")
 
 
 def _probabilities(model: torch.nn.Module, family: str, tensors: tuple[torch.Tensor, ...],
@@ -86,7 +87,7 @@ def _image_tensors(ctx: JobContext, meta: dict[str, Any]) -> tuple[torch.Tensor,
     if isinstance(source, str):
         x = load_images(ctx.data_root, source, labelled=False).x
         if tuple(x.shape[1:]) != shape:
-            raise JobFailure(f"{source}: images of shape {list(x.shape[1:])} but the model was "
+            raise FailJob(f"{source}: images of shape {list(x.shape[1:])} but the model was "
                              f"trained on {list(shape)}", code="invalid_inputs")
     else:
         x = inline_images(source, shape)  # type: ignore[arg-type]
@@ -112,7 +113,7 @@ def _classify(ctx: JobContext, model: torch.nn.Module, meta: dict[str, Any], voc
         assert vocab is not None
         ids, mask = encode(vocab, _texts(ctx, meta), int(meta["max_length"]))
         tensors = (torch.from_numpy(ids), torch.from_numpy(mask))
-    batch_size = int_param(ctx.message.parameters, "batch_size", 64, 1, 65_536)
+    batch_size = Params(ctx.message.parameters).integer("batch_size", 64, 1, 65_536)
     probs = _probabilities(model, family, tensors, batch_size, device, progress)
     classes = meta["classes"]
     out: dict[str, Any] = {"predictions": [classes[i] for i in probs.argmax(-1).tolist()],
@@ -128,10 +129,11 @@ def _generation_options(parameters: dict[str, Any], limit: int) -> dict[str, Any
     greedy = parameters.get("greedy", True)
     if not isinstance(greedy, bool):
         raise bad("greedy", "true or false", greedy)
-    return {"max_new_tokens": int_param(parameters, "max_new_tokens", 20, 1, limit - 1),
-            "greedy": greedy, "temperature": float_param(parameters, "temperature", 1.0),
-            "top_k": int_param(parameters, "top_k", 0, 0, 1_000_000),
-            "seed": int_param(parameters, "seed", 0, 0, 2**31 - 1)}
+    p = Params(parameters)
+    return {"max_new_tokens": p.integer("max_new_tokens", 20, 1, limit - 1),
+            "greedy": greedy, "temperature": p.number("temperature", 1.0, gt=0.0),
+            "top_k": p.integer("top_k", 0, 0, 1_000_000),
+            "seed": p.integer("seed", 0, 0, 2**31 - 1)}
 
 
 def generate(model: torch.nn.Module, prompt: list[int], limit: int, options: dict[str, Any],

@@ -9,7 +9,6 @@ same architecture, so inference rebuilds exactly what training saved.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,37 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from consumers.frameworks.base import JobFailure
-
-_BAD = "invalid_hyperparameters"
-
-
-def bad(name: str, rule: str, value: Any) -> JobFailure:
-    return JobFailure(f"hyperparameter {name!r} must be {rule}, got {value!r}", code=_BAD)
-
-
-def int_param(hp: dict[str, Any], name: str, default: int, minimum: int,
-              maximum: int = 1_000_000) -> int:
-    value = hp.get(name, default)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise bad(name, f"an integer between {minimum} and {maximum}", value)
-    return value
-
-
-def float_param(hp: dict[str, Any], name: str, default: float, minimum: float = 0.0,
-                maximum: float = math.inf, inclusive: bool = False) -> float:
-    value = hp.get(name, default)
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if ok:
-        ok = (minimum <= value if inclusive else minimum < value) and value <= maximum
-    if not ok:
-        low = ">=" if inclusive else ">"
-        rule = f"a number {low} {minimum}" + (f" and <= {maximum}" if maximum < math.inf else "")
-        raise bad(name, rule, value)
-    return float(value)
-
+from consumers.frameworks.base import FailJob
+from consumers.frameworks.params import Params, bad
 
 # ---- image classifiers -----------------------------------------------------------------------
 
@@ -142,12 +112,12 @@ def _he_init(model: nn.Module) -> nn.Module:
 
 
 def _image_config(hp: dict[str, Any], model_type: str) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"width": int_param(hp, "width", 16, 4, 256)}
+    cfg: dict[str, Any] = {"width": Params(hp).integer("width", 16, 4, 256)}
     if model_type == "resnet":
-        cfg["blocks"] = int_param(hp, "blocks", 1, 1, 8)
+        cfg["blocks"] = Params(hp).integer("blocks", 1, 1, 8)
     else:
-        cfg["hidden"] = int_param(hp, "hidden", 128, 8, 8192)
-        cfg["dropout"] = float_param(hp, "dropout", 0.2, 0.0, 0.9, inclusive=True)
+        cfg["hidden"] = Params(hp).integer("hidden", 128, 8, 8192)
+        cfg["dropout"] = Params(hp).number("dropout", 0.2, ge=0.0, le=0.9)
     return cfg
 
 
@@ -156,11 +126,12 @@ def _image_config(hp: dict[str, Any], model_type: str) -> dict[str, Any]:
 def _text_config(hp: dict[str, Any], model_type: str) -> dict[str, Any]:
     default_hidden = 64 if model_type in ("bert", "gpt") else 128
     cfg = {
-        "hidden_size": int_param(hp, "hidden_size", default_hidden, 8, 4096),
-        "num_layers": int_param(hp, "num_layers", 2, 1, 48),
-        "num_heads": int_param(hp, "num_heads", 2 if model_type != "transformer" else 4, 1, 64),
-        "max_length": int_param(hp, "max_length", 32, 4, 2048),
-        "dropout": float_param(hp, "dropout", 0.1, 0.0, 0.9, inclusive=True),
+        "hidden_size": Params(hp).integer("hidden_size", default_hidden, 8, 4096),
+        "num_layers": Params(hp).integer("num_layers", 2, 1, 48),
+        "num_heads": Params(hp).integer("num_heads", 4 if model_type == "transformer" else 2,
+                                        1, 64),
+        "max_length": Params(hp).integer("max_length", 32, 4, 2048),
+        "dropout": Params(hp).number("dropout", 0.1, ge=0.0, le=0.9),
     }
     if cfg["hidden_size"] % cfg["num_heads"]:
         raise bad("hidden_size", f"a multiple of num_heads ({cfg['num_heads']})",
@@ -229,7 +200,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 def architecture(model_type: str) -> Architecture:
     if model_type not in ARCHITECTURES:
-        raise JobFailure(f"model type {model_type!r} is not served by the pytorch framework; "
+        raise FailJob(f"model type {model_type!r} is not served by the pytorch framework; "
                          f"known: {', '.join(sorted(ARCHITECTURES))}",
                          code="unsupported_model_type")
     return ARCHITECTURES[model_type]

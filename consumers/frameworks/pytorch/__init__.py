@@ -1,10 +1,10 @@
 """PyTorch framework: bert, transformer, gpt, resnet, vgg and alexnet, built from configs.
 
 Training runs in the calling (executor) thread: shuffled mini-batches with AdamW, a progress
-event per step, held-out evaluation and an atomic checkpoint every epoch (``torch_train``). A
+event per step, held-out evaluation and an atomic checkpoint every epoch (``pytorch.train``). A
 reclaimed job (its worker died) resumes from its checkpoint. The saved model is
 ``model.pt`` (state_dict), ``vocab.json`` for language models and ``metadata.json`` (written
-last) holding the config that rebuilds the architecture. Inference lives in ``torch_infer``.
+last) holding the config that rebuilds the architecture. Inference lives in ``pytorch.infer``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,16 @@ import torch
 
 from consumers import artifacts
 from consumers.data import resolve_data_path
-from consumers.frameworks import torch_infer
-from consumers.frameworks.base import CudaOutOfMemory, JobContext, JobFailure, Progress
-from consumers.frameworks.torch_data import load_images
-from consumers.frameworks.torch_models import (
+from consumers.frameworks.base import CudaOutOfMemory, FailJob, JobContext, Progress
+from consumers.frameworks.params import Params, bad
+from consumers.frameworks.pytorch import infer as torch_infer
+from consumers.frameworks.pytorch.data import load_images
+from consumers.frameworks.pytorch.models import (
     architecture,
-    bad,
     build_model,
-    float_param,
-    int_param,
     resolve_config,
 )
-from consumers.frameworks.torch_train import (
+from consumers.frameworks.pytorch.train import (
     CHECKPOINT_FILE,
     FitResult,
     Trainer,
@@ -64,7 +62,7 @@ def device_for(options: dict[str, Any], ctx: JobContext) -> torch.device:
     if value != "cpu" and torch.cuda.is_available():
         return torch.device(assigned if assigned.startswith("cuda:") else "cuda")
     if value == "cuda":
-        raise JobFailure("device 'cuda' was requested but this worker sees no GPU",
+        raise FailJob("device 'cuda' was requested but this worker sees no GPU",
                          code="invalid_hyperparameters")
     return torch.device("cpu")
 
@@ -74,7 +72,7 @@ def limit_threads(options: dict[str, Any], device: torch.device) -> None:
     min(2, cores // 2) intra-op threads. Oversubscribed OpenMP threads spin: on a 2-core machine
     with one core busy, 2 threads made a small ResNet 20-30x slower than 1.
     (``torch.set_num_threads`` is process-wide; the last job to start sets it.)"""
-    threads = int_param(options, "threads", _default_threads(), 1, 256)
+    threads = Params(options).integer("threads", _default_threads(), 1, 256)
     if device.type == "cpu" and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -112,14 +110,15 @@ class Settings:
 
 
 def _settings(hp: dict[str, Any], ctx: JobContext) -> Settings:
-    seed_default = int_param(hp, "random_state", 0, 0, 2**31 - 1)
+    p = Params(hp)
+    seed_default = p.integer("random_state", 0, 0, 2**31 - 1)
     return Settings(
-        epochs=int_param(hp, "epochs", 5, 1, 10_000),
-        learning_rate=float_param(hp, "learning_rate", 1e-3, 0.0, 10.0),
-        batch_size=int_param(hp, "batch_size", 32, 1, 65_536),
-        weight_decay=float_param(hp, "weight_decay", 0.01, 0.0, 10.0, inclusive=True),
-        test_size=float_param(hp, "test_size", 0.2, 0.0, 0.9),
-        seed=int_param(hp, "seed", seed_default, 0, 2**31 - 1),
+        epochs=p.integer("epochs", 5, 1, 10_000),
+        learning_rate=p.number("learning_rate", 1e-3, gt=0.0, le=10.0),
+        batch_size=p.integer("batch_size", 32, 1, 65_536),
+        weight_decay=p.number("weight_decay", 0.01, ge=0.0, le=10.0),
+        test_size=p.number("test_size", 0.2, gt=0.0, le=0.9),
+        seed=p.integer("seed", seed_default, 0, 2**31 - 1),
         device=device_for(hp, ctx),
     )
 
@@ -144,7 +143,7 @@ def _split(y: npt.NDArray[Any] | None, n: int, s: Settings) -> tuple[npt.NDArray
         parts: list[npt.NDArray[np.intp]] = train_test_split(
             np.arange(n), test_size=s.test_size, random_state=s.seed, stratify=y)
     except ValueError as exc:
-        raise JobFailure(f"cannot split {n} samples with test_size={s.test_size}: {exc}",
+        raise FailJob(f"cannot split {n} samples with test_size={s.test_size}: {exc}",
                          code="invalid_data") from exc
     return tuple(parts)
 
@@ -159,7 +158,7 @@ def _prepare_images(ctx: JobContext, hp: dict[str, Any], cfg: dict[str, Any],
     images = load_images(ctx.data_root, ctx.message.data_path or "")
     assert images.y is not None
     c, h, w = images.shape
-    size = int_param(hp, "image_size", min(h, w), 4, 1024)
+    size = Params(hp).integer("image_size", min(h, w), 4, 1024)
     classes, y = _classes(images.y)
     train, test = _split(y, len(y), s)
     x = torch_infer.resize(torch.from_numpy(images.x), size)
@@ -215,7 +214,7 @@ def _load_weights(model: torch.nn.Module, ctx: JobContext, hp: dict[str, Any],
         state = state.get("model", state) if isinstance(state, dict) else state
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, OSError, AttributeError, TypeError, ValueError) as exc:
-        raise JobFailure(f"weights_path {path!r} does not fit this model: {exc}"[:800],
+        raise FailJob(f"weights_path {path!r} does not fit this model: {exc}"[:800],
                          code="invalid_data") from exc
     return {"path": path, "missing_keys": len(missing), "unexpected_keys": len(unexpected)}
 
@@ -244,7 +243,7 @@ class PytorchFramework:
                **resolve_config(msg.model_type, hp)}  # validates before any I/O
         s = _settings(hp, ctx)
         if not msg.data_path:
-            raise JobFailure("data_path is required for training", code="data_path_required")
+            raise FailJob("data_path is required for training", code="data_path_required")
         limit_threads(hp, s.device)
         cuda = s.device.type == "cuda"
         if cuda:
@@ -329,7 +328,7 @@ class PytorchFramework:
     def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
         msg = ctx.message
         if not msg.model_id:
-            raise JobFailure("model_id is required for inference", code="model_id_required")
+            raise FailJob("model_id is required for inference", code="model_id_required")
         device = device_for(msg.parameters, ctx)
         limit_threads(msg.parameters, device)
         try:

@@ -2,7 +2,7 @@
 
 Images are float32 N x C x H x W. An ``.npz`` holds ``x`` (N x H x W, N x C x H x W or
 N x H x W x C) and, for training, ``y`` (N labels). ``builtin:digits`` is scikit-learn's
-bundled 8x8 digits as 1-channel images. Every problem is a ``JobFailure`` naming it.
+bundled 8x8 digits as 1-channel images. Every problem is a ``FailJob`` naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers.data import BUILTIN_PREFIX, load_builtin, resolve_data_path
-from consumers.frameworks.base import JobFailure
+from consumers.frameworks.base import FailJob
 
 IMAGE_BUILTINS = ("digits",)
 _CHANNELS = (1, 3, 4)
@@ -38,7 +38,7 @@ class Images:
 def _builtin(name: str) -> Images:
     if name not in IMAGE_BUILTINS:
         known = ", ".join(BUILTIN_PREFIX + n for n in IMAGE_BUILTINS)
-        raise JobFailure(f"built-in dataset {BUILTIN_PREFIX + name!r} has no images; vision "
+        raise FailJob(f"built-in dataset {BUILTIN_PREFIX + name!r} has no images; vision "
                          f"models train on {known} or an .npz file", code="unknown_dataset")
     table = load_builtin(name)
     side = math.isqrt(table.n_features)
@@ -53,39 +53,39 @@ def to_nchw(x: npt.NDArray[Any], shown: str) -> npt.NDArray[np.float32]:
     elif x.ndim == 4 and x.shape[3] in _CHANNELS and x.shape[1] not in _CHANNELS:
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or x.shape[1] not in _CHANNELS:
-        raise JobFailure(f"{shown}: images must be N x H x W or N x C x H x W with C in 1, 3, 4; "
+        raise FailJob(f"{shown}: images must be N x H x W or N x C x H x W with C in 1, 3, 4; "
                          f"got shape {list(x.shape)}", code="invalid_data")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise JobFailure(f"{shown}: image values must be real numbers, got dtype {x.dtype}",
+        raise FailJob(f"{shown}: image values must be real numbers, got dtype {x.dtype}",
                          code="invalid_data")
     out = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(out).all():
-        raise JobFailure(f"{shown}: images contain NaN or infinite values", code="invalid_data")
+        raise FailJob(f"{shown}: images contain NaN or infinite values", code="invalid_data")
     return out
 
 
 def _read_npz(path: Path, shown: str) -> dict[str, npt.NDArray[Any]]:
     if path.suffix.lower() != ".npz":
-        raise JobFailure(f"{shown}: vision models read .npz image arrays (x, y) or "
+        raise FailJob(f"{shown}: vision models read .npz image arrays (x, y) or "
                          "builtin:digits", code="invalid_data")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise JobFailure(f"{shown}: not a readable .npz archive: {exc}",
+        raise FailJob(f"{shown}: not a readable .npz archive: {exc}",
                          code="invalid_data") from exc
 
 
 def _labels(arrays: dict[str, npt.NDArray[Any]], n: int, shown: str) -> npt.NDArray[Any]:
     y = arrays.get("y", arrays.get("labels"))
     if y is None:
-        raise JobFailure(f"{shown}: no label array 'y' (found {sorted(arrays)})",
+        raise FailJob(f"{shown}: no label array 'y' (found {sorted(arrays)})",
                          code="invalid_data")
     y = np.asarray(y).reshape(-1)
     if len(y) != n:
-        raise JobFailure(f"{shown}: {n} images but {len(y)} labels", code="invalid_data")
+        raise FailJob(f"{shown}: {n} images but {len(y)} labels", code="invalid_data")
     if len(np.unique(y)) < 2:
-        raise JobFailure(f"{shown}: labels have {len(np.unique(y))} distinct value(s); "
+        raise FailJob(f"{shown}: labels have {len(np.unique(y))} distinct value(s); "
                          "classification needs at least 2", code="invalid_data")
     return y
 
@@ -97,11 +97,11 @@ def load_images(data_root: Path, data_path: str, labelled: bool = True) -> Image
     arrays = _read_npz(resolve_data_path(data_root, data_path), data_path)
     raw = arrays.get("x", arrays.get("images"))
     if raw is None:
-        raise JobFailure(f"{data_path}: no image array 'x' (found {sorted(arrays)})",
+        raise FailJob(f"{data_path}: no image array 'x' (found {sorted(arrays)})",
                          code="invalid_data")
     x = to_nchw(raw, data_path)
     if len(x) == 0:
-        raise JobFailure(f"{data_path}: the image array is empty", code="invalid_data")
+        raise FailJob(f"{data_path}: the image array is empty", code="invalid_data")
     y = _labels(arrays, len(x), data_path) if labelled else None
     return Images(x=x, y=y)
 
@@ -110,7 +110,7 @@ def _inline_image(row: list[Any], shape: tuple[int, int, int], r: int) -> npt.ND
     try:
         arr = np.asarray(row, dtype=np.float32)
     except (ValueError, TypeError) as exc:
-        raise JobFailure(f"inputs row {r}: not a rectangular array of numbers ({exc})",
+        raise FailJob(f"inputs row {r}: not a rectangular array of numbers ({exc})",
                          code="invalid_inputs") from exc
     c, h, w = shape
     if arr.size == c * h * w and arr.ndim == 1:
@@ -120,7 +120,7 @@ def _inline_image(row: list[Any], shape: tuple[int, int, int], r: int) -> npt.ND
                   (h, w, c): arr.transpose(2, 0, 1) if arr.ndim == 3 else None}
     image = candidates.get(tuple(arr.shape))
     if image is None or image.shape != shape:
-        raise JobFailure(f"inputs row {r}: shape {list(arr.shape)} does not fit the model's "
+        raise FailJob(f"inputs row {r}: shape {list(arr.shape)} does not fit the model's "
                          f"images {list(shape)} (or {c * h * w} flat values)",
                          code="invalid_inputs")
     return image
@@ -129,6 +129,6 @@ def _inline_image(row: list[Any], shape: tuple[int, int, int], r: int) -> npt.ND
 def inline_images(inputs: list[list[Any]], shape: tuple[int, int, int]) -> npt.NDArray[np.float32]:
     """Inline inference rows: each a nested H x W / C x H x W list or C*H*W flat numbers."""
     if not inputs:
-        raise JobFailure("inputs is empty; give at least one image", code="invalid_inputs")
+        raise FailJob("inputs is empty; give at least one image", code="invalid_inputs")
     images = np.stack([_inline_image(row, shape, r) for r, row in enumerate(inputs)])
     return to_nchw(images, "inputs")

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from consumers.frameworks.base import JobFailure, Progress
+from consumers.frameworks.base import FailJob, Progress
 
 
 def _configure() -> None:
@@ -106,7 +106,7 @@ def build_model(model_type: str, input_shape: tuple[int, int, int], classes: int
     try:
         model = arch.build(x, (*target, channels), classes, alpha)
     except ValueError as exc:  # keras' own shape checks
-        raise JobFailure(f"cannot build {model_type} for input {input_shape}: {exc}",
+        raise FailJob(f"cannot build {model_type} for input {input_shape}: {exc}",
                          code="invalid_data") from exc
     for layer in model.layers:  # short from-scratch runs: let BN statistics follow quickly
         if isinstance(layer, tf.keras.layers.BatchNormalization):
@@ -128,7 +128,7 @@ def load_weights(model: Any, path: Path) -> None:
         else:
             model.load_weights(str(path))
     except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
-        raise JobFailure(f"weights_path {path.name!r} could not be loaded into the model: "
+        raise FailJob(f"weights_path {path.name!r} could not be loaded into the model: "
                          f"{str(exc)[:300]}", code="invalid_weights") from exc
 
 
@@ -165,7 +165,7 @@ def restore_checkpoint(model: Any, opt: Any, directory: Path) -> None:
 # -- training ------------------------------------------------------------------------------------
 
 class JobCallback(tf.keras.callbacks.Callback):  # type: ignore[misc]
-    """Reports every batch through ``progress`` (whose JobCancelled / JobInterrupted propagate
+    """Reports every batch through ``progress`` (whose CancelRequested / StopRequested propagate
     out of ``fit``) and runs ``on_epoch`` (checkpoint + report) after each epoch."""
 
     def __init__(self, progress: Progress, epochs: int, steps: int,
@@ -275,7 +275,7 @@ def load_model(path: Path) -> Any:
         except (KeyError, ValueError, TypeError, zipfile.BadZipFile):  # another layout: slow path
             return tf.keras.models.load_model(str(path), compile=False)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
-        raise JobFailure(f"model file {path.name} could not be loaded: {str(exc)[:300]}",
+        raise FailJob(f"model file {path.name} could not be loaded: {str(exc)[:300]}",
                          code="model_unreadable") from exc
 
 

@@ -1,7 +1,7 @@
 """The PyTorch training loop: shuffled mini-batches, per-step progress, evaluation on the
 held-out split and an atomic checkpoint after every epoch, from which a reclaimed job resumes.
 
-``progress`` raises ``JobCancelled``/``JobInterrupted`` at step boundaries; those propagate
+``progress`` raises ``CancelRequested``/``StopRequested`` at step boundaries; those propagate
 untouched (a cancelled job's checkpoint is removed first: nobody will resume it).
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from consumers import artifacts
-from consumers.frameworks.base import JobCancelled, Progress
+from consumers.frameworks.base import CancelRequested, Progress
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -180,7 +180,7 @@ def fit(t: Trainer, progress: Progress) -> FitResult:
             progress("evaluating", percent=5 + 90 * epoch / t.epochs, epoch=epoch,
                      epochs=t.epochs, loss=metrics["train_loss"], metrics=metrics,
                      message=f"epoch {epoch} done, checkpoint saved")
-    except JobCancelled:
+    except CancelRequested:
         discard_checkpoint(t)
         raise
     metrics = {k: v for k, v in t.history[-1].items() if k != "epoch"} if t.history else {}
