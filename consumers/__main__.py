@@ -9,10 +9,10 @@ import sys
 import structlog
 from pydantic import ValidationError
 
-from consumers import logs
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
 from consumers.startup import StartupError, check_framework, check_gpu
+from streams import logs
 from streams.connection import client
 
 

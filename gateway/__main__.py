@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from streams import logs
 
 
 class _Server(uvicorn.Server):
@@ -47,6 +48,7 @@ def main(**overrides: object) -> int:
         field = ".".join(str(p) for p in first["loc"]).upper() or "settings"
         print(f"aiq gateway: {field}: {first['msg']}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_level, json=settings.log_json)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(), proxy_headers=True,

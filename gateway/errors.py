@@ -7,10 +7,10 @@ traceback: unexpected exceptions are logged here and answered with ``internal_er
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,7 +27,7 @@ from streams.errors import (
     JobNotFound,
 )
 
-log = logging.getLogger("aiq.gateway")
+log = structlog.get_logger("aiq.gateway")
 
 # Every stable code and its HTTP status: the contract clients program against.
 ERROR_CODES: dict[str, int] = {
@@ -126,7 +126,8 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     retry_after = str(request.app.state.settings.retry_after_s)
-    log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+    log.warning("redis unavailable", method=request.method, path=request.url.path,
+                error=str(exc), error_type=type(exc).__name__)
     return error_response(503, "redis_unavailable", "Redis is unavailable; retry shortly",
                           headers={"Retry-After": retry_after})
 
@@ -139,7 +140,7 @@ async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("internal error", method=request.method, path=request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error; it has been logged")
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 import orjson
+import structlog
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -41,7 +41,7 @@ from streams.events import feed_positions, feed_streams, job_entry, read_feeds
 from streams.inspect import queue_stats
 from streams.registry import list_workers
 
-log = logging.getLogger("aiq.gateway.hub")
+log = structlog.get_logger("aiq.gateway.hub")
 
 HUB_CLIENT_NAME = "aiq-gateway-hub"
 READ_COUNT = 500
@@ -313,7 +313,7 @@ class Hub:
                 await self._follow(self._conn)
             except (RedisError, OSError) as exc:
                 if not self._stopping and (self.connected or not logged):
-                    log.warning("hub: Redis unavailable (%s); retrying with backoff", exc)
+                    log.warning("hub: redis unavailable; retrying with backoff", error=str(exc))
                     delay, logged = BACKOFF_S[0], True
             except Exception:  # a bug must not end every live feed of the gateway
                 log.exception("hub: reader failed; restarting it")
@@ -348,7 +348,8 @@ class Hub:
         try:
             item = HubEvent(worker_type, parse_event(event_id, own))
         except (ValidationError, ValueError) as exc:
-            log.warning("hub: skipping malformed event %s on %s: %s", feed_id, worker_type, exc)
+            log.warning("hub: skipping malformed event", event_id=feed_id,
+                            worker_type=worker_type, error=str(exc))
             return
         for sub in self._subs.jobs.get(item.job_id, ()):
             sub.put(item)

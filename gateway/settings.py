@@ -25,6 +25,8 @@ class GatewaySettings(RedisSettings):
                                 "413 before they are parsed")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
     log_level: str = "info"
+    log_json: bool = Field(default=False, description="the gateway's own lines as JSON (uvicorn's "
+                           "access log stays plain)")
 
     # Live feeds (gateway/hub.py): SSE per job, the /ws dashboard.
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="an idle SSE stream gets "

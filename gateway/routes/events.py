@@ -12,11 +12,11 @@ an idle stream gets a ``: ping`` comment every ``SSE_HEARTBEAT_S``; the stream e
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -33,7 +33,7 @@ from streams.errors import JobNotFound
 from streams.events import Entry, Replay, id_after, normalize_id, replay
 from streams.keys import QueueKeys
 
-log = logging.getLogger("aiq.gateway.sse")
+log = structlog.get_logger("aiq.gateway.sse")
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -75,7 +75,7 @@ class _Follower:
             try:
                 event = parse_event(entry_id, fields)
             except (ValidationError, ValueError) as exc:
-                log.warning("sse: skipping malformed event %s: %s", entry_id, exc)
+                log.warning("sse: skipping malformed event", event_id=entry_id, error=str(exc))
                 continue
             data = orjson.dumps(event.model_dump(mode="json")).decode()
             frames.append(sse_frame(entry_id, event.type, data))
@@ -99,7 +99,7 @@ class _Follower:
         try:
             history = await replay(self.redis, self.keys, self.sub.job_id, self.last_id)
         except (RedisError, OSError) as exc:
-            log.info("sse: resync of %s deferred: %s", self.sub.job_id, exc)
+            log.info("sse: resync deferred", job_id=self.sub.job_id, error=str(exc))
             self.sub.stale = True
             return None
         return self.after_replay(history)

@@ -34,8 +34,8 @@ _session_lock = threading.Lock()
 
 @contextlib.contextmanager
 def tf_job() -> Iterator[ModuleType]:
-    """The ``models`` module for one job; the Keras session is cleared when the last running job ends
-    (clearing it under a job still running in another thread would break that job)."""
+    """The ``models`` module for one job; the Keras session is cleared when the last running
+    job ends (clearing it under a job still running in another thread would break that job)."""
     global _active_jobs  # noqa: PLW0603 - one process-wide count of running TF jobs
     from consumers.frameworks.tensorflow import models as tf_models
 

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines (or console) with the worker and job bound to every line."""
+"""structlog set-up shared by the gateway and the workers: JSON lines (or console), with what a
+line is about (worker, job, request) bound as keys."""
 
 from __future__ import annotations
 
