@@ -1,15 +1,9 @@
 """The worker, in the order a job goes through it: read → admit → start → run → final write;
-beside that path, lease renewal and retry promotion, heartbeats, and the graceful stop.
-docs/ARCHITECTURE.md ("Life of a job") follows one job through these steps.
-
-Concurrency is bounded by ``max_concurrent_jobs``: reads and reclaims ask for at most the free
-slots, so no entry waits unstarted in this worker's pending list. The read loop takes expired
-entries back (a reclaim sweep, every ``reclaim_every_s``) before it reads new ones, and keeps
-sweeping as slots free until no expired entry is left. What a SIGKILL can strand is bounded by
-``capacity``: at most twice ``max_concurrent_jobs`` entries are this worker's at once, the jobs
-running and the final writes not yet landed (a finished job whose write was lost runs again).
-
-Every loop survives what Redis does to it (consumers/loops.py).
+beside that path, lease renewal and retry promotion, heartbeats, and the graceful stop
+(docs/ARCHITECTURE.md, "Life of a job"). Reads and reclaims ask for at most the free slots;
+expired entries of dead workers are swept back before new ones are read (consumers/reclaim.py).
+At most twice ``max_concurrent_jobs`` entries are this worker's at once (``capacity``): what a
+SIGKILL can strand. Every loop survives what Redis does to it (consumers/loops.py).
 """
 
 from __future__ import annotations
@@ -179,6 +173,10 @@ class Worker:
                 with self._waiting_idle():
                     self._batch = await self.queue.read(self.read_conn,
                                                         min(self.capacity, READ_CHUNK), block_ms)
+                if not self._batch and self.settings.burst and await self._all_done():
+                    self.log.info("queue empty; stopping (BURST)")
+                    self.stop()
+                    return
             self._batch = await self._take(self._batch, read_more=True)
         except UNAVAILABLE:
             raise  # the same batch is started again once Redis is back
@@ -189,6 +187,11 @@ class Worker:
                 return
             self._batch = []  # entries that cannot be started: reclaimed after the lease
             raise
+
+    async def _all_done(self) -> bool:
+        """Burst mode's end: nothing of this worker's in flight and nothing left in Redis."""
+        return (not self.runs and not self._launching and not self.admission.held()
+                and await self.queue.is_empty())
 
     @contextlib.contextmanager
     def _waiting_idle(self) -> Iterator[None]:

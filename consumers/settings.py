@@ -52,6 +52,9 @@ class WorkerSettings(RedisSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    burst: bool = Field(default=False, description="stop (exit 0) once the queue is empty: no "
+                        "entry waiting, pending or delayed for a retry, and no job running")
+
     @model_validator(mode="after")
     def _known_type(self) -> WorkerSettings:
         wt = CATALOGUE.get(self.worker_type)

@@ -331,6 +331,16 @@ class QueueConsumer:
             raw = await pipe.execute()
         return [JobKind.INFERENCE if k == "inference" else JobKind.TRAINING for k in raw]
 
+    async def is_empty(self) -> bool:
+        """No entry in the type's streams (waiting or pending: acked entries are deleted) and
+        no job waiting out a retry backoff."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.keys.streams:
+                pipe.xlen(stream)
+            pipe.zcard(self.keys.delayed)
+            counts = await pipe.execute()
+        return not any(counts)
+
     async def next_due_ms(self) -> int | None:
         first = await self.redis.zrange(self.keys.delayed, 0, 0, withscores=True)
         return int(first[0][1]) if first else None

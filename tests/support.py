@@ -68,6 +68,21 @@ async def running_worker(settings: WorkerSettings, name: str | None = None,
         await redis.aclose()
 
 
+async def run_burst(settings: WorkerSettings, timeout: float = 60) -> Worker:
+    """A worker in burst mode in this event loop: returns once it stopped by itself (the
+    queue empty), so a test waits for the work without polling."""
+    redis = client(settings.url)
+    read_conn = client(settings.url, max_connections=1)
+    worker = Worker(settings.model_copy(update={"burst": True}),
+                    load_framework(CATALOG_FRAMEWORK[settings.worker_type]), redis, read_conn)
+    try:
+        await asyncio.wait_for(worker.run(), timeout)
+    finally:
+        await read_conn.aclose()
+        await redis.aclose()
+    return worker
+
+
 class _Frameworks(dict[str, str]):
     def __missing__(self, key: str) -> str:
         from schemas.catalogue import CATALOGUE

@@ -15,7 +15,7 @@ from streams.errors import JobCancelled, JobFailed
 from streams.keys import QueueKeys
 from streams.limits import StreamLimits
 from streams.producer import Producer
-from tests.support import eventually, running_worker, settings_for
+from tests.support import eventually, run_burst, running_worker, settings_for
 
 KEYS = QueueKeys("diagnostic")
 STREAM = KEYS.stream(JobKind.TRAINING)
@@ -224,3 +224,20 @@ async def test_result_waits_past_the_clients_socket_timeout(redis_url: str,
             assert (await producer.result(sub.job_id, timeout=30))["slept_s"] >= 1.5
     finally:
         await short.aclose()
+
+
+async def test_burst_mode_stops_once_the_queue_is_empty(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """BURST=true: the worker serves until nothing is waiting, pending or delayed for a retry,
+    then stops by itself; a job waiting out its retry backoff keeps it serving."""
+    producer = Producer(redis)
+    subs = [await producer.submit_training(TrainingRequest(
+        model_type="sleep", hyperparameters={"seconds": 0.05, "steps": 1})) for _ in range(5)]
+    flaky = await producer.submit_training(TrainingRequest(
+        model_type="fail", hyperparameters={"fail_times": 1, "error": "retryable"}))
+    settings = settings_for(redis_url, tmp_path, max_concurrent_jobs=2, retry_backoff_s=0.5)
+    worker = await run_burst(settings)
+    assert worker.stopped.is_set() and not worker.runs
+    for sub in [*subs, flaky]:
+        assert (await producer.get(sub.job_id)).status is JobStatus.SUCCEEDED
+    assert (await producer.get(flaky.job_id)).attempt == 2  # its retry ran before the stop
