@@ -79,15 +79,15 @@ def test_kill_then_restart_on_same_port(redis_server: RedisServer, redis_url: st
     assert redis_reachable(redis_url)
 
 
-def test_a_stopped_server_is_restarted_for_the_next_test(redis_server: RedisServer) -> None:
+def test_a_stopped_server_is_back_for_the_next_test(redis_server: RedisServer,
+                                                    request: pytest.FixtureRequest) -> None:
+    """The redis_url fixture brings the session server back if a test left it stopped (asked
+    for here after the stop, as the next test's set-up would)."""
     redis_server.stop()
     assert not redis_reachable(redis_server.url)
-
-
-def test_redis_url_brought_the_server_back(redis_server: RedisServer, redis_url: str) -> None:
-    # Runs after the test above stopped the server: the redis_url fixture restarted it.
+    url = request.getfixturevalue("redis_url")
     assert redis_server.is_running
-    assert redis_reachable(redis_url)
+    assert redis_reachable(url)
 
 
 def test_owned_temp_dir_is_removed_and_given_dir_is_kept(tmp_path: Path) -> None:
