@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from aiq.sse import SseDecoder, SseEvent, event_id_key, iter_sse_bytes, parse_sse
+from streams.backoff import Backoff
 
 __all__ = [
     "DEFAULT_URL",
@@ -128,7 +128,7 @@ class _Follower:
         self._got_events = False  # ... and at least one new event
 
     def run(self) -> WatchExit:
-        delay = self.options.backoff_initial_s
+        backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s, jitter=0.2)
         connected_at = time.monotonic()
         while True:
             try:
@@ -140,16 +140,15 @@ class _Follower:
                 if self._connected:
                     connected_at = time.monotonic()
                 if self._got_events:
-                    delay = self._first_delay()
+                    backoff.reset(self._first_delay())
                 waited = time.monotonic() - connected_at
                 if waited > self.options.reconnect_timeout_s:
                     self.errors.print(Text(f"aiq watch: gave up after {waited:.0f} s: {exc}"))
                     return WatchExit.UNREACHABLE
                 resume = f", resuming after {self.last_id}" if self.last_id else ""
                 self.renderer.note(f"connection lost ({exc}); reconnecting in "
-                                   f"{delay:.1f} s{resume}")
-                self.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.options.backoff_max_s)
+                                   f"{backoff.delay:.1f} s{resume}")
+                self.sleep(backoff.next())
                 continue
             return outcome
 

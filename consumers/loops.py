@@ -8,26 +8,18 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from streams.backoff import Backoff as BaseBackoff
 from streams.errors import UNAVAILABLE
 
 
-class Backoff:
-    """Exponential backoff for Redis outages: 0.1 s doubling to 5 s."""
-
-    FIRST_S, MAX_S = 0.1, 5.0
-
-    def __init__(self) -> None:
-        self.delay = self.FIRST_S
-
-    def reset(self) -> None:
-        self.delay = self.FIRST_S
+class Backoff(BaseBackoff):
+    """``streams.backoff.Backoff`` (0.1 s doubling to 5 s) that logs what it waits for."""
 
     async def wait(self, log: Any, what: str, exc: BaseException, quiet: bool = False) -> None:
         if not quiet:
             log.warning("redis unavailable; retrying", during=what, error=str(exc),
                         error_type=type(exc).__name__, retry_in_s=self.delay)
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.MAX_S)
+        await asyncio.sleep(self.next())
 
 
 async def forever(log: Any, what: str, step: Callable[[], Awaitable[None]],

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
+from streams.backoff import Backoff
 from streams.connection import client
 from streams.events import feed_positions, feed_streams, job_entry, read_feeds
 from streams.inspect import queue_stats
@@ -306,7 +307,7 @@ class Hub:
                       socket_timeout=block_s + self.settings.redis_socket_timeout_s)
 
     async def _read_loop(self) -> None:
-        delay, logged = BACKOFF_S[0], False
+        backoff, logged = Backoff(*BACKOFF_S), False
         self._conn = self._connect()
         while not self._stopping:  # redis-py may turn a cancellation into a ConnectionError
             try:
@@ -314,13 +315,13 @@ class Hub:
             except (RedisError, OSError) as exc:
                 if not self._stopping and (self.connected or not logged):
                     log.warning("hub: redis unavailable; retrying with backoff", error=str(exc))
-                    delay, logged = BACKOFF_S[0], True
+                    backoff.reset()
+                    logged = True
             except Exception:  # a bug must not end every live feed of the gateway
                 log.exception("hub: reader failed; restarting it")
             self.connected = False
             if not self._stopping:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_S[1])
+                await asyncio.sleep(backoff.next())
 
     async def _follow(self, conn: Redis) -> None:
         if not self.positions:
