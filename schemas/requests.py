@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,8 +19,30 @@ from schemas.catalogue import DATA_FREE_MODELS, KNOWN_MODEL_TYPES
 
 JOB_ID_PATTERN = r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
-Scalar = str | int | float | bool | None
 MAX_INLINE_ROWS = 10_000
+INT_RANGE = (-(2**63), 2**64 - 1)  # what a stored job (JSON via orjson) can hold
+
+
+def json_safe(value: Any) -> Any:
+    """A value the job's stored JSON can hold exactly: integers within 64 bits, finite numbers
+    (no NaN or Infinity), strings of valid Unicode (no lone surrogates)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise ValueError("integers must fit in 64 bits")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Scalar = Annotated[str | int | float | bool | None, AfterValidator(json_safe)]
+Text = Annotated[str, AfterValidator(json_safe)]
+_SCALAR_TYPES = (str, int, float, bool, type(None))
 
 
 class Hyperparameters(BaseModel):
@@ -33,8 +57,13 @@ class Hyperparameters(BaseModel):
     @model_validator(mode="after")
     def _extras_are_scalars(self) -> Hyperparameters:
         for name, value in (self.model_extra or {}).items():
-            if not isinstance(value, Scalar):
+            if not isinstance(value, _SCALAR_TYPES):
                 raise ValueError(f"hyperparameter {name!r} must be a number, string or boolean")
+            try:
+                json_safe(name)
+                json_safe(value)
+            except ValueError as exc:
+                raise ValueError(f"hyperparameter {name!r}: {exc}") from None
         return self
 
 
@@ -49,9 +78,9 @@ class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_type: str = Field(min_length=1, max_length=64)
-    data_path: str | None = Field(default=None, min_length=1, max_length=1024)
+    data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    description: str = Field(default="", max_length=2000)
+    description: Text = Field(default="", max_length=2000)
     requires_gpu: bool = False
     framework_override: str | None = Field(default=None, max_length=64)
     gpu_mem_mb: int | None = Field(default=None, gt=0, description="GPU memory estimate (MiB)")
@@ -70,9 +99,9 @@ class InferenceRequest(BaseModel):
 
     model_id: JobId = Field(description="id of the training job whose model to use")
     inputs: list[list[Scalar]] | None = Field(default=None, max_length=MAX_INLINE_ROWS)
-    data_path: str | None = Field(default=None, min_length=1, max_length=1024)
-    parameters: dict[str, Scalar] = Field(default_factory=dict)
-    description: str = Field(default="", max_length=2000)
+    data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
+    parameters: dict[Text, Scalar] = Field(default_factory=dict)
+    description: Text = Field(default="", max_length=2000)
     gpu_mem_mb: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

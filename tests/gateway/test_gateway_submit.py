@@ -123,3 +123,36 @@ async def test_bad_idempotency_key_is_422(client: AsyncClient, key: str) -> None
                           headers=[(b"Idempotency-Key", key.encode("utf-8"))])
     assert r.status_code == 422, r.text
     assert r.json()["error"]["details"][0]["field"] == "header.Idempotency-Key"
+
+
+MODEL_ID = "job_00000000-0000-0000-0000-000000000000"
+
+
+@pytest.mark.parametrize(("path", "raw", "field", "message"), [
+    ("/jobs/training", '{"model_type": "noop", "hyperparameters": {"x": 18446744073709551616}}',
+     "body.hyperparameters", "hyperparameter 'x': integers must fit in 64 bits"),
+    ("/jobs/training", '{"model_type": "noop", "hyperparameters": {"x": NaN}}',
+     "body.hyperparameters", "hyperparameter 'x': numbers must be finite"),
+    ("/jobs/training", '{"model_type": "noop", "hyperparameters": {"x": "\\ud800"}}',
+     "body.hyperparameters", "hyperparameter 'x': text must be valid Unicode"),
+    ("/jobs/training", '{"model_type": "noop", "description": "\\udfff"}',
+     "body.description", "valid string"),
+    ("/jobs/inference", '{"model_id": "' + MODEL_ID + '", "inputs": [[1, Infinity]]}',
+     "body.inputs.0.1", "numbers must be finite"),
+    ("/jobs/inference", '{"model_id": "' + MODEL_ID + '", "inputs": [[-99999999999999999999]]}',
+     "body.inputs.0.0", "integers must fit in 64 bits"),
+    ("/jobs/inference", '{"model_id": "' + MODEL_ID + '", "inputs": [[1]], '
+     '"parameters": {"t": -Infinity}}', "body.parameters.t", "numbers must be finite"),
+])
+async def test_values_json_cannot_hold_are_422_naming_the_field(
+        client: AsyncClient, redis: Redis, path: str, raw: str, field: str, message: str
+) -> None:
+    """Integers beyond 64 bits, NaN/Infinity and lone surrogates are refused at the edge; they
+    used to pass validation and then fail in the JSON encoder (500), or be stored as null."""
+    r = await client.post(path, content=raw.encode(),
+                          headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error"
+    assert any(d["field"] == field and message in d["message"] for d in error["details"]), error
+    assert await redis.dbsize() == 0
