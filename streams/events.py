@@ -27,12 +27,19 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 REPLAY_PAGE = 500
 
 
+MAX_ID_PART = 2**64 - 1  # both parts of a Redis stream id are unsigned 64-bit integers
+MAX_ID = (MAX_ID_PART, MAX_ID_PART)
+
+
 def parse_id(entry_id: str) -> StreamId:
     """``"<ms>-<seq>"`` (or ``"<ms>"``, seq 0) as a tuple that orders like Redis orders ids."""
     match = _ID.fullmatch(entry_id)
     if match is None:
         raise ValueError(f"not a stream id: {entry_id[:60]!r}")
-    return int(match[1]), int(match[2] or 0)
+    ms, seq = int(match[1]), int(match[2] or 0)
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ValueError(f"not a stream id: {entry_id[:60]!r} (each part is at most {MAX_ID_PART})")
+    return ms, seq
 
 
 def normalize_id(entry_id: str) -> str:
@@ -71,6 +78,8 @@ async def _page(redis: Redis, stream: str, after: str) -> list[Entry]:
 async def replay(redis: Redis, keys: QueueKeys, job_id: str, after: str = "0-0") -> Replay:
     """The job's events after ``after`` (exclusive), oldest first, and the job's status."""
     stream = keys.job_events(job_id)
+    if parse_id(after) == MAX_ID:  # nothing can come after it (and XRANGE refuses "(max")
+        return Replay(entries=[], status=await redis.hget(keys.job(job_id), "status"))
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hget(keys.job(job_id), "status")  # before the range: see Replay
         pipe.xrange(stream, f"({normalize_id(after)}", "+", count=REPLAY_PAGE)

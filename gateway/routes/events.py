@@ -19,7 +19,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
@@ -30,7 +30,7 @@ from gateway.hub import Hub, HubEvent, JobSubscription
 from gateway.settings import GatewaySettings
 from schemas.events import TERMINAL_EVENTS, parse_event
 from streams.errors import JobNotFound
-from streams.events import Entry, Replay, id_after, normalize_id, replay
+from streams.events import Entry, Replay, id_after, normalize_id, parse_id, replay
 from streams.keys import QueueKeys
 
 log = structlog.get_logger("aiq.gateway.sse")
@@ -88,7 +88,10 @@ class _Follower:
         return frames
 
     def live(self, item: HubEvent) -> str:
-        if self.done or not id_after(item.event_id, self.last_id):
+        if self.done:
+            return ""
+        if not id_after(item.event_id, self.last_id):  # seen already, or resumed from an id
+            self.done = item.terminal  # beyond it: the job is over all the same
             return ""
         self.last_id, self.done = item.event_id, item.terminal
         return sse_frame(item.event_id, item.event.type, item.data_json)
@@ -149,15 +152,24 @@ async def _replay_first(hub: Hub, redis: Redis, keys: QueueKeys, job_id: str, af
     return history
 
 
+def _stream_id(value: str | None) -> str | None:
+    """A Redis stream id: both parts within 64 bits (ValueError: a 422 naming the parameter)."""
+    if value is not None:
+        parse_id(value)
+    return value
+
+
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses=_SSE_RESPONSES)
 async def job_events(
     job_id: JobIdDep, producer: ProducerDep, redis: RedisDep, hub: HubDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Query(pattern=EVENT_ID_PATTERN,
-                                               description=_ID_DOC)] = None,
+                                               description=_ID_DOC),
+                             AfterValidator(_stream_id)] = None,
     last_event_id_header: Annotated[str | None, Header(
         alias="Last-Event-ID", pattern=EVENT_ID_PATTERN,
-        description=_ID_DOC + "; wins over the query parameter")] = None,
+        description=_ID_DOC + "; wins over the query parameter"),
+        AfterValidator(_stream_id)] = None,
 ) -> StreamingResponse:
     """The job's history, then its live events, as Server-Sent Events."""
     keys = producer.keys(await producer.worker_type_of(job_id))  # unknown job: 404, no stream

@@ -268,3 +268,46 @@ async def test_closing_the_hub_ends_open_streams(gateway: LiveGateway,
         rest = [f async for f in stream]  # the chunked body completes: no error
     assert rest == []
     assert gateway.hub.job_subscriber_count() == 0
+
+
+MAX_ID = "18446744073709551615-18446744073709551615"
+
+
+@pytest.mark.parametrize("bad", ["99999999999999999999", "18446744073709551616-0",
+                                 "0-18446744073709551616"])
+@pytest.mark.parametrize("via", ["header", "query"])
+async def test_an_id_beyond_64_bits_is_422(gateway: LiveGateway, http: AsyncClient, bad: str,
+                                           via: str) -> None:
+    """Both parts of a stream id are 64-bit: a bigger Last-Event-ID was a Redis error (500)."""
+    job_id = await submit(http)
+    url, headers = f"/jobs/{job_id}/events", {"Last-Event-ID": bad}
+    if via == "query":
+        url, headers = f"{url}?last_event_id={bad}", {}
+    r = await http.get(url, headers=headers)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error" and "at most 18446744073709551615" in r.text
+    assert {d["field"] for d in error["details"]} <= {"header.Last-Event-ID",
+                                                     "query.last_event_id"}
+
+
+async def test_resuming_beyond_the_last_id_still_ends_with_the_job(
+        gateway: LiveGateway, http: AsyncClient, redis_url: str, tmp_path: Path) -> None:
+    """Resumed from an id past every event (the largest one, or one of another stream), the
+    stream sends nothing old and still ends when the job does, though its terminal event's id
+    is not after the one given; it used to wait forever."""
+    job_id = await submit(http, "sleep", seconds=0.3, steps=3)
+
+    async def follow(last: str) -> tuple[list[Frame], bool]:
+        return await read_events(http, f"/jobs/{job_id}/events", **{"Last-Event-ID": last})
+
+    readers = [asyncio.create_task(follow(last)) for last in (MAX_ID, "9999999999999-0")]
+
+    async def both_subscribed() -> bool:
+        return gateway.hub.job_subscriber_count() >= 2
+
+    await eventually(both_subscribed, what="both streams following the job live")
+    async with running_worker(settings_for(redis_url, tmp_path)):
+        results = await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
+    assert results == [([], True), ([], True)]
+    assert await follow(MAX_ID) == ([], True)  # and at once for a finished job
