@@ -19,6 +19,7 @@ from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
 from streams.errors import (
+    IdempotencyConflict,
     JobCancelled,
     JobFailed,
     JobNotFound,
@@ -81,6 +82,11 @@ class Producer:
     async def submit_inference(
         self, req: InferenceRequest, idempotency_key: str | None = None
     ) -> JobSubmitted:
+        if idempotency_key:  # a retry gets the first job while the key lives, even when the
+            earlier = await self._earlier(JobKind.INFERENCE, req.model_dump_json(),  # model
+                                          idempotency_key)                # record expired since
+            if earlier is not None:
+                return earlier
         model = await self.get(req.model_id)
         if model.kind is not JobKind.TRAINING:
             raise ModelNotReady(f"{req.model_id} is an inference job, not a trained model")
@@ -117,8 +123,7 @@ class Producer:
         pairs = [x for name in ENTRY_FIELDS for x in (name, fields.get(name, ""))]
         extra = [x for kv in {**record, "worker_type": worker_type}.items() for x in kv]
         idem_key = keys.idempotency(idempotency_key or "-")
-        digest = hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest() if fingerprint \
-            else ""
+        digest = self._digest(kind, fingerprint) if fingerprint else ""
         ttl = self.limits.idempotency_ttl_s if idempotency_key else 0
         stream = keys.stream(kind)
         code, got_id, *rest = await scripts.SUBMIT(
@@ -134,9 +139,38 @@ class Producer:
             self._seen[got_id] = rest[1]  # wait() blocks right after the queued event
             if len(self._seen) > _TYPE_CACHE:
                 self._seen.pop(next(iter(self._seen)))
-        return JobSubmitted(
-            job_id=got_id, status=JobStatus.QUEUED, worker_type=worker_type, kind=kind,
-            stream=stream, duplicate=code == 1)
+        status = JobStatus.QUEUED
+        if code == 1:  # the earlier job may have run since: its status as it is now
+            status = JobStatus(await self.redis.hget(keys.job(got_id), "status") or "queued")
+        return JobSubmitted(job_id=got_id, status=status, worker_type=worker_type, kind=kind,
+                            stream=stream, duplicate=code == 1)
+
+    @staticmethod
+    def _digest(kind: JobKind, fingerprint: str) -> str:
+        return hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest()
+
+    async def _earlier(self, kind: JobKind, fingerprint: str, idempotency_key: str
+                       ) -> JobSubmitted | None:
+        """The job an earlier submit with this key made (any worker type: one pipelined look-up),
+        None when the key is unknown; IdempotencyConflict when it was used for another request."""
+        names = list(CATALOGUE)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(self.keys(name).idempotency(idempotency_key), "job_id", "fingerprint")
+            found = await pipe.execute()
+        for name, (job_id, digest) in zip(names, found, strict=True):
+            if job_id is None:
+                continue
+            if digest != self._digest(kind, fingerprint):
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for another request")
+            keys = self.keys(name)
+            status = await self.redis.hget(keys.job(job_id), "status")
+            self._remember(job_id, name)
+            return JobSubmitted(job_id=job_id, status=JobStatus(status or "queued"),
+                                worker_type=name, kind=kind, stream=keys.stream(kind),
+                                duplicate=True)
+        return None
 
     def _remember(self, job_id: str, worker_type: str) -> None:
         self._types[job_id] = worker_type

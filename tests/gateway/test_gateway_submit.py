@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,9 @@ from redis.asyncio import Redis
 
 from schemas.status import JobKind
 from streams.keys import QueueKeys
+from streams.producer import Producer
 from tests.gateway.payloads import SEED_BODY
+from tests.support import running_worker, settings_for
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -156,3 +159,44 @@ async def test_values_json_cannot_hold_are_422_naming_the_field(
     assert error["code"] == "validation_error"
     assert any(d["field"] == field and message in d["message"] for d in error["details"]), error
     assert await redis.dbsize() == 0
+
+
+async def _finished(client: AsyncClient, redis: Redis, redis_url: str, tmp_path: Path,
+                    body: dict[str, Any], headers: dict[str, str]) -> str:
+    """Submit ``body`` and let a diagnostic worker run it to success; its job id."""
+    first = await client.post("/jobs/training" if "model_type" in body else "/jobs/inference",
+                              json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    job_id: str = first.json()["job_id"]
+    async with running_worker(settings_for(redis_url, tmp_path)):
+        await Producer(redis).wait(job_id, timeout=30)
+    return job_id
+
+
+async def test_a_duplicate_answers_the_jobs_status_now(
+        client: AsyncClient, redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """A retried submit of a job that ran since says how it is now, not 'queued'."""
+    headers = {"Idempotency-Key": "nightly-1"}
+    job_id = await _finished(client, redis, redis_url, tmp_path, {"model_type": "noop"},
+                             headers)
+    again = await client.post("/jobs/training", json={"model_type": "noop"}, headers=headers)
+    assert again.status_code == 200
+    assert again.json() | {"stream": None} == again.json() | {
+        "job_id": job_id, "duplicate": True, "status": "succeeded", "stream": None}
+
+
+async def test_an_inference_retry_outlives_its_models_record(
+        client: AsyncClient, redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """While its Idempotency-Key lives, a retried inference submit gets its first job, even
+    once the model's record has expired (it was 422 model_not_found)."""
+    model_id = await _finished(client, redis, redis_url, tmp_path, {"model_type": "noop"}, {})
+    body, headers = {"model_id": model_id, "inputs": [[1, 2]]}, {"Idempotency-Key": "infer-7"}
+    first = await client.post("/jobs/inference", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    await redis.delete(QueueKeys("diagnostic").job(model_id))  # as its retention ran out
+    again = await client.post("/jobs/inference", json=body, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["job_id"] == first.json()["job_id"] and again.json()["duplicate"]
+    other = await client.post("/jobs/inference", json={**body, "inputs": [[3, 4]]},
+                              headers=headers)
+    assert other.status_code == 409  # the key still guards against another request
