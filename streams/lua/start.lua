@@ -58,9 +58,8 @@ local function start_one(record, job_events, job_id, entry_id)
   if st[5] then  -- GPU admission's reason to wait (wait.lua) is over
     redis.call('HDEL', record, 'waiting')
   end
-  emit(job_events, type_events, job_id, 'started', 'running', '{"worker":"' .. consumer ..
-    '","attempt":' .. attempt .. ',"deliveries":' .. deliveries .. ',"resumed":' ..
-    tostring(deliveries > 1) .. '}', ts)
+  emit(job_events, type_events, job_id, 'started', 'running', cjson.encode({worker = consumer,
+    attempt = attempt, deliveries = deliveries, resumed = deliveries > 1}), ts)
   return {0, deliveries, attempt}
 end
 

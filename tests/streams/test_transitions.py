@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -272,3 +274,15 @@ async def test_entry_deleted_while_pending_is_skipped(
     assert await consumer(redis, "w2").reclaim(5, min_idle_ms=0) == []
     pending = await redis.xpending(STREAM, GROUP)
     assert pending["pending"] == 0
+
+
+async def test_started_event_is_valid_json_whatever_the_consumer_name(redis: Redis) -> None:
+    """The event is encoded by cjson, not pasted together: a quote or backslash in a worker's
+    name used to make it invalid JSON, which SSE and the hub then dropped."""
+    name = 'odd "host"\\1'
+    c = consumer(redis, name)
+    await c.ensure_groups()
+    job_id, _ = await started(Producer(redis, LIMITS), c)
+    events = await redis.xrange(KEYS.job_events(job_id))
+    data = json.loads(next(f["data"] for _, f in events if f["type"] == "started"))
+    assert data == {"worker": name, "attempt": 1, "deliveries": 1, "resumed": False}
