@@ -1,7 +1,7 @@
 """Optional API-key auth, the same for HTTP, SSE and WebSocket.
 
-With ``API_KEY`` set, every request except the health probe and the dashboard's static page
-must carry the key: ``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or ``?api_key=<key>``
+With ``API_KEY`` set, every request except the health probe, the dashboard's static page and
+the API docs (``/docs``, ``/openapi.json``) must carry the key: ``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or ``?api_key=<key>``
 (browsers cannot set headers on EventSource and WebSocket). A request without it gets 401 JSON;
 a WebSocket is closed with code 4401 before it is accepted.
 """
@@ -15,7 +15,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response
 
-OPEN_PATHS = ("/health", "/", "/dashboard", "/favicon.ico")
+# The API's description is not data: /docs must be able to load the spec without the key.
+OPEN_PATHS = ("/health", "/", "/dashboard", "/favicon.ico", "/docs", "/docs/oauth2-redirect",
+              "/openapi.json")
 OPEN_PREFIXES = ("/static/",)
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import re
+
+from pydantic import Field, SecretStr, field_validator
 
 from streams.settings import RedisSettings
 
 MIB = 1024 * 1024
+
+
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{8,}")
 
 
 class GatewaySettings(RedisSettings):
@@ -42,3 +47,12 @@ class GatewaySettings(RedisSettings):
     ws_refresh_s: float = Field(default=2.0, gt=0, description="period of the workers and "
                                 "queues messages on /ws")
     hub_block_ms: int = Field(default=5000, ge=10, description="XREAD BLOCK of the hub's reader")
+
+    @field_validator("api_key")
+    @classmethod
+    def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key a client can send in a header: printable ASCII, no spaces (HTTP headers are
+        bytes; a non-ASCII key could never match)."""
+        if value is not None and not _HEADER_SAFE.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 8 or more printable ASCII characters without spaces")
+        return value

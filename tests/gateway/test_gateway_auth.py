@@ -59,3 +59,18 @@ async def test_websocket_needs_the_key(redis_url: str) -> None:
                 await ws.recv()
         async with connect(f"{gw.ws_url}?api_key={KEY}") as ws:
             assert orjson.loads(await ws.recv())["type"] == "snapshot"
+
+
+async def test_the_api_docs_load_without_the_key(client: httpx.AsyncClient) -> None:
+    """/docs fetches /openapi.json without the key: both are open (they describe the API, they
+    hold no data); the API itself stays closed."""
+    assert (await client.get("/docs")).status_code == 200
+    spec = await client.get("/openapi.json")
+    assert spec.status_code == 200 and "/jobs/training" in spec.json()["paths"]
+    assert (await client.get("/jobs")).status_code == 401
+
+
+@pytest.mark.parametrize("key", ["ключ-длинный", "has a space", "short", "tab\tinside-it"])
+def test_a_key_no_header_can_carry_is_refused_at_start(key: str) -> None:
+    with pytest.raises(ValueError, match="printable ASCII"):
+        GatewaySettings(api_key=key)  # type: ignore[arg-type]
