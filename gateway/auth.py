@@ -1,9 +1,10 @@
 """Optional API-key auth, the same for HTTP, SSE and WebSocket.
 
 With ``API_KEY`` set, every request except the health probe, the dashboard's static page and
-the API docs (``/docs``, ``/openapi.json``) must carry the key: ``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or ``?api_key=<key>``
-(browsers cannot set headers on EventSource and WebSocket). A request without it gets 401 JSON;
-a WebSocket is closed with code 4401 before it is accepted.
+the API docs (``/docs``, ``/openapi.json``) must carry the key: ``Authorization: Bearer
+<key>``, ``X-API-Key: <key>``, or ``?api_key=<key>`` (browsers cannot set headers on
+EventSource and WebSocket). A request without it gets 401 JSON; a WebSocket is closed with code
+4401 before it is accepted.
 """
 
 from __future__ import annotations
