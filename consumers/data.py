@@ -7,6 +7,7 @@ file, line and column, so the user can fix the input without reading worker logs
 from __future__ import annotations
 
 import csv
+import errno
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ class Tabular:
         return int(self.X.shape[1])
 
 
+def _why(exc: BaseException) -> str:
+    """What went wrong with a path, without the server's paths in it."""
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "a symlink loop"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return "not a usable path"
+
+
 def resolve_data_path(data_root: Path, data_path: str) -> Path:
     """Resolve ``data_path`` (relative to ``data_root``, or absolute inside it) to a file.
 
@@ -61,9 +71,9 @@ def resolve_data_path(data_root: Path, data_path: str) -> Path:
     try:
         candidate = Path(data_path)
         resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte, a symlink loop
-        raise FailJob(f"invalid data_path {data_path!r}: {exc}",
-                         code="invalid_data_path") from exc
+    except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, a symlink loop ...
+        raise FailJob(f"invalid data_path {data_path!r}: {_why(exc)}",
+                      code="invalid_data_path") from exc
     if not resolved.is_relative_to(root):
         raise FailJob(
             f"data_path {data_path!r} resolves outside the data root; use a path relative to the "

@@ -54,6 +54,12 @@ class JobContext:
     def model_dir(self, model_id: str) -> Path:
         return self.artifact_root / model_id
 
+    @property
+    def artifact_name(self) -> str:
+        """Where the job's artifacts are, relative to ARTIFACT_ROOT: what a result may show
+        (no server path in an answer)."""
+        return self.message.job_id
+
 
 class Framework(Protocol):
     """One per framework stack (sklearn, pytorch, tensorflow, diagnostic)."""

@@ -212,7 +212,7 @@ class SklearnFramework:
             "model_id": ctx.message.job_id,
             "framework": FRAMEWORK,
             "framework_version": self.version(),
-            "artifact": str(ctx.artifact_dir),
+            "artifact": ctx.artifact_name,
             "ignored_hyperparameters": _ignored(ctx.message.model_type,
                                                 ctx.message.hyperparameters),
         }

@@ -83,7 +83,8 @@ def trained(root: Path) -> dict[str, dict[str, Any]]:
 # --- training and inference on real data ------------------------------------------------------
 
 @pytest.mark.parametrize("model_type", sorted(FAST))
-def test_train_digits_accuracy(trained: dict[str, dict[str, Any]], model_type: str) -> None:
+def test_train_digits_accuracy(trained: dict[str, dict[str, Any]], root: Path,
+                               model_type: str) -> None:
     result = trained[model_type]
     assert result["metrics"]["accuracy"] >= 0.9
     assert result["metrics"]["f1_macro"] >= 0.9
@@ -92,7 +93,8 @@ def test_train_digits_accuracy(trained: dict[str, dict[str, Any]], model_type: s
     assert result["n_train"] + result["n_test"] == 1797
     assert result["framework"] == "sklearn" and result["model_type"] == model_type
     assert {"epochs", "learning_rate", "batch_size"} <= set(result["ignored_hyperparameters"])
-    meta = json.loads((Path(result["artifact"]) / "metadata.json").read_text())
+    assert result["artifact"] == result["model_id"]  # relative to ARTIFACT_ROOT: no server path
+    meta = json.loads((root / "artifacts" / result["artifact"] / "metadata.json").read_text())
     assert meta["framework_version"] == SklearnFramework().version()
     assert meta["feature_names"][0] == "pixel_0_0" and meta["metrics"] == result["metrics"]
     assert meta["created_at"] > 0
@@ -263,3 +265,13 @@ def test_artifact_json_roundtrip(tmp_path: Path) -> None:
     artifacts.write_json_atomic(tmp_path / "x" / "m.json", {"a": [1, 2]})
     assert artifacts.read_json(tmp_path / "x" / "m.json") == {"a": [1, 2]}
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["m.json"]  # no temp files left
+
+
+def test_a_symlink_loop_fails_without_showing_server_paths(root: Path) -> None:
+    loop = root / "data" / "loop.csv"
+    loop.unlink(missing_ok=True)
+    loop.symlink_to(loop)
+    with pytest.raises(FailJob) as caught:
+        _train(root, "random_forest", "loop.csv")
+    assert caught.value.code == "invalid_data_path"
+    assert "symlink loop" in str(caught.value) and str(root) not in str(caught.value)

@@ -306,7 +306,7 @@ class PytorchFramework:
             **({"classes": prep.meta["classes"]} if "classes" in prep.meta else {}),
             "config": cfg, "device": s.device.type, "weights": weights,
             "model_type": msg.model_type, "model_id": msg.job_id, "framework": FRAMEWORK,
-            "framework_version": self.version(), "artifact": str(ctx.artifact_dir),
+            "framework_version": self.version(), "artifact": ctx.artifact_name,
             "ignored_hyperparameters": sorted(k for k in msg.hyperparameters if k not in used),
         }
 

@@ -80,7 +80,7 @@ class TensorflowFramework:
             "input_shape": list(run.images.shape), "model_input_size": list(run.target),
             "classes": run.images.classes, "parameters": run.tfm.count_params(run.model),
             "model_type": msg.model_type, "model_id": msg.job_id, "framework": FRAMEWORK,
-            "framework_version": self.version(), "artifact": str(ctx.artifact_dir),
+            "framework_version": self.version(), "artifact": ctx.artifact_name,
             "ignored_hyperparameters": _ignored(msg.model_type, msg.hyperparameters),
         }
 
