@@ -49,7 +49,7 @@ _DOMAIN_STATUS: dict[type[AiqError], int] = {
     IllegalTransition: 409,  # ModelNotReady is a subclass, code model_not_ready
     IdempotencyConflict: 409,
 }
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large", 422: "validation_error"}
 
 
@@ -120,6 +120,10 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    if exc.status_code == 400:  # FastAPI could not decode the body (e.g. not UTF-8): as for
+        message = "the body is not valid JSON (UTF-8)"  # malformed JSON, a 422 on "body"
+        return error_response(422, "validation_error", f"body: {message}", [
+            {"field": "body", "message": message, "type": "json_invalid"}])
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 

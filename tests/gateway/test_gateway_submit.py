@@ -200,3 +200,13 @@ async def test_an_inference_retry_outlives_its_models_record(
     other = await client.post("/jobs/inference", json={**body, "inputs": [[3, 4]]},
                               headers=headers)
     assert other.status_code == 409  # the key still guards against another request
+
+
+async def test_a_body_that_is_not_utf8_is_422_like_malformed_json(client: AsyncClient) -> None:
+    """It was a 400 bad_request, a code the API does not list."""
+    r = await client.post("/jobs/training", content=b'{"model_type": "\xff\xfe"}',
+                          headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    assert r.json()["error"]["details"][0] | {"message": ""} == {
+        "field": "body", "message": "", "type": "json_invalid"}
