@@ -50,7 +50,9 @@ def job_id_path(
 
 def worker_type_filter(
     worker_type: Annotated[str | None, Query(description="only jobs of this worker type",
-                                             examples=sorted(CATALOGUE))] = None,
+                                             examples=sorted(CATALOGUE),
+                                             json_schema_extra={"enum": sorted(CATALOGUE)})
+                           ] = None,
 ) -> str | None:
     if worker_type is not None and worker_type not in CATALOGUE:
         known = ", ".join(sorted(CATALOGUE))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import (
     AfterValidator,
@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.catalogue import DATA_FREE_MODELS, KNOWN_MODEL_TYPES
+from schemas.catalogue import CATALOGUE, DATA_FREE_MODELS, KNOWN_MODEL_TYPES
 
 JOB_ID_PATTERN = r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
@@ -77,12 +77,15 @@ def _check_model_type(value: str) -> str:
 class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_type: str = Field(min_length=1, max_length=64)
+    model_type: str = Field(min_length=1, max_length=64,
+                            json_schema_extra={"enum": cast(Any, sorted(KNOWN_MODEL_TYPES))})
     data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     description: Text = Field(default="", max_length=2000)
     requires_gpu: bool = False
-    framework_override: str | None = Field(default=None, max_length=64)
+    framework_override: str | None = Field(
+        default=None, max_length=64, description="a worker type to force",
+        json_schema_extra={"enum": cast(Any, [*sorted(CATALOGUE), None])})
     gpu_mem_mb: int | None = Field(default=None, gt=0, description="GPU memory estimate (MiB)")
 
     _model_type = field_validator("model_type")(_check_model_type)
@@ -98,7 +101,9 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_id: JobId = Field(description="id of the training job whose model to use")
-    inputs: list[list[Scalar]] | None = Field(default=None, max_length=MAX_INLINE_ROWS)
+    inputs: list[list[Scalar]] | None = Field(
+        default=None, min_length=1, max_length=MAX_INLINE_ROWS,
+        description="inline rows; give exactly one of inputs or data_path")
     data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
     parameters: dict[Text, Scalar] = Field(default_factory=dict)
     description: Text = Field(default="", max_length=2000)

@@ -210,3 +210,20 @@ async def test_a_body_that_is_not_utf8_is_422_like_malformed_json(client: AsyncC
     assert r.json()["error"]["code"] == "validation_error"
     assert r.json()["error"]["details"][0] | {"message": ""} == {
         "field": "body", "message": "", "type": "json_invalid"}
+
+
+async def test_the_spec_names_what_the_server_accepts(client: AsyncClient) -> None:
+    """Model types, worker types and non-empty inputs are in the OpenAPI spec, not only
+    enforced by the server."""
+    from schemas.catalogue import CATALOGUE, KNOWN_MODEL_TYPES
+
+    spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    training = schemas["TrainingRequest"]["properties"]
+    assert training["model_type"]["enum"] == sorted(KNOWN_MODEL_TYPES)
+    assert set(training["framework_override"]["enum"]) == {*CATALOGUE, None}
+    inputs = schemas["InferenceRequest"]["properties"]["inputs"]["anyOf"][0]
+    assert inputs["minItems"] == 1
+    jobs = spec["paths"]["/jobs"]["get"]["parameters"]
+    worker_type = next(p for p in jobs if p["name"] == "worker_type")
+    assert set(worker_type["schema"]["enum"]) >= set(CATALOGUE)
