@@ -1,18 +1,24 @@
 """When the read loop takes back expired entries of dead workers: a sweep every ``every_s``
 (the first at once), which goes on, batch after batch as slots free, until every pending list
-of the type was read to its end; new entries are read between sweeps."""
+of the type was read to its end; new entries are read between sweeps. A finished sweep also
+removes from the group the consumers of workers that are gone and hold nothing, so the group
+lists the workers that are alive."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from streams.consumer import QueueConsumer, ReclaimSweep
 from streams.delivery import Delivery
 
 
 class Reclaimer:
-    def __init__(self, queue: QueueConsumer, every_s: float, min_idle_ms: int) -> None:
-        self.queue, self.every_s, self.min_idle_ms = queue, every_s, min_idle_ms
+    def __init__(self, queue: QueueConsumer, every_s: float, min_idle_ms: int,
+                 block_ms: int = 5000, log: Any = None) -> None:
+        self.queue, self.every_s, self.min_idle_ms, self.log = queue, every_s, min_idle_ms, log
+        # Idle far longer than a live worker ever is: it reads at least every BLOCK_MS.
+        self.gone_after_ms = max(3 * min_idle_ms, 2 * block_ms)
         self._sweep: ReclaimSweep | None = None  # the sweep under way
         self._next_at = 0.0  # monotonic
 
@@ -34,4 +40,10 @@ class Reclaimer:
         batch = await self.queue.reclaim(count, self.min_idle_ms, self._sweep)
         if self._sweep.done:
             self._sweep = None
+            await self._forget_gone()
         return batch
+
+    async def _forget_gone(self) -> None:
+        gone = await self.queue.gone_consumers(self.gone_after_ms)
+        if gone and await self.queue.forget(gone) and self.log is not None:
+            self.log.info("removed the consumers of gone workers", consumers=gone)

@@ -87,12 +87,13 @@ class Worker:
         self._slot_freed = asyncio.Event()  # a slot, or room for more entries, came free
         self._batch: list[Delivery] = []  # read, not yet started
         self._idle_wait = False  # the read loop waits for entries or a slot (_waiting_idle)
-        self.reclaimer = Reclaimer(self.queue, settings.reclaim_every_s, settings.lease_ms)
         self._threads: JobThreads | None = None  # made in run(), on the serving loop
         self._tasks: set[asyncio.Task[None]] = set()  # last progress reports in flight
         self._idle = asyncio.Event()  # set when no job code runs
         self._started_at = int(time.time() * 1000)
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
+        self.reclaimer = Reclaimer(self.queue, settings.reclaim_every_s, settings.lease_ms,
+                                   settings.block_ms, self.log)
         self._publisher = ProgressPublisher(self.queue, self.runs, self.log)
         self.final_writes = FinalWrites(self.queue, self.runs, self.log, self._slot_freed.set)
         # GPU admission: on for any worker with GPU devices (real, or scripted by settings).

@@ -41,6 +41,7 @@ async def hand_back(queue: QueueConsumer, runs: dict[str, JobRun], log: Any) -> 
             log.info("handed back", jobs=[r.delivery.job_id for r in unfinished])
     with unless_unavailable(log, "hand back unseen"):
         await _hand_back_unseen(queue, runs)
+        await queue.forget([queue.name])  # nothing held now: the group lists live workers
 
 
 async def _hand_back_unseen(queue: QueueConsumer, runs: dict[str, JobRun]) -> None:

@@ -4,12 +4,14 @@ does in bulk take a list and run in one pipeline."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from schemas.records import REQUEUE_FIELDS, JobMessage
 from schemas.status import JobKind
@@ -330,6 +332,38 @@ class QueueConsumer:
                 pipe.hget(self.keys.job(job_id), "kind")
             raw = await pipe.execute()
         return [JobKind.INFERENCE if k == "inference" else JobKind.TRAINING for k in raw]
+
+    async def gone_consumers(self, idle_ms: int) -> list[str]:
+        """Consumers of the group that hold nothing, have not read for ``idle_ms`` and whose
+        worker has no live heartbeat: workers that stopped or died. A live worker reads at
+        least every BLOCK_MS, so its idle time stays small."""
+        names: set[str] = set()
+        for stream in self.keys.streams:
+            try:
+                infos = await self.redis.xinfo_consumers(stream, GROUP)
+            except ResponseError:  # no stream or group yet
+                continue
+            names |= {c["name"] for c in infos
+                      if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms}
+        names.discard(self.name)
+        candidates = sorted(names)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in candidates:
+                pipe.exists(self.keys.worker(name))
+            alive = await pipe.execute()
+        return [n for n, live in zip(candidates, alive, strict=True) if not live]
+
+    async def forget(self, names: list[str]) -> int:
+        """Remove these consumers from the group where they hold nothing; how many went."""
+        if not names:
+            return 0
+        removed = 0
+        for stream in self.keys.streams:
+            with contextlib.suppress(ResponseError):  # no stream or group yet
+                res = await scripts.FORGET_CONSUMER(self.redis, [stream],
+                                                    [*self._common, GROUP, *names])
+                removed += sum(int(r) for r in res)
+        return removed
 
     async def is_empty(self) -> bool:
         """No entry in the type's streams (waiting or pending: acked entries are deleted) and

@@ -9,7 +9,9 @@ Per stream (worker type and kind):
 * ``oldest_pending_age_ms``: ms from the oldest pending entry's id timestamp (when it was added
   to the stream; a retried job gets a fresh entry) to the Redis server's TIME. Not the XPENDING
   idle time, which lease renewal resets every few seconds. ``None`` when nothing is pending.
-* ``consumers``: consumers of the group (XINFO GROUPS), 0 before any worker created it.
+* ``consumers``: consumers of the group (XINFO GROUPS), 0 before any worker created it: the
+  live workers, since a stopping worker removes its own and a reclaim sweep removes those of
+  gone workers once they hold nothing (``forget_consumer.lua``).
 * ``dead_letters``: XLEN of the stream's dead-letter stream.
 * ``delayed``: jobs of the worker type waiting out a retry backoff (ZCARD of its delayed set).
   The set is shared by both kinds, so it is reported on the training row; inference rows say 0.

@@ -60,8 +60,9 @@ RENEW = Script.load("renew")
 DEAD_LETTER = Script.load("dead_letter")
 WAIT = Script.load("wait")
 GPU_PEAK = Script.load("gpu_peak")
+FORGET_CONSUMER = Script.load("forget_consumer")
 ALL = (SUBMIT, START, PROGRESS, COMPLETE, FAIL, RETRY, PROMOTE, HANDBACK, CANCEL,
-       CONFIRM_CANCEL, RENEW, DEAD_LETTER, WAIT, GPU_PEAK)
+       CONFIRM_CANCEL, RENEW, DEAD_LETTER, WAIT, GPU_PEAK, FORGET_CONSUMER)
 _BY_SHA = {s.sha: s for s in ALL}
 
 

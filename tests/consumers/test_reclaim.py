@@ -107,3 +107,32 @@ async def test_sigkill_strands_at_most_twice_the_slots(
         await eventually(all_done, timeout=120, interval=0.1, what="every job finished")
     assert await succeeded(redis) == n  # a job whose final write was lost ran again, once
     assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
+
+
+async def test_the_group_lists_the_workers_that_are_alive(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """Every worker start added a consumer that was never removed. Now a stop removes its own,
+    and a sweep removes those of gone workers once they hold nothing; a consumer whose worker
+    still has a heartbeat stays."""
+    held = QueueConsumer(redis, KEYS, "gone-4", StreamLimits())
+    await held.ensure_groups()
+    for name in ("gone-1", "gone-2", "alive-3"):
+        await redis.execute_command("XGROUP", "CREATECONSUMER", STREAM, GROUP, name)
+    await redis.hset(KEYS.worker("alive-3"), "worker_id", "alive-3")  # a live heartbeat
+    job_id = (await Producer(redis).submit_training(job("noop"))).job_id
+    [entry] = await held.read(redis, 1, 100)  # holds the job's entry: kept until it is back
+
+    async def consumers() -> set[str]:
+        return {c["name"] for c in await redis.xinfo_consumers(STREAM, GROUP)}
+
+    settings = settings_for(redis_url, tmp_path, lease_timeout_s=0.5, reclaim_interval_s=0.1)
+    async with running_worker(settings, name="w") as worker:
+        assert worker.reclaimer.gone_after_ms == 1500
+
+        async def only_live() -> bool:
+            return await consumers() == {"w", "alive-3"}
+
+        await eventually(only_live, timeout=30, what="the gone workers' consumers removed")
+        assert (await Producer(redis).wait(job_id, timeout=10)).status.value == "succeeded"
+    assert await consumers() == {"alive-3"}  # the stop removed its own
+    assert entry.job_id == job_id
