@@ -34,8 +34,10 @@ local function start_one(record, job_events, job_id, entry_id)
   end
   owned[entry_id] = nil
   local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id', 'started_at', 'waiting')
-  if not st[1] then
+  if not st[1] then  -- the record was deleted (or expired): what is left of the job goes too
     dead_letter(job_id, entry_id, deliveries, 'record_missing')
+    redis.call('EXPIRE', job_events, RETENTION)
+    redis.call('ZREM', index, job_id)
     return {-5, deliveries, 0}
   end
   local status, attempt = st[1], tonumber(st[2] or '1')

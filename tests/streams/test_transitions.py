@@ -286,3 +286,18 @@ async def test_started_event_is_valid_json_whatever_the_consumer_name(redis: Red
     events = await redis.xrange(KEYS.job_events(job_id))
     data = json.loads(next(f["data"] for _, f in events if f["type"] == "started"))
     assert data == {"worker": name, "attempt": 1, "deliveries": 1, "resumed": False}
+
+
+async def test_a_job_whose_record_is_gone_leaves_no_trace_but_its_dead_letter(
+        redis: Redis, setup: tuple[Producer, QueueConsumer]) -> None:
+    """start dead-letters an entry whose record was deleted; the job's events expire and it
+    leaves the jobs index (they stayed for ever, and listings tripped over the id)."""
+    producer, c = setup
+    job_id = await submit(producer)
+    await redis.delete(KEYS.job(job_id))
+    d = await read_one(c)
+    [outcome] = await c.start([d])
+    assert not outcome.started and outcome.code == -5
+    assert await redis.xlen(KEYS.dead(JobKind.TRAINING)) == 1
+    assert 0 < await redis.ttl(KEYS.job_events(job_id)) <= LIMITS.retention_s
+    assert await redis.zscore(KEYS.jobs, job_id) is None
