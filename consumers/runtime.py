@@ -229,10 +229,9 @@ class Worker:
 
     async def _dead_letter_malformed(self, batch: list[Delivery]) -> list[Delivery]:
         for d in batch:
-            if d.message is None:
+            if d.message is None and await self.queue.dead_letter(d, d.parse_error):
                 self.log.warning("malformed entry dead-lettered", entry_id=d.entry_id,
                                  stream=d.stream, reason=d.parse_error)
-                await self.queue.dead_letter(d, d.parse_error)
         return [d for d in batch if d.message is not None]
 
     # ---- 2. admit (GPU workers: consumers/admission.py) and 3. start -----------------------

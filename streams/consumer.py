@@ -205,14 +205,19 @@ class QueueConsumer:
         return (self._start_outcomes(batch, streams, results[:len(calls)]),
                 self._parse_read(more))
 
-    async def dead_letter(self, d: Delivery, reason: str) -> None:
+    async def dead_letter(self, d: Delivery, reason: str) -> bool:
+        """Move a malformed entry to the dead-letter stream with its raw fields. False when
+        the entry is not this consumer's (another worker took it meanwhile): nothing done."""
         raw = _json(d.fields)
         code, detail = await scripts.DEAD_LETTER(
             self.redis, [d.stream, self.keys.dead(d.kind), self.keys.stats],
             [*self._common, d.entry_id, GROUP, self.name, reason[:2000], raw,
              self.limits.dead_maxlen],
         )
+        if code == NOT_OWNER:
+            return False
         raise_for(code, str(detail), f"dead-letter {d.entry_id}")
+        return True
 
     def _single_call(self, e: ConfirmCancel | Retry | Handback
                      ) -> tuple[scripts.Script, list[str], list[Arg]]:

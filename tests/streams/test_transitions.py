@@ -247,7 +247,10 @@ async def test_malformed_entry_dead_lettered(redis: Redis,
     await redis.xadd(STREAM, {"hello": "world"})
     d = await read_one(c)
     assert d.message is None and "job_id" in d.parse_error
-    await c.dead_letter(d, d.parse_error)
+    other = consumer(redis, "w2")
+    assert await other.dead_letter(d, d.parse_error) is False  # not its entry: nothing done
+    assert await redis.xlen(KEYS.dead(JobKind.TRAINING)) == 0
+    assert await c.dead_letter(d, d.parse_error) is True
     [(_, dead)] = await redis.xrange(KEYS.dead(JobKind.TRAINING))
     assert orjson.loads(dead["raw"]) == {"hello": "world"}
     assert await redis.xlen(STREAM) == 0
