@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from consumers.frameworks.base import CancelRequested, StopRequested
 from streams.consumer import QueueConsumer
 from streams.delivery import Delivery
-from streams.errors import UNAVAILABLE, NotOwner
+from streams.errors import UNAVAILABLE, JobNotFound, NotOwner
 
 Publish = Callable[[Delivery, dict[str, Any]], Awaitable[bool]]
 
@@ -119,7 +119,7 @@ class ProgressPublisher:
     async def __call__(self, d: Delivery, data: dict[str, Any]) -> bool:
         try:
             return await self.queue.progress(d, data)
-        except NotOwner:
+        except (NotOwner, JobNotFound):  # another worker has it, or the job is gone
             run = self.runs.get(d.entry_id)
             if run is not None:
                 run.lost = True

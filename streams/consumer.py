@@ -26,7 +26,7 @@ from streams.endings import (
     RenewCode,
     Retry,
 )
-from streams.errors import NOT_OWNER, AiqError, NotOwner, error_for, raise_for
+from streams.errors import NOT_OWNER, AiqError, error_for, raise_for
 from streams.groups import ensure_groups
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -257,10 +257,11 @@ class QueueConsumer:
             args += [d.job_id, d.entry_id, e.payload]
         return script, keys, args
 
-    async def write_endings(self, endings: list[Ending]) -> list[NotOwner | None]:
+    async def write_endings(self, endings: list[Ending]) -> list[AiqError | None]:
         """Write how jobs ended, all in one round trip: completions and failures batched per
         stream into one script call each, the rest one call each. Per ending: None when
-        written, NotOwner when fenced; connection errors raise."""
+        written, NotOwner when fenced, JobNotFound when the job's record is gone (its entry
+        is removed); connection errors raise."""
         batches: dict[tuple[type, str], list[int]] = {}
         for n, e in enumerate(endings):
             if isinstance(e, Complete | Fail):
@@ -278,8 +279,8 @@ class QueueConsumer:
         for n, res in zip(singles, results[len(batches):], strict=True):
             _raise_exc(res)
             codes[n] = int(res[0])
-        return [NotOwner(f"{endings[n].delivery.job_id}: not the owner of its entry")
-                if codes[n] == NOT_OWNER else None for n in range(len(endings))]
+        return [error_for(codes[n], "", f"{endings[n].delivery.job_id}: final write")
+                for n in range(len(endings))]
 
     async def wait(self, items: list[tuple[Delivery, str]]) -> list[bool | AiqError]:
         """Entries held unstarted by GPU admission, each with its reason (JSON), in one round

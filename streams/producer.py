@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from schemas.catalogue import CATALOGUE, route
@@ -200,7 +201,10 @@ class Producer:
         if not raw:
             self._types.pop(job_id, None)
             raise JobNotFound(f"no job {job_id}")
-        return JobRecord.from_hash(raw)
+        try:
+            return JobRecord.from_hash(raw)
+        except ValidationError:  # a partial record (written by hand, or half expired)
+            raise JobNotFound(f"no job {job_id} (its record is incomplete)") from None
 
     async def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job: CANCELLED when it ended at once, RUNNING when its worker will stop it."""
@@ -239,7 +243,10 @@ class Producer:
                 raws = await pipe.execute()
             for raw in raws:
                 if raw and (status is None or raw.get("status") == status.value):
-                    out.append(JobRecord.from_hash(raw))
+                    try:
+                        out.append(JobRecord.from_hash(raw))
+                    except ValidationError:  # one unreadable record must not fail the list
+                        continue
                     if len(out) >= limit:
                         return out
         return out

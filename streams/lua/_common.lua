@@ -103,6 +103,12 @@ local function requeue_from_record(stream, record, job_events, type_events, job_
   return entry_id
 end
 
+-- The job's record is gone (deleted by hand, or expired): a script must not write a partial
+-- one. The entry leaves the stream; the caller answers -5.
+local function record_gone(record)
+  return redis.call('EXISTS', record) == 0
+end
+
 local function fenced(stats)
   redis.call('HINCRBY', stats, 'fenced', 1)
   return {-1, 'not the owner of this entry'}
@@ -113,6 +119,7 @@ end
 -- KEYS[3+2i] record of job i  KEYS[4+2i] its events
 -- ARGV[4] group  ARGV[5] consumer  ARGV[3+3i] job_id  ARGV[4+3i] entry id  ARGV[5+3i] payload
 -- Returns per job: 0 accepted | -1 fenced (not this consumer's entry: rejected, counted)
+--   | -5 the job's record is gone: its entry is acked and deleted, nothing written
 local function finish_batch(status, field)
   local stream, type_events, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local group, consumer = ARGV[4], ARGV[5]
@@ -123,7 +130,11 @@ local function finish_batch(status, field)
   local out, ids = {}, {}
   for i = 1, n do
     local job_id, entry_id, payload = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-    if owned[entry_id] then
+    if owned[entry_id] and record_gone(KEYS[3 + 2 * i]) then
+      owned[entry_id] = nil
+      ack_delete(stream, group, entry_id)
+      out[i] = -5
+    elseif owned[entry_id] then
       owned[entry_id] = nil  -- the same entry twice in one batch: only the first counts
       ids[#ids + 1] = entry_id
       write_final(KEYS[3 + 2 * i], KEYS[4 + 2 * i], type_events, job_id, status,
@@ -138,7 +149,8 @@ local function finish_batch(status, field)
     redis.call('XDEL', stream, unpack(ids))
     count_final(stats, index, status, #ids, ts)
   end
-  local fenced_n = #out - #ids
+  local fenced_n = 0
+  for _, code in ipairs(out) do if code == -1 then fenced_n = fenced_n + 1 end end
   if fenced_n > 0 then redis.call('HINCRBY', stats, 'fenced', fenced_n) end
   return out
 end

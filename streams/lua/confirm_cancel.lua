@@ -2,13 +2,18 @@
 -- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] stats
 -- KEYS[6] jobs index
 -- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer
--- Returns {0, 'ok'} | {-1, msg} fenced
+-- Returns {-5, msg} when the job's record is gone (entry acked and deleted, nothing written)
+--   | {0, 'ok'} | {-1, msg} fenced
 -- Event: cancelled
 local stream, record, job_events, type_events, stats, index =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local job_id, entry_id, group, consumer = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 
 if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+if record_gone(record) then
+  ack_delete(stream, group, entry_id)
+  return {-5, 'the job record is gone'}
+end
 local ts = now_ms()
 ack_delete(stream, group, entry_id)
 write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},

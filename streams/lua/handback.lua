@@ -3,7 +3,8 @@
 -- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] stats
 -- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer  ARGV[8] reason
 -- ARGV[9..] entry field names
--- Returns {0, new entry_id} | {-1, msg} fenced
+-- Returns {-5, msg} when the job's record is gone (entry acked and deleted, nothing written)
+--   | {0, new entry_id} | {-1, msg} fenced
 -- Event: requeued {reason}
 local stream, record, job_events, type_events, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local job_id, entry_id, group, consumer, reason = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -11,6 +12,10 @@ local field_names = {}
 for i = 9, #ARGV do field_names[#field_names + 1] = ARGV[i] end
 
 if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+if record_gone(record) then
+  ack_delete(stream, group, entry_id)
+  return {-5, 'the job record is gone'}
+end
 ack_delete(stream, group, entry_id)
 local new_id = requeue_from_record(stream, record, job_events, type_events, job_id, field_names,
   reason, now_ms())

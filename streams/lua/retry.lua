@@ -5,7 +5,8 @@
 -- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer  ARGV[8] error JSON
 -- ARGV[9] delay ms  ARGV[10] overrides JSON for the next attempt ('' or absent: unchanged),
 -- e.g. a halved batch_size after CUDA OOM; promote copies it into the fresh entry
--- Returns {0, next attempt} | {-1, msg} fenced
+-- Returns {-5, msg} when the job's record is gone (entry acked and deleted, nothing written)
+--   | {0, next attempt} | {-1, msg} fenced
 -- Event: retrying {attempt, delay_ms, error[, overrides]}
 local stream, record, job_events, type_events, delayed, stats =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -13,6 +14,10 @@ local job_id, entry_id, group, consumer, err = ARGV[4], ARGV[5], ARGV[6], ARGV[7
 local delay_ms, overrides = tonumber(ARGV[9]), ARGV[10] or ''
 
 if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+if record_gone(record) then
+  ack_delete(stream, group, entry_id)
+  return {-5, 'the job record is gone'}
+end
 local ts = now_ms()
 ack_delete(stream, group, entry_id)
 local attempt = redis.call('HINCRBY', record, 'attempt', 1)

@@ -11,8 +11,8 @@ from schemas.requests import TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams.consumer import QueueConsumer
 from streams.delivery import Delivery
-from streams.endings import Complete, Fail
-from streams.errors import NotOwner
+from streams.endings import Complete, ConfirmCancel, Fail, Handback, Retry
+from streams.errors import JobNotFound, NotOwner
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
 from streams.producer import Producer
@@ -165,3 +165,46 @@ async def test_finish_mixed_batch(redis: Redis, producer: Producer, action: str)
     assert stats["fenced"] == "3"
     terminal = [f for _, f in await redis.xrange(KEYS.events) if f["type"] == status.value]
     assert len(terminal) == 3 + (action == "complete")
+
+
+async def test_no_transition_writes_a_record_that_is_gone(redis: Redis,
+                                                         producer: Producer) -> None:
+    """A job's record deleted while it runs: complete and fail (in a batch with owned and fenced
+    entries), retry, handback, confirm_cancel and progress write no partial record (they used
+    to, which then broke every listing); the gone job's entry leaves the stream."""
+    a, b = await consumers(redis, "a", "b")
+    job_ids = await submit(producer, 7)
+    mine, theirs = await read(a, 6), await read(b, 1)
+    await a.start(mine)
+    await b.start(theirs)
+    gone = [mine[1], mine[3], mine[4], mine[5]]
+    for d in gone:
+        await redis.delete(KEYS.job(d.job_id))
+
+    results = await a.write_endings([
+        Complete.of(mine[0], {"ok": 1}), Complete.of(mine[1], {"ok": 2}),
+        Complete.of(theirs[0], {"ok": 3}), Fail.of(mine[2], {"code": "x", "message": "y"}),
+        Retry.of(mine[3], {"code": "z", "message": "z"}, 0), Handback(mine[4], "stop"),
+        ConfirmCancel(mine[5])])
+    assert [type(r).__name__ if r else None for r in results] == [
+        None, "JobNotFound", "NotOwner", None, "JobNotFound", "JobNotFound", "JobNotFound"]
+    for d in gone:
+        assert not await redis.exists(KEYS.job(d.job_id)), d  # no partial record
+    left = {e for e, _ in await redis.xrange(STREAM)}
+    assert left == {theirs[0].entry_id}  # the gone jobs' entries left the stream, too
+    assert (await producer.get(job_ids[0])).status is JobStatus.SUCCEEDED
+    assert (await producer.get(job_ids[2])).status is JobStatus.FAILED
+
+    await redis.delete(KEYS.job(theirs[0].job_id))
+    with pytest.raises(JobNotFound):
+        await b.progress(theirs[0], {"stage": "x"})
+    assert not await redis.exists(KEYS.job(theirs[0].job_id))
+
+
+async def test_listing_skips_an_unreadable_record(redis: Redis, producer: Producer) -> None:
+    job_ids = await submit(producer, 3)
+    await redis.hdel(KEYS.job(job_ids[1]), "kind", "status")  # a partial record
+    listed = [r.job_id for r in await producer.list()]
+    assert sorted(listed) == sorted([job_ids[0], job_ids[2]])
+    with pytest.raises(JobNotFound, match="incomplete"):
+        await producer.get(job_ids[1])
