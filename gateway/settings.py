@@ -29,6 +29,9 @@ class GatewaySettings(RedisSettings):
     max_body_bytes: int = Field(default=MIB, ge=1024, description="larger request bodies get "
                                 "413 before they are parsed")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
+    allowed_origins: str = Field(default="", description="ALLOWED_ORIGINS: comma-separated "
+                                 "origins (scheme://host[:port], or *) whose pages may open the "
+                                 "dashboard WebSocket besides the gateway's own")
     log_level: str = "info"
     log_json: bool = Field(default=False, description="the gateway's own lines as JSON (uvicorn's "
                            "access log stays plain)")
@@ -56,3 +59,8 @@ class GatewaySettings(RedisSettings):
         if value is not None and not _HEADER_SAFE.fullmatch(value.get_secret_value()):
             raise ValueError("must be 8 or more printable ASCII characters without spaces")
         return value
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",")
+                         if o.strip())

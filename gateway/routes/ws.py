@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -167,10 +168,25 @@ class _Dashboard:
                                "job_id": msg.job_id}))
 
 
+def origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
+    """A browser names the page that opens a WebSocket in ``Origin``; any page could otherwise
+    read the dashboard feed (with the key in its URL, or none). Allowed: no Origin (not a
+    browser), the gateway's own origin (same host and port as the request), or one listed in
+    ALLOWED_ORIGINS (``*``: any)."""
+    origin = websocket.headers.get("origin")
+    if origin is None or "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    host = websocket.headers.get("host", "")
+    return urlsplit(origin).netloc.lower() == host.lower() != ""
+
+
 @router.websocket("/ws")
 async def dashboard(websocket: WebSocket, hub: HubDep, producer: ProducerDep,
                     settings: SettingsDep) -> None:
     """Dashboard feed: a snapshot, then live job events and periodic workers/queues."""
+    if not origin_allowed(websocket, settings.origins):
+        await websocket.close(code=4403, reason="origin not allowed")  # before accept: 403
+        return
     await websocket.accept()
     sub = hub.subscribe_dashboard()  # before the snapshot: nothing falls between the two
     try:

@@ -16,7 +16,7 @@ import pytest_asyncio
 from httpx import AsyncClient
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aiq.redis_server import RedisServer
 from gateway.hub import Subscription
@@ -252,3 +252,25 @@ async def test_redis_down_at_connect_closes_with_1013(gateway: LiveGateway,
 
 async def _connected(gw: LiveGateway) -> bool:
     return gw.hub.connected
+
+
+# --- origins ----------------------------------------------------------------------------------
+
+async def test_only_allowed_origins_may_open_the_dashboard_feed(redis_url: str) -> None:
+    """Any web page the operator opened could read the whole feed: a browser's WebSocket now
+    opens only from the gateway's own origin or one of ALLOWED_ORIGINS; clients that send no
+    Origin (scripts, the CLI) are not browsers and may connect."""
+    async with live_gateway(redis_url, allowed_origins="https://dash.example.com/") as gw:
+        own = gw.url  # http://127.0.0.1:<port>
+        for origin in (None, own, "https://dash.example.com"):
+            async with connect(gw.ws_url, origin=origin) as ws:  # type: ignore[arg-type]
+                assert (await receive(ws))["type"] == "snapshot", origin
+        for origin in ("https://evil.example", own.replace("127.0.0.1", "localhost"),
+                       "http://127.0.0.1:1"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(gw.ws_url, origin=origin):  # type: ignore[arg-type]
+                    pass
+            assert refused.value.response.status_code == 403, origin
+    async with live_gateway(redis_url, allowed_origins="*") as gw, \
+            connect(gw.ws_url, origin="https://anywhere.example") as ws:  # type: ignore[arg-type]
+        assert (await receive(ws))["type"] == "snapshot"
