@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.auth import ApiKeyAuth
+from gateway.auth import ApiKeyAuth, redact_access_log
 from gateway.errors import install_error_handlers
 from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit
@@ -73,6 +73,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
+        redact_access_log()
     app.include_router(api_router)
     app.include_router(events.router)
     app.include_router(ws.router)

@@ -10,6 +10,8 @@ EventSource and WebSocket). A request without it gets 401 JSON; a WebSocket is c
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +34,34 @@ def _presented(scope: Scope) -> str | None:
     query: bytes = scope.get("query_string", b"")
     values = parse_qs(query.decode("latin-1")).get("api_key")
     return values[0] if values else None
+
+
+_KEY_IN_QUERY = re.compile(r"(?i)([?&]api_key=)[^&\s\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every ``api_key=`` query parameter replaced by ``***``."""
+    return _KEY_IN_QUERY.sub(r"\1***", text)
+
+
+class RedactKey(logging.Filter):
+    """Keeps the API key out of log lines: uvicorn's access log writes every request's path
+    with its query string, where browsers must send the key (EventSource, WebSocket)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install ``RedactKey`` on uvicorn's access and error loggers (once)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKey) for f in logger.filters):
+            logger.addFilter(RedactKey())
 
 
 class ApiKeyAuth:

@@ -74,3 +74,19 @@ async def test_the_api_docs_load_without_the_key(client: httpx.AsyncClient) -> N
 def test_a_key_no_header_can_carry_is_refused_at_start(key: str) -> None:
     with pytest.raises(ValueError, match="printable ASCII"):
         GatewaySettings(api_key=key)  # type: ignore[arg-type]
+
+
+def test_the_key_never_reaches_the_access_log(redis_url: str) -> None:
+    """Browsers send the key in the query string (EventSource, WebSocket), and uvicorn's access
+    log writes every path with its query: with API_KEY set, the value is replaced by ***."""
+    import logging
+
+    create_app(GatewaySettings(redis_url=redis_url, api_key=KEY))  # type: ignore[arg-type]
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:5", "GET",
+                               f"/jobs/x/events?last_event_id=1-0&api_key={KEY}", "1.1", 200),
+                               None)
+    for f in logging.getLogger("uvicorn.access").filters:
+        f.filter(record)
+    line = record.getMessage()
+    assert KEY not in line and "api_key=***" in line and "last_event_id=1-0" in line
