@@ -25,6 +25,7 @@ from streams.errors import (
     IdempotencyConflict,
     IllegalTransition,
     JobNotFound,
+    QueueFull,
 )
 
 log = structlog.get_logger("aiq.gateway")
@@ -41,6 +42,7 @@ ERROR_CODES: dict[str, int] = {
     "model_not_ready": 409,
     "idempotency_conflict": 409,
     "payload_too_large": 413,
+    "queue_full": 429,
     "redis_unavailable": 503,
     "internal_error": 500,
 }
@@ -48,6 +50,7 @@ _DOMAIN_STATUS: dict[type[AiqError], int] = {
     JobNotFound: 404,
     IllegalTransition: 409,  # ModelNotReady is a subclass, code model_not_ready
     IdempotencyConflict: 409,
+    QueueFull: 429,
 }
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large", 422: "validation_error"}
@@ -113,7 +116,10 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     status = next((s for cls, s in _DOMAIN_STATUS.items() if isinstance(exc, cls)), None)
     if status is None:  # worker-side errors (fencing, stale entries) never belong in a response
         return await _internal(request, exc)
-    return error_response(status, exc.code, str(exc))
+    headers = None
+    if status == 429:  # the queue drains as workers finish jobs
+        headers = {"Retry-After": str(request.app.state.settings.retry_after_s)}
+    return error_response(status, exc.code, str(exc), headers=headers)
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:

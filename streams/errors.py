@@ -60,6 +60,12 @@ class ModelNotReady(IllegalTransition):
     code = "model_not_ready"
 
 
+class QueueFull(AiqError):
+    """The worker type's stream holds MAX_QUEUED jobs not finished: submit again later."""
+
+    code = "queue_full"
+
+
 class JobCancelled(AiqError):
     code = "job_cancelled"
 
@@ -78,6 +84,7 @@ DEAD = -3
 ILLEGAL = -4
 NOT_FOUND = -5
 IDEMPOTENCY_CONFLICT = -6
+QUEUE_FULL = -7
 
 _ERRORS: dict[int, type[AiqError]] = {
     NOT_OWNER: NotOwner,
@@ -86,6 +93,7 @@ _ERRORS: dict[int, type[AiqError]] = {
     ILLEGAL: IllegalTransition,
     NOT_FOUND: JobNotFound,
     IDEMPOTENCY_CONFLICT: IdempotencyConflict,
+    QUEUE_FULL: QueueFull,
 }
 
 

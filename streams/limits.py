@@ -14,6 +14,7 @@ class StreamLimits:
     dead_maxlen: int = 10_000  # dead letters kept per stream (MAXLEN ~)
     retention_s: int = 7 * 24 * 3600  # finished job records and their events expire after this
     idempotency_ttl_s: int = 24 * 3600
+    max_queued: int = 100_000  # jobs not finished per stream (waiting + running): past it, 429
 
     def common_args(self) -> list[Arg]:
         """ARGV[1..3] of every script (see streams/lua/_common.lua)."""

@@ -20,11 +20,13 @@ from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
 from streams.errors import (
+    QUEUE_FULL,
     IdempotencyConflict,
     JobCancelled,
     JobFailed,
     JobNotFound,
     ModelNotReady,
+    QueueFull,
     raise_for,
 )
 from streams.groups import ensure_groups
@@ -131,9 +133,12 @@ class Producer:
             self.redis,
             [stream, keys.job(job_id), keys.job_events(job_id), keys.events, keys.jobs,
              idem_key, keys.stats],
-            [*self.limits.common_args(), job_id, ttl, digest, GROUP, len(ENTRY_FIELDS),
-             *pairs, *extra],
+            [*self.limits.common_args(), job_id, ttl, digest, GROUP, self.limits.max_queued,
+             len(ENTRY_FIELDS), *pairs, *extra],
         )
+        if code == QUEUE_FULL:
+            raise QueueFull(f"{worker_type} holds {got_id} {kind.value} jobs not finished, "
+                            f"its limit (MAX_QUEUED); submit again later")
         raise_for(code, "", f"Idempotency-Key {idempotency_key!r} was used for another request")
         self._remember(got_id, worker_type)
         if code == 0:

@@ -26,6 +26,9 @@ class RedisSettings(BaseSettings):
     job_events_maxlen: int = Field(default=1000, ge=10)
     type_events_maxlen: int = Field(default=10_000, ge=100)
     dead_letter_maxlen: int = Field(default=10_000, ge=10)
+    max_queued: int = Field(default=100_000, ge=1, description="jobs not finished (waiting or "
+                            "running) per worker type and kind; a submit past it is 429 "
+                            "queue_full")
 
     @property
     def url(self) -> str:
@@ -39,4 +42,5 @@ class RedisSettings(BaseSettings):
             dead_maxlen=self.dead_letter_maxlen,
             retention_s=self.job_retention_s,
             idempotency_ttl_s=self.idempotency_ttl_s,
+            max_queued=self.max_queued,
         )

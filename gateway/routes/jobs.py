@@ -32,7 +32,7 @@ def _accepted(response: Response, submitted: JobSubmitted) -> JobSubmitted:
 
 @router.post("/training", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "routing_error", "idempotency_conflict",
-                                     "payload_too_large", "redis_unavailable")})
+                                     "payload_too_large", "queue_full", "redis_unavailable")})
 async def submit_training(
     body: TrainingRequest, producer: ProducerDep, response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -44,7 +44,7 @@ async def submit_training(
 @router.post("/inference", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
                                      "idempotency_conflict", "payload_too_large",
-                                     "redis_unavailable")})
+                                     "queue_full", "redis_unavailable")})
 async def submit_inference(
     body: InferenceRequest, producer: ProducerDep, response: Response,
     idempotency_key: IdempotencyKeyHeader = None,

@@ -2,15 +2,18 @@
 -- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] jobs index
 -- KEYS[6] idempotency key  KEYS[7] stats
 -- ARGV[4] job_id  ARGV[5] idempotency ttl s (0: no key)  ARGV[6] request fingerprint
--- ARGV[7] group  ARGV[8] n (entry field pairs)  ARGV[9 .. 8+2n] entry pairs  rest: record-only pairs
+-- ARGV[7] group  ARGV[8] max queued (the stream's length past which a submit is refused)
+-- ARGV[9] n (entry field pairs)  ARGV[10 .. 9+2n] entry pairs  rest: record-only pairs
 -- Returns {0, job_id, entry_id, queued event id} created | {1, job_id, ''} duplicate of an earlier submit (same
 --         Idempotency-Key, or a retry of this call)
 --         {-6, job_id, ''} idempotency key reused with a different request
+--         {-7, length, ''} the stream holds max queued jobs already (acked entries are deleted,
+--         so its length is the jobs not finished): nothing written
 -- Event: queued {position, worker_type}
 local stream, record_key, job_events, type_events, index, idem_key, stats =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local job_id, idem_ttl, fingerprint, group = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local n = tonumber(ARGV[8])
+local max_queued, n = tonumber(ARGV[8]), tonumber(ARGV[9])
 local idem = idem_ttl ~= '0'
 
 -- The job id is made by the client, so a client-side retry of this very call is a no-op.
@@ -22,9 +25,11 @@ if idem then
     return {1, prev[1], ''}
   end
 end
+local length = redis.call('XLEN', stream)
+if length >= max_queued then return {-7, length, ''} end
 local entry, extra = {}, {}
-for i = 9, 8 + 2 * n do entry[#entry + 1] = ARGV[i] end
-for i = 9 + 2 * n, #ARGV do extra[#extra + 1] = ARGV[i] end
+for i = 10, 9 + 2 * n do entry[#entry + 1] = ARGV[i] end
+for i = 10 + 2 * n, #ARGV do extra[#extra + 1] = ARGV[i] end
 local entry_id = redis.call('XADD', stream, '*', unpack(entry))
 local ts = now_ms()
 local record = entry

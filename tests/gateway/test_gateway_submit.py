@@ -14,7 +14,7 @@ from schemas.status import JobKind
 from streams.keys import QueueKeys
 from streams.producer import Producer
 from tests.gateway.payloads import SEED_BODY
-from tests.support import running_worker, settings_for
+from tests.support import eventually, running_worker, settings_for
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -227,3 +227,25 @@ async def test_the_spec_names_what_the_server_accepts(client: AsyncClient) -> No
     jobs = spec["paths"]["/jobs"]["get"]["parameters"]
     worker_type = next(p for p in jobs if p["name"] == "worker_type")
     assert set(worker_type["schema"]["enum"]) >= set(CATALOGUE)
+
+
+async def test_a_full_queue_is_429_and_takes_jobs_again_as_it_drains(
+        make_client: Any, redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """MAX_QUEUED bounds the jobs not finished per worker type and kind, so no client can fill
+    Redis until it refuses writes: past it, 429 queue_full with Retry-After, nothing written."""
+    async with make_client(max_queued=3) as client:
+        for _ in range(3):
+            assert (await client.post("/jobs/training", json={"model_type": "noop"})
+                    ).status_code == 202
+        keys = await redis.dbsize()
+        full = await client.post("/jobs/training", json={"model_type": "noop"})
+        assert full.status_code == 429 and full.headers["retry-after"] == "1"
+        assert full.json()["error"]["code"] == "queue_full"
+        assert await redis.dbsize() == keys  # nothing written
+        async with running_worker(settings_for(redis_url, tmp_path)):
+            async def drained() -> bool:
+                return await redis.hget(QueueKeys("diagnostic").stats, "succeeded") == "3"
+
+            await eventually(drained, what="the three jobs done")
+        assert (await client.post("/jobs/training", json={"model_type": "noop"})
+                ).status_code == 202
