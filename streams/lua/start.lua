@@ -8,7 +8,8 @@
 --   {0, deliveries, attempt} started
 --   {-1, msg, 0} not the owner (reclaimed by another worker)
 --   {-2, status, 0} job already final or entry stale: entry acked and deleted
---   {-3, deliveries, 0} delivery limit exceeded: dead-lettered, job failed
+--   {-3, deliveries, 0} delivery limit exceeded, or a malformed record: dead-lettered, job
+--                          failed
 --   {-5, deliveries, 0} no record for the job: dead-lettered
 -- Events: started {worker, attempt, deliveries, resumed} | failed {error}
 local stream, type_events, dead, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -41,6 +42,15 @@ local function start_one(record, job_events, job_id, entry_id)
     return {-5, deliveries, 0}
   end
   local status, attempt = st[1], tonumber(st[2] or '1')
+  if not attempt then  -- a record edited by hand: this entry goes, the rest of the batch flows
+    dead_letter(job_id, entry_id, deliveries, 'record_malformed')
+    local err = cjson.encode({code = 'record_malformed', retryable = false,
+      message = "the job's record is malformed (its attempt is not a number)"})
+    write_final(record, job_events, type_events, job_id, 'failed', {'error', err, 'attempt', 1},
+      '{"error":' .. err .. '}', ts)  -- attempt 1: the record is readable again
+    count_final(stats, index, 'failed', 1, ts)
+    return {-3, deliveries, 0}
+  end
   if is_final(status) or st[3] ~= entry_id then
     ack_delete(stream, group, entry_id)
     return {-2, status or '', 0}

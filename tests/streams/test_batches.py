@@ -208,3 +208,20 @@ async def test_listing_skips_an_unreadable_record(redis: Redis, producer: Produc
     assert sorted(listed) == sorted([job_ids[0], job_ids[2]])
     with pytest.raises(JobNotFound, match="incomplete"):
         await producer.get(job_ids[1])
+
+
+async def test_one_malformed_record_is_dead_lettered_and_the_batch_flows(
+        redis: Redis, producer: Producer) -> None:
+    """A hand-edited record with a non-numeric attempt made start throw for the whole batch,
+    which was retried and dropped until a lease passed."""
+    (a,) = await consumers(redis, "a")
+    job_ids = await submit(producer, 3)
+    await redis.hset(KEYS.job(job_ids[1]), "attempt", "two")
+    batch = await read(a, 3)
+    outcomes = await a.start(batch)
+    assert [o.started for o in outcomes] == [True, False, True]
+    assert outcomes[1].code == -3
+    [(_, dead)] = await redis.xrange(KEYS.dead(JobKind.TRAINING))
+    assert dead["reason"] == "record_malformed" and dead["job_id"] == job_ids[1]
+    rec = await producer.get(job_ids[1])
+    assert rec.status is JobStatus.FAILED and rec.error and rec.error.code == "record_malformed"
