@@ -34,6 +34,7 @@ from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
 
 _TYPE_CACHE = 10_000
+LIST_SCAN = 2_000  # newest jobs a listing reads at most (GET /jobs)
 # Blocking reads wait in slices of at most this, and at most half the client's socket timeout
 # (redis-py's default: 5 s), which would otherwise cut a long wait short. A slice that ends
 # empty costs one record lookup.
@@ -228,17 +229,21 @@ class Producer:
         status: JobStatus | None = None,
         worker_type: str | None = None,
         limit: int = 50,
+        scan: int = LIST_SCAN,
     ) -> list[JobRecord]:
-        """Most recent jobs first, optionally filtered."""
+        """Most recent jobs first, optionally filtered. Bounded work: at most ``scan`` of the
+        newest jobs (of all types together) are read per call, so a status filter that
+        matches few jobs returns fewer than ``limit`` rather than reading every record."""
         types = [worker_type] if worker_type else list(CATALOGUE)
-        scored: list[tuple[float, str, str]] = []
-        for name in types:
-            keys = self.keys(name)
-            window = limit if status is None else max(limit * 20, 1000)
-            for job_id, score in await self.redis.zrevrange(keys.jobs, 0, window - 1,
-                                                            withscores=True):
-                scored.append((score, name, job_id))
+        window = min(limit if status is None else scan, scan)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in types:
+                pipe.zrevrange(self.keys(name).jobs, 0, window - 1, withscores=True)
+            per_type = await pipe.execute()
+        scored = [(score, name, job_id) for name, rows in zip(types, per_type, strict=True)
+                  for job_id, score in rows]
         scored.sort(reverse=True)
+        del scored[window:]
         out: list[JobRecord] = []
         for start in range(0, len(scored), 200):
             chunk = scored[start:start + 200]

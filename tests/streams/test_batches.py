@@ -225,3 +225,18 @@ async def test_one_malformed_record_is_dead_lettered_and_the_batch_flows(
     assert dead["reason"] == "record_malformed" and dead["job_id"] == job_ids[1]
     rec = await producer.get(job_ids[1])
     assert rec.status is JobStatus.FAILED and rec.error and rec.error.code == "record_malformed"
+
+
+async def test_a_filtered_listing_reads_a_bounded_number_of_records(
+        redis: Redis, producer: Producer) -> None:
+    """GET /jobs?status=X read up to 20 x limit records per worker type (70,000 for limit 500):
+    a listing now reads the ``scan`` newest jobs at most, whatever the filter."""
+    job_ids = await submit(producer, 12)
+    await redis.hset(KEYS.job(job_ids[0]), "status", "failed")  # the oldest
+    await redis.hset(KEYS.job(job_ids[-1]), "status", "failed")  # the newest
+    await redis.config_resetstat()
+    found = await producer.list(JobStatus.FAILED, limit=10, scan=5)
+    assert [r.job_id for r in found] == [job_ids[-1]]  # the oldest is beyond the scan
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_hgetall"]["calls"] <= 5
+    assert len(await producer.list(JobStatus.FAILED, limit=10, scan=50)) == 2
