@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.auth import ApiKeyAuth, redact_access_log
 from gateway.errors import install_error_handlers
 from gateway.hub import Hub
-from gateway.middleware import BodySizeLimit
+from gateway.middleware import BodySizeLimit, TrustedHosts
 from gateway.openapi import install_openapi
 from gateway.routes import api_router, dashboard, events, ws
 from gateway.settings import GatewaySettings
@@ -71,6 +71,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.hosts:
+        app.add_middleware(TrustedHosts, hosts=settings.hosts)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
         redact_access_log()

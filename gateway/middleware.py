@@ -67,3 +67,30 @@ class BodySizeLimit:
         response = error_response(413, exc.code, exc.message, exc.details,
                                   headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+class TrustedHosts:
+    """Answers only requests whose ``Host`` is one the operator named (TRUSTED_HOSTS; a
+    ``*.example.com`` entry covers its subdomains): a page on another site that points a DNS
+    name of its own at the gateway (DNS rebinding) gets 400 ``invalid_host``, not the API."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
+        self.app = app
+        self.exact = {h for h in hosts if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
+
+    def allowed(self, scope: Scope) -> bool:
+        headers: dict[bytes, bytes] = dict(scope.get("headers", ()))
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        name = host if host.endswith("]") else host.rsplit(":", 1)[0]  # the port goes
+        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allowed(scope):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4400, "reason": "invalid host"})
+        else:
+            response = error_response(400, "invalid_host", "this gateway does not answer for "
+                                      "that Host (TRUSTED_HOSTS)")
+            await response(scope, receive, send)

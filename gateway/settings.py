@@ -32,6 +32,8 @@ class GatewaySettings(RedisSettings):
     allowed_origins: str = Field(default="", description="ALLOWED_ORIGINS: comma-separated "
                                  "origins (scheme://host[:port], or *) whose pages may open the "
                                  "dashboard WebSocket besides the gateway's own")
+    trusted_hosts: str = Field(default="", description="TRUSTED_HOSTS: comma-separated host "
+                               "names (or *.domain) the gateway answers for; empty: any")
     log_level: str = "info"
     log_json: bool = Field(default=False, description="the gateway's own lines as JSON (uvicorn's "
                            "access log stays plain)")
@@ -64,3 +66,7 @@ class GatewaySettings(RedisSettings):
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",")
                          if o.strip())
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.trusted_hosts.split(",") if h.strip())

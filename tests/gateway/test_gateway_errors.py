@@ -106,3 +106,17 @@ async def test_first_request_after_a_redis_restart_succeeds(client: AsyncClient,
         redis_server.restart()
         r = await client.request(method, url, json={"model_type": "noop"})
         assert r.status_code == ok, (url, r.text)
+
+
+async def test_trusted_hosts_refuse_other_host_names(make_client: ClientFactory) -> None:
+    """With TRUSTED_HOSTS set, a request for another Host (DNS rebinding: a page's own name
+    pointed at the gateway) gets 400 invalid_host instead of the API."""
+    async with make_client(trusted_hosts="aiq.test, *.corp.example") as client:
+        assert (await client.get("/health")).status_code == 200  # base_url http://aiq.test
+        for host in ("api.corp.example", "AIQ.TEST:8000"):
+            assert (await client.get("/queues", headers={"host": host})).status_code == 200
+        for host in ("evil.example", "corp.example.evil", "aiq.test.evil"):
+            r = await client.get("/queues", headers={"host": host})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host", host
+    async with make_client() as client:  # not set: any Host
+        assert (await client.get("/queues", headers={"host": "anything"})).status_code == 200
