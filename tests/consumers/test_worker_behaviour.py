@@ -144,30 +144,28 @@ async def test_memory_stays_flat(redis: Redis, redis_url: str, tmp_path: Path) -
     producer = Producer(redis, limits)
     settings = settings_for(redis_url, tmp_path, max_concurrent_jobs=32, job_retention_s=1,
                             type_events_maxlen=500)
-    async with running_worker(settings):
-        warm = await producer.submit_training(job())
-        await producer.wait(warm.job_id)
-        await eventually(lambda: _gone(redis, warm.job_id), timeout=5, what="expiry")
-        baseline = await redis.dbsize()
-        subs = []
-        for _ in range(20):
-            subs += await asyncio.gather(*(producer.submit_training(job()) for _ in range(100)))
+    warm = await producer.submit_training(job())
+    await run_burst(settings)  # serves until the queue is empty, then stops: no polling
+    assert (await producer.get(warm.job_id)).status is JobStatus.SUCCEEDED
+    await eventually(lambda: _gone(redis, warm.job_id), timeout=5, what="expiry")
+    baseline = await redis.dbsize()
+    subs = []
+    for _ in range(20):
+        subs += await asyncio.gather(*(producer.submit_training(job()) for _ in range(100)))
+    await run_burst(settings, timeout=120)
+    assert await redis.hget(KEYS.stats, "succeeded") == "2001"
+    assert await redis.xlen(STREAM) == 0
+    assert len(subs) == 2000
 
-        async def drained() -> bool:
-            return await redis.hget(KEYS.stats, "succeeded") == "2001"
+    async def back_to_baseline() -> bool:
+        return await redis.dbsize() <= baseline
 
-        await eventually(drained, timeout=60, what="2000 jobs")
-        assert await redis.xlen(STREAM) == 0
-        assert len(subs) == 2000
-
-        async def back_to_baseline() -> bool:
-            return await redis.dbsize() <= baseline
-
-        await eventually(back_to_baseline, timeout=10, what="records and events to expire")
-        last = await producer.submit_training(job())  # its finish prunes the expired index
-        await producer.wait(last.job_id)
-        assert await redis.zcard(KEYS.jobs) <= 2
-        assert await redis.xlen(KEYS.events) < 700
+    await eventually(back_to_baseline, timeout=10, what="records and events to expire")
+    last = await producer.submit_training(job())  # its finish prunes the expired index
+    await run_burst(settings)
+    assert (await producer.get(last.job_id)).status is JobStatus.SUCCEEDED
+    assert await redis.zcard(KEYS.jobs) <= 2
+    assert await redis.xlen(KEYS.events) < 700
 
 
 async def _gone(redis: Redis, job_id: str) -> bool:
