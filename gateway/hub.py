@@ -352,9 +352,10 @@ class Hub:
             log.warning("hub: skipping malformed event", event_id=feed_id,
                             worker_type=worker_type, error=str(exc))
             return
-        for sub in self._subs.jobs.get(item.job_id, ()):
-            sub.put(item)
-        self._to_dashboards(item)
+        big = fields.get("truncated") == "1"  # data too big for the feed: SSE streams read
+        for sub in self._subs.jobs.get(item.job_id, ()):  # it from the job's own stream
+            sub.mark_stale() if big else sub.put(item)
+        self._to_dashboards(item)  # dashboards see the event without its large data
 
     def _to_dashboards(self, item: HubEvent | Notice) -> None:
         for sub in list(self._subs.dashboards):

@@ -125,5 +125,5 @@ async def read_feeds(
 
 def job_entry(feed_id: str, fields: dict[str, Any]) -> Entry:
     """A feed entry as the job's own stream holds it: the job-stream id and its fields."""
-    own = {k: v for k, v in fields.items() if k != "event_id"}
+    own = {k: v for k, v in fields.items() if k not in ("event_id", "truncated")}
     return str(fields.get("event_id") or feed_id), own

@@ -17,12 +17,22 @@ local function owner_of(stream, group, id)
 end
 
 -- One event, written to the job's own stream (SSE replay, resume by id) and to the
--- worker type's stream (dashboard fan-out). Returns the job stream's entry id.
+-- worker type's stream (dashboard fan-out). The type's stream is capped by count, so it also
+-- bounds bytes: an event's data larger than FEED_DATA_MAX goes there as {} with truncated=1
+-- (readers that need it, e.g. SSE, read the whole event from the job's stream by event_id).
+-- Returns the job stream's entry id.
+local FEED_DATA_MAX = 4096
 local function emit(job_events, type_events, job_id, etype, status, data, ts)
   local id = redis.call('XADD', job_events, 'MAXLEN', '~', JOB_MAXLEN, '*',
     'type', etype, 'job_id', job_id, 'ts', ts, 'status', status, 'data', data)
-  redis.call('XADD', type_events, 'MAXLEN', '~', TYPE_MAXLEN, '*',
-    'type', etype, 'job_id', job_id, 'ts', ts, 'status', status, 'data', data, 'event_id', id)
+  if #data > FEED_DATA_MAX then
+    redis.call('XADD', type_events, 'MAXLEN', '~', TYPE_MAXLEN, '*',
+      'type', etype, 'job_id', job_id, 'ts', ts, 'status', status, 'data', '{}',
+      'event_id', id, 'truncated', '1')
+  else
+    redis.call('XADD', type_events, 'MAXLEN', '~', TYPE_MAXLEN, '*',
+      'type', etype, 'job_id', job_id, 'ts', ts, 'status', status, 'data', data, 'event_id', id)
+  end
   return id
 end
 

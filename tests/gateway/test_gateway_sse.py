@@ -311,3 +311,33 @@ async def test_resuming_beyond_the_last_id_still_ends_with_the_job(
         results = await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
     assert results == [([], True), ([], True)]
     assert await follow(MAX_ID) == ([], True)  # and at once for a finished job
+
+
+async def test_a_large_result_stays_out_of_the_type_feed_and_still_reaches_sse(
+        gateway: LiveGateway, http: AsyncClient, redis: Redis) -> None:
+    """The type-wide feed is capped by count: a 15 KB result per event could keep GBs there.
+    Data over 4 KB goes to the feed as {} (truncated), the job's own stream keeps it whole,
+    and an SSE client following the job live still gets the whole result."""
+    from streams.consumer import QueueConsumer
+    from streams.endings import Complete
+    from streams.limits import StreamLimits
+
+    keys = QueueKeys("diagnostic")
+    job_id = await submit(http)
+    worker = QueueConsumer(redis, keys, "w", StreamLimits())
+    [d] = await worker.read(redis, 1, 100)
+    await worker.start([d])
+    follower = asyncio.create_task(read_events(http, f"/jobs/{job_id}/events"))
+
+    async def following() -> bool:
+        return gateway.hub.job_subscriber_count() >= 1
+
+    await eventually(following, what="the SSE stream following the job")
+    blob = "x" * 20_000
+    assert await worker.write_endings([Complete.of(d, {"blob": blob})]) == [None]
+    got, ended = await asyncio.wait_for(follower, timeout=30)
+    assert ended and got[-1].event == "succeeded" and got[-1].json["result"]["blob"] == blob
+    [(_, feed)] = [e for e in await redis.xrange(keys.events) if e[1]["type"] == "succeeded"]
+    assert feed["truncated"] == "1" and feed["data"] == "{}"
+    own = [f for _, f in await redis.xrange(keys.job_events(job_id)) if f["type"] == "succeeded"]
+    assert len(own[0]["data"]) > 20_000
