@@ -124,6 +124,16 @@ local function fenced(stats)
   return {-1, 'not the owner of this entry'}
 end
 
+-- A single-job ending (retry, handback, confirm_cancel) takes the entry off the stream: nil
+-- when the caller owns it and the job's record is there (go on and write it), else the reply to
+-- return: fenced (nothing done), or the record is gone (the entry dropped, nothing written).
+local function release_entry(stream, group, entry_id, consumer, record, stats)
+  if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
+  ack_delete(stream, group, entry_id)
+  if record_gone(record) then return {-5, 'the job record is gone'} end
+  return nil
+end
+
 -- complete and fail: many jobs of one stream in one call.
 -- KEYS[1] stream  KEYS[2] type events  KEYS[3] stats  KEYS[4] jobs index
 -- KEYS[3+2i] record of job i  KEYS[4+2i] its events

@@ -9,13 +9,9 @@ local stream, record, job_events, type_events, stats, index =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local job_id, entry_id, group, consumer = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 
-if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
-if record_gone(record) then
-  ack_delete(stream, group, entry_id)
-  return {-5, 'the job record is gone'}
-end
+local refused = release_entry(stream, group, entry_id, consumer, record, stats)
+if refused then return refused end
 local ts = now_ms()
-ack_delete(stream, group, entry_id)
 write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
   '{}', ts)
 count_final(stats, index, 'cancelled', 1, ts)

@@ -11,12 +11,8 @@ local job_id, entry_id, group, consumer, reason = ARGV[4], ARGV[5], ARGV[6], ARG
 local field_names = {}
 for i = 9, #ARGV do field_names[#field_names + 1] = ARGV[i] end
 
-if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
-if record_gone(record) then
-  ack_delete(stream, group, entry_id)
-  return {-5, 'the job record is gone'}
-end
-ack_delete(stream, group, entry_id)
+local refused = release_entry(stream, group, entry_id, consumer, record, stats)
+if refused then return refused end
 local new_id = requeue_from_record(stream, record, job_events, type_events, job_id, field_names,
   reason, now_ms())
 redis.call('HINCRBY', stats, 'handed_back', 1)

@@ -13,13 +13,9 @@ local stream, record, job_events, type_events, delayed, stats =
 local job_id, entry_id, group, consumer, err = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local delay_ms, overrides = tonumber(ARGV[9]), ARGV[10] or ''
 
-if owner_of(stream, group, entry_id) ~= consumer then return fenced(stats) end
-if record_gone(record) then
-  ack_delete(stream, group, entry_id)
-  return {-5, 'the job record is gone'}
-end
+local refused = release_entry(stream, group, entry_id, consumer, record, stats)
+if refused then return refused end
 local ts = now_ms()
-ack_delete(stream, group, entry_id)
 local attempt = redis.call('HINCRBY', record, 'attempt', 1)
 redis.call('HSET', record, 'status', 'retrying', 'error', err)
 local overrides_json = ''
