@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import error_response
+from gateway.errors import error_response, refuse
 
 # The API's description is not data: /docs must be able to load the spec without the key.
 OPEN_PATHS = ("/health", "/", "/dashboard", "/favicon.ico", "/docs", "/docs/oauth2-redirect",
@@ -79,10 +79,8 @@ class ApiKeyAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self._allowed(scope):
             await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 4401, "reason": "api key required"})
         else:
-            response = error_response(401, "unauthorized", "missing or wrong API key: send "
-                                      "Authorization: Bearer <key>, X-API-Key or ?api_key=",
-                                      headers={"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
+            await refuse(scope, receive, send, error_response(
+                401, "unauthorized", "missing or wrong API key: send Authorization: Bearer "
+                "<key>, X-API-Key or ?api_key=", headers={"WWW-Authenticate": "Bearer"}),
+                (4401, "api key required"))

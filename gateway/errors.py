@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from schemas.catalogue import RoutingError
 from streams.errors import (
@@ -76,6 +77,16 @@ class ApiError(HTTPException):
         self.code = code
         self.message = message
         self.details = details
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, response: JSONResponse,
+                 ws_close: tuple[int, str]) -> None:
+    """Answer a request an ASGI middleware turns away: a WebSocket is closed with ``ws_close``
+    (code, reason) before it is accepted, an HTTP request gets ``response``."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": ws_close[0], "reason": ws_close[1]})
+    else:
+        await response(scope, receive, send)
 
 
 def error_response(status_code: int, code: str, message: str, details: Any = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import ApiError, error_response
+from gateway.errors import ApiError, error_response, refuse
 
 
 class PayloadTooLarge(ApiError):
@@ -83,14 +83,12 @@ class TrustedHosts:
         headers: dict[bytes, bytes] = dict(scope.get("headers", ()))
         host = headers.get(b"host", b"").decode("latin-1").lower()
         name = host if host.endswith("]") else host.rsplit(":", 1)[0]  # the port goes
-        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
+        return name in self.exact or name.endswith(self.suffixes)  # endswith(()) is False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.allowed(scope):
             await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 4400, "reason": "invalid host"})
         else:
-            response = error_response(400, "invalid_host", "this gateway does not answer for "
-                                      "that Host (TRUSTED_HOSTS)")
-            await response(scope, receive, send)
+            await refuse(scope, receive, send, error_response(
+                400, "invalid_host", "this gateway does not answer for that Host (TRUSTED_HOSTS)"),
+                (4400, "invalid host"))

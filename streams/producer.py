@@ -86,9 +86,10 @@ class Producer:
     async def submit_inference(
         self, req: InferenceRequest, idempotency_key: str | None = None
     ) -> JobSubmitted:
-        if idempotency_key:  # a retry gets the first job while the key lives, even when the
-            earlier = await self._earlier(JobKind.INFERENCE, req.model_dump_json(),  # model
-                                          idempotency_key)                # record expired since
+        # A retry gets its first job while the key lives, even once the model's record expired.
+        if idempotency_key:
+            earlier = await self._earlier(JobKind.INFERENCE, req.model_dump_json(),
+                                          idempotency_key)
             if earlier is not None:
                 return earlier
         model = await self.get(req.model_id)
