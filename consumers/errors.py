@@ -6,6 +6,7 @@ worker (consumers/execution.py ``classify``) turns each into an outcome.
   ``CudaOutOfMemory`` is one: retried with its batch size halved.
 - ``CancelRequested`` and ``StopRequested`` are raised by ``progress`` at a step boundary:
   a client cancelled the job, or the worker stops (SIGTERM drain, or it lost the lease).
+  ``TimedOut`` is a cancel the worker asks for itself: the job ran past its ``timeout_s``.
 
 Client-side errors (``JobFailed``, ``JobCancelled``) are in streams/errors.py.
 """
@@ -45,3 +46,10 @@ class CancelRequested(Exception):
 
 class StopRequested(Exception):
     """Raised by ``progress`` when the worker drains on SIGTERM or lost the job's lease."""
+
+
+class TimedOut(CancelRequested):
+    """Raised by ``progress`` once the job ran past its ``timeout_s``. Framework code treats it
+    as a cancel (stop now, nothing to resume); the worker fails the job with code ``timeout``."""
+
+    code = "timeout"

@@ -15,6 +15,7 @@ from consumers.frameworks.base import (
     Progress,
     RetryLater,
     StopRequested,
+    TimedOut,
 )
 from consumers.progress import JobRun
 from schemas.status import JobKind
@@ -59,6 +60,8 @@ def run_framework(framework: Framework, ctx: JobContext, progress: Progress) -> 
 
 
 def classify(exc: BaseException, run: JobRun) -> Outcome:
+    if isinstance(exc, TimedOut):
+        return Outcome.failure(TimedOut.code, str(exc))
     if isinstance(exc, CancelRequested):
         return Outcome("cancelled")
     if isinstance(exc, StopRequested):

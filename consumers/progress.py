@@ -1,5 +1,5 @@
 """The bridge between a job's thread and the event loop: progress reports, coalesced, and the
-flags (cancel, interrupt, lost lease) that stop the job at its next step boundary."""
+flags (cancel, interrupt, lost lease, timeout) that stop the job at its next step boundary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from consumers.frameworks.base import CancelRequested, StopRequested
+from consumers.frameworks.base import CancelRequested, StopRequested, TimedOut
 from streams.consumer import QueueConsumer
 from streams.delivery import Delivery
 from streams.errors import UNAVAILABLE, JobNotFound, NotOwner
@@ -24,9 +24,10 @@ class JobRun:
 
     def __init__(
         self, delivery: Delivery, loop: asyncio.AbstractEventLoop, publish: Publish,
-        min_interval_s: float,
+        min_interval_s: float, timeout_s: float | None = None,
     ) -> None:
         self.delivery = delivery
+        self.timeout_s = timeout_s
         self.cancel_requested = False
         self.interrupted = False  # worker draining: hand the job back
         self.lost = False  # lease lost: another worker owns the job now
@@ -40,6 +41,7 @@ class JobRun:
         self._task: asyncio.Task[None] | None = None
         self._last_sent = 0.0
         self._started = time.monotonic()
+        self.deadline = None if timeout_s is None else self._started + timeout_s
 
     def check(self) -> None:
         """Raise at a step boundary when the job must stop."""
@@ -47,6 +49,8 @@ class JobRun:
             raise CancelRequested
         if self.interrupted or self.lost:
             raise StopRequested
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimedOut(f"the job ran past its timeout of {self.timeout_s:g} s")
 
     def __call__(self, stage: str, *, percent: float | None = None, **fields: Any) -> None:
         """The ``Progress`` callback, called from the job's thread."""

@@ -272,7 +272,8 @@ class Worker:
         """Hand the job to a job thread; ``_job_done`` gets its result back on the loop."""
         assert d.message is not None and self._threads is not None
         run = JobRun(d, asyncio.get_running_loop(), self._publisher,
-                     self.settings.progress_interval_s)
+                     self.settings.progress_interval_s,
+                     self.settings.timeout_of(d.message.timeout_s))
         self.runs[d.entry_id] = run
         self.log.info("job started", job_id=d.job_id, model_type=d.message.model_type,
                       kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)

@@ -24,6 +24,11 @@ class WorkerSettings(RedisSettings):
     max_retries: int = Field(default=3, ge=0)
     retry_backoff_s: float = Field(default=1.0, gt=0)
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
+    job_timeout_s: float = Field(default=24 * 3600, gt=0, description="JOB_TIMEOUT_S: how long "
+                                 "a job that sets no timeout_s may run (each attempt); past it "
+                                 "the job fails with code timeout")
+    max_job_timeout_s: float = Field(default=7 * 24 * 3600, gt=0, description="MAX_JOB_TIMEOUT_S:"
+                                     " a job's timeout_s above this is cut to it")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     progress_interval_s: float = Field(default=0.25, ge=0, description="progress events are "
@@ -67,6 +72,10 @@ class WorkerSettings(RedisSettings):
                 f"{self.worker_type!r} (expects {wt.framework!r})"
             )
         return self
+
+    def timeout_of(self, requested: float | None) -> float:
+        """The timeout a job runs under: its own, else JOB_TIMEOUT_S, at most MAX_JOB_TIMEOUT_S."""
+        return min(requested or self.job_timeout_s, self.max_job_timeout_s)
 
     @property
     def lease_ms(self) -> int:

@@ -19,7 +19,7 @@ from schemas.status import JobKind, JobStatus
 # from the record into a fresh entry, so a retried job carries the same spec.
 ENTRY_FIELDS: tuple[str, ...] = (
     "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "data_path",
-    "hyperparameters", "model_id", "inputs", "parameters",
+    "hyperparameters", "model_id", "inputs", "parameters", "timeout_s",
 )
 # A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
 # worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
@@ -47,6 +47,7 @@ class JobMessage(BaseModel):
     model_id: str | None = None
     inputs: list[list[Any]] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | None = Field(default=None, gt=0)
     # Set by a worker for the next attempt, e.g. after CUDA OOM:
     # {"hyperparameters": {"batch_size": 16}, "oom_retries": [{"batch_size": 64, ...}, ...]}
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -107,6 +108,7 @@ class JobRecord(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     requires_gpu: bool = False
     gpu_mem_mb: int | None = None
+    timeout_s: float | None = None
     attempt: int = 1
     deliveries: int = 0
     worker: str | None = None
@@ -199,6 +201,8 @@ class JobView(JobStatusView):
     model_id: str | None = None
     requires_gpu: bool = False
     gpu_mem_mb: int | None = None
+    timeout_s: float | None = Field(default=None, description="as submitted (absent: the "
+                                    "worker type's JOB_TIMEOUT_S)")
     deliveries: int = 0
     worker: str | None = None
     cancel_requested: bool = False

@@ -21,6 +21,11 @@ JOB_ID_PATTERN = r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 MAX_INLINE_ROWS = 10_000
 INT_RANGE = (-(2**63), 2**64 - 1)  # what a stored job (JSON via orjson) can hold
+MAX_TIMEOUT_S = 30 * 24 * 3600  # the largest timeout_s a request may ask; workers clamp it
+# to their own MAX_JOB_TIMEOUT_S (default 7 days)
+_TIMEOUT_DOC = ("seconds the job's code may run (each attempt); past it the job fails with "
+                "code timeout. Default: the worker type's JOB_TIMEOUT_S; at most its "
+                "MAX_JOB_TIMEOUT_S")
 
 
 def json_safe(value: Any) -> Any:
@@ -86,7 +91,9 @@ class TrainingRequest(BaseModel):
     framework_override: str | None = Field(
         default=None, max_length=64, description="a worker type to force",
         json_schema_extra={"enum": cast(Any, [*sorted(CATALOGUE), None])})
-    gpu_mem_mb: int | None = Field(default=None, gt=0, description="GPU memory estimate (MiB)")
+    gpu_mem_mb: int | None = Field(default=None, gt=0, le=16_777_216,
+                                   description="GPU memory estimate (MiB)")
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
 
     _model_type = field_validator("model_type")(_check_model_type)
 
@@ -107,7 +114,8 @@ class InferenceRequest(BaseModel):
     data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
     parameters: dict[Text, Scalar] = Field(default_factory=dict)
     description: Text = Field(default="", max_length=2000)
-    gpu_mem_mb: int | None = Field(default=None, gt=0)
+    gpu_mem_mb: int | None = Field(default=None, gt=0, le=16_777_216)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
 
     @model_validator(mode="after")
     def _one_source(self) -> InferenceRequest:

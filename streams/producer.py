@@ -77,6 +77,7 @@ class Producer:
             "gpu_mem_mb": req.gpu_mem_mb or "",
             "data_path": req.data_path or "",
             "hyperparameters": _dumps(req.hyperparameters.model_dump(mode="json")),
+            "timeout_s": req.timeout_s or "",
         }
         record = {"description": req.description, "requires_gpu": int(req.requires_gpu)}
         fingerprint = req.model_dump_json() if idempotency_key else ""
@@ -104,6 +105,7 @@ class Producer:
             "model_id": req.model_id,
             "inputs": _dumps(req.inputs),
             "parameters": _dumps(req.parameters),
+            "timeout_s": req.timeout_s or "",
         }
         record = {"description": req.description,
                   "requires_gpu": int(model.requires_gpu)}

@@ -7,15 +7,23 @@ on shutdown / lost lease) at the next call after a cancel, so call it at every s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from consumers.errors import CancelRequested, CudaOutOfMemory, FailJob, RetryLater, StopRequested
+from consumers.errors import (
+    CancelRequested,
+    CudaOutOfMemory,
+    FailJob,
+    RetryLater,
+    StopRequested,
+    TimedOut,
+)
 from schemas.records import JobMessage
 
 __all__ = ["CancelRequested", "CudaOutOfMemory", "FailJob", "Framework", "JobContext", "Progress",
-           "RetryLater", "StopRequested"]
+           "RetryLater", "StopRequested", "TimedOut", "check_of"]
 
 
 class Progress(Protocol):
@@ -34,6 +42,13 @@ class Progress(Protocol):
         metrics: dict[str, float] | None = None,
         message: str = "",
     ) -> None: ...
+
+
+def check_of(progress: Progress) -> Callable[[], None]:
+    """``progress``'s stop check alone (raises like ``progress`` would, publishes nothing), for
+    code that waits on something else between steps. A plain callable has none."""
+    check = getattr(progress, "check", None)
+    return check if callable(check) else (lambda: None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,9 @@ progress each step, so it can be cancelled, interrupted and lease-renewed), ``fa
 ``gpu_sim`` (a GPU job without a GPU, for admission and OOM tests: reports a memory peak of
 ``base_mb + mb_per_sample * batch_size`` MiB as ``gpu_peak_mb``, raises CUDA OOM when
 ``batch_size`` > ``oom_above``, and runs ``seconds`` in ``steps`` like ``sleep``).
+
+Bounds: ``seconds`` <= 1 day, ``steps`` <= 1,000,000, ``epochs`` <= 10,000; a step longer than
+``SLICE_S`` is slept in slices, so cancel and timeout take effect within ``SLICE_S``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from consumers.frameworks.base import (
     JobContext,
     Progress,
     RetryLater,
+    check_of,
 )
 from consumers.frameworks.params import Params
 from schemas import aiq_version
+
+SLICE_S = 0.25
+MAX_SECONDS = 24 * 3600.0
+MAX_STEPS = 1_000_000
+MAX_MB = 16 * 1024 * 1024
 
 
 class DiagnosticFramework:
@@ -46,13 +55,20 @@ class DiagnosticFramework:
         return {"predictions": [len(row) for row in rows], "n": len(rows)}
 
     def _sleep(self, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        seconds = Params(params).number("seconds", 1.0, ge=0)
-        steps = max(int(Params(params).number("steps", 10, ge=0)), 1)
-        epochs = int(params.get("epochs", 1))
+        p = Params(params)
+        seconds = p.number("seconds", 1.0, ge=0, le=MAX_SECONDS)
+        steps = max(int(p.number("steps", 10, ge=0, le=MAX_STEPS)), 1)
+        epochs = p.integer("epochs", 1, 1, 10_000)
+        check = check_of(progress)
         started = time.monotonic()
+        step_s = seconds / steps / epochs
         for epoch in range(1, epochs + 1):
             for step in range(1, steps + 1):
-                time.sleep(seconds / steps / epochs)
+                until = time.monotonic() + step_s
+                while (left := until - time.monotonic()) > 0:
+                    time.sleep(min(left, SLICE_S))
+                    if left > SLICE_S:
+                        check()
                 done = ((epoch - 1) * steps + step) / (steps * epochs)
                 progress("sleeping", epoch=epoch, epochs=epochs, step=step, steps=steps,
                          percent=100 * done, loss=1.0 - done)
@@ -61,9 +77,10 @@ class DiagnosticFramework:
     def _gpu_sim(self, params: dict[str, Any], ctx: JobContext, progress: Progress
                  ) -> dict[str, Any]:
         p = Params(params)
-        batch = int(p.number("batch_size", 32, ge=0))
-        peak = int(p.number("base_mb", 100, ge=0) + p.number("mb_per_sample", 10, ge=0) * batch)
-        if "oom_above" in params and batch > p.number("oom_above", 0, ge=0):
+        batch = p.integer("batch_size", 32, 1, 65_536)
+        peak = int(p.number("base_mb", 100, ge=0, le=MAX_MB)
+                   + p.number("mb_per_sample", 10, ge=0, le=MAX_MB) * batch)
+        if "oom_above" in params and batch > p.number("oom_above", 0, ge=0, le=MAX_MB):
             raise CudaOutOfMemory(f"CUDA out of memory with batch_size={batch} (simulated: "
                                   f"oom_above={params['oom_above']})")
         began = time.time()
@@ -73,7 +90,7 @@ class DiagnosticFramework:
                 "ran_until": time.time()}
 
     def _fail(self, params: dict[str, Any], attempt: int) -> dict[str, Any]:
-        fail_times = int(Params(params).number("fail_times", 1_000_000, ge=0))
+        fail_times = Params(params).integer("fail_times", 1_000_000, 0, 1_000_000)
         if attempt > fail_times:
             return {"ok": True, "attempt": attempt}
         if params.get("error", "fatal") == "retryable":

@@ -1,8 +1,10 @@
 """scikit-learn framework: random_forest, svm and logistic_regression classifiers.
 
-All work happens in the calling (executor) thread. Random forests grow in chunks of trees with
-``warm_start`` so progress (and with it cancellation) is checked while training; the chunked
-forest is identical to one grown in a single ``fit`` for the same ``random_state``.
+Fitting (and scoring) runs in a child process (consumers/killable.py): one native ``fit`` call
+does not come back to Python for as long as it takes, and cancel, timeout and drain must stop it
+within a fraction of a second. Random forests grow in chunks of trees with ``warm_start`` so
+progress is reported while training; the chunked forest is identical to one grown in a single
+``fit`` for the same ``random_state``. Loading data and predicting run in the job's thread.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from consumers import artifacts
+from consumers import artifacts, killable
 from consumers.data import Tabular, load_inputs, load_tabular
 from consumers.frameworks.base import FailJob, JobContext, Progress
 from consumers.frameworks.params import Params, bad
@@ -25,34 +27,30 @@ FRAMEWORK = "sklearn"
 GENERAL_HYPERPARAMETERS = frozenset({"epochs", "learning_rate", "batch_size"})
 COMMON_HYPERPARAMETERS = frozenset({"test_size", "random_state", "label_column"})
 FOREST_CHUNKS = 10
-
-
-
-
-
-
-
-
-
-
+# Bounds of the cost parameters (docs/API.md lists them).
+MAX_ESTIMATORS = 5_000
+MAX_DEPTH = 1_000
+MAX_ITER = 100_000
+MAX_JOBS = 64
+MAX_C = 1e6
 
 
 def _gamma(hp: dict[str, Any]) -> str | float:
     value = hp.get("gamma", "scale")
     if value in ("scale", "auto"):
         return str(value)
-    return Params(hp).number("gamma", 1.0, gt=0)
+    return Params(hp).number("gamma", 1.0, gt=0, le=MAX_C)
 
 
 def _random_forest(hp: dict[str, Any], seed: int | None) -> Any:
     from sklearn.ensemble import RandomForestClassifier
 
-    n_jobs = Params(hp).integer("n_jobs", 1, -1)
+    n_jobs = Params(hp).integer("n_jobs", 1, -1, MAX_JOBS)
     if n_jobs == 0:
-        raise bad("n_jobs", "a positive integer or -1", 0)
+        raise bad("n_jobs", f"-1 or an integer between 1 and {MAX_JOBS}", 0)
     return RandomForestClassifier(
-        n_estimators=Params(hp).integer("n_estimators", 100, 1),
-        max_depth=Params(hp).integer_or_none("max_depth", None, 1),
+        n_estimators=Params(hp).integer("n_estimators", 100, 1, MAX_ESTIMATORS),
+        max_depth=Params(hp).integer_or_none("max_depth", None, 1, MAX_DEPTH),
         random_state=seed, n_jobs=n_jobs, warm_start=True,
     )
 
@@ -60,7 +58,7 @@ def _random_forest(hp: dict[str, Any], seed: int | None) -> Any:
 def _svm(hp: dict[str, Any], seed: int | None) -> Any:
     from sklearn.svm import SVC
 
-    return SVC(C=Params(hp).number("C", 10.0, gt=0), gamma=_gamma(hp),
+    return SVC(C=Params(hp).number("C", 10.0, gt=0, le=MAX_C), gamma=_gamma(hp),
                kernel=Params(hp).choice("kernel", "rbf", ("rbf", "linear", "poly", "sigmoid")),
                probability=Params(hp).flag("probability", False), random_state=seed)
 
@@ -68,8 +66,9 @@ def _svm(hp: dict[str, Any], seed: int | None) -> Any:
 def _logistic_regression(hp: dict[str, Any], seed: int | None) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=Params(hp).number("C", 1.0, gt=0),
-                              max_iter=Params(hp).integer("max_iter", 1000, 1), random_state=seed)
+    return LogisticRegression(C=Params(hp).number("C", 1.0, gt=0, le=MAX_C),
+                              max_iter=Params(hp).integer("max_iter", 1000, 1, MAX_ITER),
+                              random_state=seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +102,8 @@ def _common(hp: dict[str, Any]) -> tuple[float, int | None, str | None]:
     label = hp.get("label_column")
     if label is not None and not isinstance(label, str):
         raise bad("label_column", "a column name", label)
-    return float(test_size), Params(hp).integer_or_none("random_state", 0, 0), label
+    return (float(test_size), Params(hp).integer_or_none("random_state", 0, 0, 2**32 - 1),
+            label)
 
 
 def _split(data: Tabular, test_size: float, seed: int | None) -> list[npt.NDArray[Any]]:
@@ -123,19 +123,27 @@ def _split(data: Tabular, test_size: float, seed: int | None) -> list[npt.NDArra
     return parts
 
 
-def _fit(model: Any, X: npt.NDArray[Any], y: npt.NDArray[Any], progress: Progress) -> None:
-    """Fit; forests grow in chunks, reporting ``training`` progress between chunks."""
+def fit_and_score(model: Any, parts: list[npt.NDArray[Any]], progress: Any
+                  ) -> tuple[Any, dict[str, float]]:
+    """Fit on the training part and score both parts (run in a child: consumers/killable.py);
+    forests grow in chunks, reporting ``training`` progress between chunks."""
+    X, y = parts[0], parts[2]
     total = int(getattr(model, "n_estimators", 0) or 0)
-    if not getattr(model, "warm_start", False) or total < 2:
-        model.fit(X, y)
-        return
-    step = max(1, math.ceil(total / FOREST_CHUNKS))
-    for done in range(step, total + step, step):
-        model.set_params(n_estimators=min(done, total))
-        model.fit(X, y)
-        progress("training", percent=10 + 70 * min(done, total) / total,
-                 step=min(done, total), steps=total)
-    model.set_params(warm_start=False)  # the saved model behaves like a plain forest
+    try:
+        if not getattr(model, "warm_start", False) or total < 2:
+            model.fit(X, y)
+        else:
+            step = max(1, math.ceil(total / FOREST_CHUNKS))
+            for done in range(step, total + step, step):
+                model.set_params(n_estimators=min(done, total))
+                model.fit(X, y)
+                progress("training", percent=10 + 70 * min(done, total) / total,
+                         step=min(done, total), steps=total)
+            model.set_params(warm_start=False)  # the saved model behaves like a plain forest
+    except ValueError as exc:  # sklearn's input checks: a data problem, not transient
+        raise FailJob(f"training failed: {exc}", code="training_failed") from None
+    progress("evaluating", percent=80)
+    return model, _metrics(model, parts)
 
 
 def _build(model_type: str, hp: dict[str, Any], seed: int | None) -> Any:
@@ -188,12 +196,7 @@ class SklearnFramework:
         parts = _split(data, test_size, seed)
         progress("training", percent=10, message=f"{len(parts[2])} rows, {data.n_features} "
                  "features")
-        try:
-            _fit(model, parts[0], parts[2], progress)
-        except ValueError as exc:  # sklearn's input checks: a data problem, not transient
-            raise FailJob(f"training failed: {exc}", code="training_failed") from exc
-        progress("evaluating", percent=80)
-        metrics = _metrics(model, parts)
+        model, metrics = killable.run(fit_and_score, (model, parts), progress)
         progress("saving", percent=90, metrics=metrics)
         result = self._result(ctx, data, parts, metrics)
         artifacts.save_model(ctx.artifact_dir, model, self._metadata(ctx, data, result))
