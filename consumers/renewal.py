@@ -1,13 +1,16 @@
 """Lease renewal, on the maintenance timer: every entry this worker holds (jobs running or
 being written, and jobs held for GPU memory) is claimed again with its idle time reset, in one
-``renew.lua`` call per stream. A lost lease stops the job; a cancel request is passed on."""
+``renew.lua`` call per stream. A lost lease stops the job; a cancel request is passed on.
+Cancel requests are also looked up on their own, faster timer (``watch_cancels``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from consumers.admission import Admission
 from consumers.cpu_admission import NoAdmission
+from consumers.loops import sleep_unless
 from consumers.progress import JobRun
 from streams.consumer import QueueConsumer
 from streams.endings import RenewCode
@@ -30,3 +33,16 @@ async def renew_leases(queue: QueueConsumer, runs: dict[str, JobRun],
             log.warning("lease lost", job_id=run.delivery.job_id)
         elif code is RenewCode.CANCEL_REQUESTED:
             run.cancel_requested = True
+
+
+async def watch_cancels(queue: QueueConsumer, runs: dict[str, JobRun], stopping: asyncio.Event,
+                        every_s: float) -> None:
+    """Tell running jobs of their cancel requests, then wait ``every_s`` (CANCEL_CHECK_S): a
+    job in one long step (a native fit, a day-long sleep) publishes no progress whose answer
+    would carry it, and lease renewal comes only every third of a lease."""
+    waiting = [r for r in runs.values() if not r.cancel_requested]
+    if waiting:
+        flags = await queue.cancel_requested([r.delivery for r in waiting])
+        for run, flag in zip(waiting, flags, strict=True):
+            run.cancel_requested = run.cancel_requested or flag
+    await sleep_unless(stopping, every_s)

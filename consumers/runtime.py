@@ -31,7 +31,7 @@ from consumers.gpu import GpuDevices
 from consumers.loops import forever, sleep_unless, unless_unavailable, until_done
 from consumers.progress import JobRun, ProgressPublisher
 from consumers.reclaim import Reclaimer
-from consumers.renewal import renew_leases
+from consumers.renewal import renew_leases, watch_cancels
 from consumers.settings import WorkerSettings
 from consumers.shutdown import hand_back, stop_reading
 from consumers.threads import JobThreads
@@ -113,6 +113,8 @@ class Worker:
         loops = [self._forever("read", self._read_step),
                  self._forever("maintenance", self._maintain),
                  self._forever("heartbeat", self._heartbeat),
+                 self._forever("cancel watch", lambda: watch_cancels(
+                     self.queue, self.runs, self.stopping, self.settings.cancel_check_s)),
                  self.final_writes.loop()]
         background = [asyncio.create_task(c) for c in loops]
         await self.stopping.wait()
@@ -282,6 +284,8 @@ class Worker:
             refusal = FailJob(
                 f"{self.settings.worker_type} does not serve {d.message.model_type!r}",
                 code="unsupported_model_type")
+        if d.input_error:
+            refusal = FailJob(d.input_error, code="record_malformed")
         if refusal is not None:
             self.executing += 1
             self._job_done(run, 0.0, None, refusal)
@@ -368,12 +372,10 @@ class Worker:
             worker_id=self.name, worker_type=self.settings.worker_type,
             framework=self.framework.name, framework_version=self.framework_version,
             hostname=socket.gethostname(), pid=os.getpid(), started_at=self._started_at,
-            heartbeat_at=int(time.time() * 1000),
-            max_concurrent_jobs=self.slots,
+            heartbeat_at=int(time.time() * 1000), max_concurrent_jobs=self.slots,
             running_jobs=[r.delivery.job_id for r in self.runs.values()],
             gpus=self.admission.inventory(),
-            state="draining" if self.stopping.is_set() else "running",
-        )
+            state="draining" if self.stopping.is_set() else "running")
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)
 
@@ -385,14 +387,12 @@ class Worker:
             self.log.info("draining", running=self.executing,
                           grace_s=self.settings.shutdown_grace_s)
             self._idle.clear()
-            if self.executing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
         if self._tasks:  # last progress reports of jobs that just ended
             await asyncio.wait(list(self._tasks), timeout=5)
-        # What finished in time is recorded as such (bounded: Redis may be down).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.final_writes.flush(), timeout=10)
+        with contextlib.suppress(TimeoutError):  # what finished in time is recorded as such
+            await asyncio.wait_for(self.final_writes.flush(), timeout=10)  # Redis may be down
         await hand_back(self.queue, self.runs, self.log)
 
     async def _deregister(self) -> None:

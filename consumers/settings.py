@@ -29,6 +29,9 @@ class WorkerSettings(RedisSettings):
                                  "the job fails with code timeout")
     max_job_timeout_s: float = Field(default=7 * 24 * 3600, gt=0, description="MAX_JOB_TIMEOUT_S:"
                                      " a job's timeout_s above this is cut to it")
+    cancel_check_s: float = Field(default=1.0, gt=0, description="CANCEL_CHECK_S: how often "
+                                  "running jobs' cancel requests are looked up (a job that "
+                                  "reports progress learns of one at its next report anyway)")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     progress_interval_s: float = Field(default=0.25, ge=0, description="progress events are "

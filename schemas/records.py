@@ -16,10 +16,12 @@ from schemas.requests import JobId
 from schemas.status import JobKind, JobStatus
 
 # Fields of a stream entry, in the order they are written. The requeue script copies exactly these
-# from the record into a fresh entry, so a retried job carries the same spec.
+# from the record into a fresh entry, so a retried job carries the same spec. An inference job's
+# inline ``inputs`` (up to a request body's size) are stored once, in the record only: start.lua
+# hands them to the worker that starts the job.
 ENTRY_FIELDS: tuple[str, ...] = (
     "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "data_path",
-    "hyperparameters", "model_id", "inputs", "parameters", "timeout_s",
+    "hyperparameters", "model_id", "parameters", "timeout_s",
 )
 # A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
 # worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
@@ -70,6 +72,19 @@ class JobMessage(BaseModel):
             return cls.model_validate(data)
         except (ValidationError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"malformed job entry: {exc}".replace("\n", " ")[:500]) from exc
+
+    def with_inputs(self, raw: str) -> JobMessage:
+        """The message with the record's inline ``inputs`` (JSON); raises ValueError when they
+        are not rows."""
+        if not raw:
+            return self
+        try:
+            rows = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"the job's inputs are not JSON: {exc}") from exc
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise ValueError("the job's inputs are not a list of rows")
+        return self.model_copy(update={"inputs": rows})
 
     def with_overrides(self) -> JobMessage:
         """The message the framework runs: ``overrides["hyperparameters"]`` applied on top of the

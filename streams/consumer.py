@@ -177,10 +177,11 @@ class QueueConsumer:
         for stream, res in zip(streams, results, strict=True):
             _raise_exc(res)
             mine = [n for n, d in enumerate(batch) if d.stream == stream]
-            for n, (code, detail, attempt) in zip(mine, res, strict=True):
+            for n, (code, detail, attempt, *inputs) in zip(mine, res, strict=True):
                 d = batch[n]
                 if code == 0:
                     d.deliveries, d.attempt = int(detail), int(attempt)
+                    d.take_inputs(inputs[0] if inputs else "")
                 replies[n] = StartOutcome(d, code == 0, int(code), detail)
         return [replies[n] for n in range(len(batch))]
 
@@ -315,6 +316,14 @@ class QueueConsumer:
             )
             out.update({d.entry_id: RenewCode(int(c)) for d, c in zip(mine, codes, strict=True)})
         return out
+
+    async def cancel_requested(self, batch: list[Delivery]) -> list[bool]:
+        """Whether a cancel was requested for each job (one pipelined round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d in batch:
+                pipe.hget(self.keys.job(d.job_id), "cancel_requested")
+            flags = await pipe.execute()
+        return [flag == "1" for flag in flags]
 
     async def promote_due(self, now_ms: int, limit: int = 100) -> int:
         """Move retrying jobs whose backoff passed back into their stream."""

@@ -103,12 +103,12 @@ class Producer:
             "gpu_mem_mb": req.gpu_mem_mb or "",
             "data_path": req.data_path or "",
             "model_id": req.model_id,
-            "inputs": _dumps(req.inputs),
             "parameters": _dumps(req.parameters),
             "timeout_s": req.timeout_s or "",
         }
         record = {"description": req.description,
-                  "requires_gpu": int(model.requires_gpu)}
+                  "requires_gpu": int(model.requires_gpu),
+                  "inputs": _dumps(req.inputs)}  # stored once: in the record, not the entry
         return await self._submit(JobKind.INFERENCE, model.worker_type, entry, record,
                                   req.model_dump_json(), idempotency_key)
 

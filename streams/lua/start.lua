@@ -5,7 +5,8 @@
 -- ARGV[4] group  ARGV[5] consumer  ARGV[6] max deliveries  ARGV[7] dead-letter stream maxlen
 -- ARGV[6+2i] job_id of job i  ARGV[7+2i] its entry id
 -- Returns, per job, {code, detail, attempt}:
---   {0, deliveries, attempt} started
+--   {0, deliveries, attempt, inputs} started; inputs: the record's inline rows (JSON, or ''):
+--                                        they are stored once, in the record, not in the entry
 --   {-1, msg, 0} not the owner (reclaimed by another worker)
 --   {-2, status, 0} job already final or entry stale: entry acked and deleted
 --   {-3, deliveries, 0} delivery limit exceeded, or a malformed record: dead-lettered, job
@@ -34,7 +35,8 @@ local function start_one(record, job_events, job_id, entry_id)
     return {-1, 'not the owner of this entry', 0}
   end
   owned[entry_id] = nil
-  local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id', 'started_at', 'waiting')
+  local st = redis.call('HMGET', record, 'status', 'attempt', 'entry_id', 'started_at', 'waiting',
+    'inputs')
   if not st[1] then  -- the record was deleted (or expired): what is left of the job goes too
     dead_letter(job_id, entry_id, deliveries, 'record_missing')
     redis.call('EXPIRE', job_events, RETENTION)
@@ -72,7 +74,7 @@ local function start_one(record, job_events, job_id, entry_id)
   end
   emit(job_events, type_events, job_id, 'started', 'running', cjson.encode({worker = consumer,
     attempt = attempt, deliveries = deliveries, resumed = deliveries > 1}), ts)
-  return {0, deliveries, attempt}
+  return {0, deliveries, attempt, st[6] or ''}
 end
 
 local out = {}

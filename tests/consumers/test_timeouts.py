@@ -101,6 +101,28 @@ async def test_worker_default_and_maximum_timeout(redis: Redis, redis_url: str,
     assert recs[1].error is not None and "timeout of 1 s" in recs[1].error.message
 
 
+async def test_cancel_reaches_a_job_in_one_long_step(redis: Redis, redis_url: str,
+                                                     tmp_path: Path) -> None:
+    """No progress report (one step of a minute) and no lease renewal soon (a 30 s lease): the
+    cancel arrives through the cancel watch, within CANCEL_CHECK_S plus a sleep slice."""
+    producer = Producer(redis)
+    settings = settings_for(redis_url, tmp_path, lease_timeout_s=30, reclaim_interval_s=10,
+                            cancel_check_s=0.5)
+    async with running_worker(settings):
+        sub = await producer.submit_training(job("sleep", seconds=60, steps=1))
+
+        async def running() -> bool:
+            return (await producer.get(sub.job_id)).status is JobStatus.RUNNING
+
+        await eventually(running, timeout=30, what="the job to start")
+        asked = time.monotonic()
+        await producer.cancel(sub.job_id)
+        rec = await producer.wait(sub.job_id, timeout=30)
+        took = time.monotonic() - asked
+    assert rec.status is JobStatus.CANCELLED
+    assert took < 5, f"the cancel took {took:.1f} s to reach the job"
+
+
 # ---- native fits in a killable child -------------------------------------------------------
 
 def _spin(pid_file: str, progress: Any) -> None:  # runs in the child

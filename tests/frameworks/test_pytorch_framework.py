@@ -280,3 +280,17 @@ def test_shipped_sentiment_dataset_is_reproducible() -> None:
     path = TEXT_BUILTINS["sentiment"]
     assert path.read_text(encoding="utf-8") == make_text.render(make_text.generate())
     assert path.stat().st_size < 200_000
+
+
+@pytest.mark.parametrize(("model_type", "hp", "most"), [
+    ("bert", {"batch_size": 1024, "max_length": 32}, 512),  # 32,768 tokens per step
+    ("resnet", {"batch_size": 4096, "image_size": 64}, 1024),  # 16.8 M pixels per step
+])
+def test_a_cpu_step_is_bounded(root: Path, model_type: str, hp: dict[str, Any], most: int
+                               ) -> None:
+    """A step is where cancel and timeout are seen: on a CPU it must stay small."""
+    data = "builtin:sentiment" if model_type == "bert" else "builtin:digits"
+    with pytest.raises(FailJob) as err:
+        _train(root, model_type, data, epochs=1, **hp)
+    assert err.value.code == "invalid_hyperparameters"
+    assert f"at most {most} on a CPU" in str(err.value)

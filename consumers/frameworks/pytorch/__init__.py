@@ -49,6 +49,10 @@ COMMON = frozenset({"epochs", "learning_rate", "batch_size", "weight_decay", "te
                     "label_column", "text_column"})
 # Hyperparameters that do not change what is trained (a resumed job may run elsewhere).
 _PLACEMENT = frozenset({"device", "threads"})
+# What one training step may hold on a CPU (tokens, or pixels, per batch): a step is where a
+# job sees a cancel or its timeout, so a step must take seconds, not minutes. A GPU step of the
+# same size takes milliseconds; GPU admission bounds it by memory instead.
+MAX_CPU_STEP = {"text": 16_384, "image": 4_194_304}
 
 
 def device_for(options: dict[str, Any], ctx: JobContext) -> torch.device:
@@ -121,6 +125,20 @@ def _settings(hp: dict[str, Any], ctx: JobContext) -> Settings:
         seed=p.integer("seed", seed_default, 0, 2**31 - 1),
         device=device_for(hp, ctx),
     )
+
+
+def _check_step_size(cfg: dict[str, Any], s: Settings) -> None:
+    if s.device.type != "cpu":
+        return
+    family = "text" if cfg["family"] != "image" else "image"
+    per_sample = cfg["max_length"] if family == "text" else cfg["image_size"] ** 2
+    most = max(1, MAX_CPU_STEP[family] // per_sample)
+    if s.batch_size > most:
+        what = f"max_length {cfg['max_length']}" if family == "text" \
+            else f"image_size {cfg['image_size']}"
+        raise bad("batch_size", f"at most {most} on a CPU with {what} (a step holds at most "
+                  f"{MAX_CPU_STEP[family]:,} {'tokens' if family == 'text' else 'pixels'})",
+                  s.batch_size)
 
 
 @dataclass(slots=True)
@@ -274,6 +292,7 @@ class PytorchFramework:
         progress("loading_data", percent=0, message=ctx.message.data_path or "")
         prepare = _prepare_images if cfg["family"] == "image" else _prepare_text
         prep = prepare(ctx, hp, cfg, s)
+        _check_step_size(cfg, s)
         cfg["seed"] = s.seed
         model = build_model(ctx.message.model_type, cfg, prep.n_classes, prep.size).to(s.device)
         weights = _load_weights(model, ctx, hp, s.device)

@@ -131,7 +131,7 @@ def _generation_options(parameters: dict[str, Any], limit: int) -> dict[str, Any
         raise bad("greedy", "true or false", greedy)
     p = Params(parameters)
     return {"max_new_tokens": p.integer("max_new_tokens", 20, 1, limit - 1),
-            "greedy": greedy, "temperature": p.number("temperature", 1.0, gt=0.0),
+            "greedy": greedy, "temperature": p.number("temperature", 1.0, gt=0.0, le=100.0),
             "top_k": p.integer("top_k", 0, 0, 1_000_000),
             "seed": p.integer("seed", 0, 0, 2**31 - 1)}
 

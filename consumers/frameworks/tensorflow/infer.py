@@ -31,7 +31,7 @@ def infer(ctx: JobContext, progress: Progress, version: str) -> dict[str, Any]:
     shape = (int(meta["input_shape"][0]), int(meta["input_shape"][1]),
              int(meta["input_shape"][2]))
     x = load_inference_images(ctx.data_root, source, shape, meta.get("label_name"))
-    batch_size = Params(msg.parameters).integer("batch_size", 64, 1)
+    batch_size = Params(msg.parameters).integer("batch_size", 64, 1, 65_536)
     progress("predicting", percent=50, message=f"{len(x)} images")
     with tf_job() as tfm:
         model = tfm.load_model(ctx.model_dir(msg.model_id) / MODEL_FILE)

@@ -80,13 +80,13 @@ def _optimizer(hp: dict[str, Any]) -> str:
 def parse_spec(model_type: str, hp: dict[str, Any]) -> TrainSpec:
     """Validate ``hp`` for ``model_type``; defaults train in seconds on a CPU."""
     spec = TrainSpec(
-        model_type=_model_type(model_type), epochs=Params(hp).integer("epochs", 3, 1),
-        learning_rate=Params(hp).number("learning_rate", 1e-3, gt=0.0),
-        batch_size=Params(hp).integer("batch_size", 32, 1), optimizer=_optimizer(hp),
+        model_type=_model_type(model_type), epochs=Params(hp).integer("epochs", 3, 1, 10_000),
+        learning_rate=Params(hp).number("learning_rate", 1e-3, gt=0.0, le=10.0),
+        batch_size=Params(hp).integer("batch_size", 32, 1, 65_536), optimizer=_optimizer(hp),
         test_size=Params(hp).number("test_size", 0.2, gt=0.0, lt=1.0),
-        seed=Params(hp).integer("random_state", 0, 0),
-        max_samples=Params(hp).integer_or_none("max_samples", None, 4),
-        image_size=Params(hp).integer_or_none("image_size", None, 1),
+        seed=Params(hp).integer("random_state", 0, 0, 2**31 - 1),
+        max_samples=Params(hp).integer_or_none("max_samples", None, 4, 10_000_000),
+        image_size=Params(hp).integer_or_none("image_size", None, 1, 1024),
         alpha=Params(hp).number("alpha", 0.35, gt=0.0, lt=4.0),
         bn_momentum=Params(hp).number("bn_momentum", 0.9, gt=0.0, lt=1.0),
         weights_path=Params(hp).text("weights_path"),
