@@ -49,10 +49,12 @@ COMMON = frozenset({"epochs", "learning_rate", "batch_size", "weight_decay", "te
                     "label_column", "text_column"})
 # Hyperparameters that do not change what is trained (a resumed job may run elsewhere).
 _PLACEMENT = frozenset({"device", "threads"})
-# What one training step may hold on a CPU (tokens, or pixels, per batch): a step is where a
-# job sees a cancel or its timeout, so a step must take seconds, not minutes. A GPU step of the
-# same size takes milliseconds; GPU admission bounds it by memory instead.
-MAX_CPU_STEP = {"text": 16_384, "image": 4_194_304}
+# What one training step may cost on a CPU: a step is where a job sees a cancel or its timeout,
+# so it must take seconds, not minutes. Text: floating-point operations of a transformer step
+# (forward and backward, 6 x tokens x layers x (12 h^2 + L h)), 6e10 is ~2 s on one busy core.
+# Images: samples x pixels x width^2. A GPU step of the same size takes milliseconds; GPU
+# admission bounds it by memory instead.
+MAX_CPU_STEP = {"text": 6e10, "image": 2.0**31}
 
 
 def device_for(options: dict[str, Any], ctx: JobContext) -> torch.device:
@@ -127,18 +129,25 @@ def _settings(hp: dict[str, Any], ctx: JobContext) -> Settings:
     )
 
 
+def step_cost(cfg: dict[str, Any], batch_size: int) -> float:
+    """What one training step costs, in the units of ``MAX_CPU_STEP``."""
+    if cfg["family"] == "image":
+        return float(batch_size * cfg["image_size"] ** 2 * cfg["width"] ** 2)
+    length, hidden = cfg["max_length"], cfg["hidden_size"]
+    return 6.0 * batch_size * length * cfg["num_layers"] * (12 * hidden**2 + length * hidden)
+
+
 def _check_step_size(cfg: dict[str, Any], s: Settings) -> None:
-    if s.device.type != "cpu":
+    family = "image" if cfg["family"] == "image" else "text"
+    limit = MAX_CPU_STEP[family]
+    if s.device.type != "cpu" or step_cost(cfg, s.batch_size) <= limit:
         return
-    family = "text" if cfg["family"] != "image" else "image"
-    per_sample = cfg["max_length"] if family == "text" else cfg["image_size"] ** 2
-    most = max(1, MAX_CPU_STEP[family] // per_sample)
-    if s.batch_size > most:
-        what = f"max_length {cfg['max_length']}" if family == "text" \
-            else f"image_size {cfg['image_size']}"
-        raise bad("batch_size", f"at most {most} on a CPU with {what} (a step holds at most "
-                  f"{MAX_CPU_STEP[family]:,} {'tokens' if family == 'text' else 'pixels'})",
-                  s.batch_size)
+    most = max(1, int(limit // step_cost(cfg, 1)))
+    shape = (f"image_size {cfg['image_size']} and width {cfg['width']}" if family == "image"
+             else f"max_length {cfg['max_length']}, hidden_size {cfg['hidden_size']} and "
+             f"num_layers {cfg['num_layers']}")
+    raise bad("batch_size", f"at most {most} on a CPU with {shape} (one step must stay within "
+              "seconds: that is where cancel and timeout take effect)", s.batch_size)
 
 
 @dataclass(slots=True)
