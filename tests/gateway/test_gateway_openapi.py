@@ -11,8 +11,11 @@ import schemathesis
 from httpx import AsyncClient
 
 from schemas.events import EventType
+from tests.gateway.conftest import ClientFactory
 from tests.gateway.payloads import submit
 
+KEY = "openapi-key-0123"
+UNKNOWN = "job_12345678-1234-1234-1234-123456789012"
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_schema_conformance", "response_headers_conformance")
 
@@ -44,3 +47,31 @@ async def test_sse_frames_are_the_documented_events(client: AsyncClient) -> None
     event = (await _spec(client))["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"][
         "content"]["text/event-stream"]["schema"]
     assert event["properties"]["event"]["enum"] == [t.value for t in EventType]
+
+
+async def test_with_an_api_key_the_spec_documents_it_and_the_401(
+        make_client: ClientFactory) -> None:
+    """Found by schemathesis: with API_KEY set, every guarded route answered an undocumented
+    401 to a request without the key."""
+    async with make_client(api_key=KEY) as client:
+        spec = await _spec(client)
+        assert set(spec["components"]["securitySchemes"]) == {
+            "ApiKeyHeader", "BearerAuth", "ApiKeyQuery"}
+        for path, operations in spec["paths"].items():
+            for operation in operations.values():
+                guarded = path != "/health"
+                assert ("401" in operation["responses"]) == guarded, path
+                assert ("security" in operation) == guarded, path
+        for path, method, params in (("/jobs", "GET", {}), ("/jobs/training", "POST", {}),
+                                     ("/jobs/{job_id}/events", "GET", {"job_id": UNKNOWN})):
+            url = path.format(**params)
+            response = await client.request(method, url, json={} if method == "POST" else None)
+            assert response.status_code == 401
+            await conforms(client, response, path, **params)
+
+
+async def test_without_an_api_key_the_spec_declares_none(client: AsyncClient) -> None:
+    spec = await _spec(client)
+    assert "securitySchemes" not in spec["components"]
+    assert all("401" not in operation["responses"] and "security" not in operation
+               for operations in spec["paths"].values() for operation in operations.values())
