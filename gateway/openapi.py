@@ -2,6 +2,9 @@
 
 FastAPI documents a ``HTTPValidationError`` body on every route with parameters, but our
 handler answers with the ``ErrorResponse`` envelope; the generated spec is rewritten once.
+An optional query or header parameter (``str | None``) is documented as ``anyOf [..., null]``,
+but a header or query string cannot carry a JSON null (a client sending ``null`` sends the text
+"null"): absent is how such a parameter is left out, so its null branch is dropped.
 Schemas no route returns as a model, but a route's description points at (the job events an
 SSE frame carries), are added to ``components``. With ``API_KEY`` set, the spec also declares
 the key (security schemes) and the 401 the auth middleware answers on every route it guards.
@@ -57,6 +60,27 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return response
 
 
+_NULL = {"type": "null"}
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``{"anyOf": [X, {"type": "null"}], ...}`` -> ``{**X, ...}``."""
+    branches = schema.get("anyOf")
+    if not isinstance(branches, list) or _NULL not in branches:
+        return schema
+    rest = [b for b in branches if b != _NULL]
+    outer = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**rest[0], **outer} if len(rest) == 1 else {**outer, "anyOf": rest}
+
+
+def _parameters_not_null(spec: dict[str, Any]) -> None:
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                if "schema" in parameter:
+                    parameter["schema"] = _not_null(parameter["schema"])
+
+
 def _guarded(path: str) -> bool:
     return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
@@ -91,6 +115,7 @@ def build_openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
                        description=app.description, routes=app.routes)
     _add_components(spec.setdefault("components", {}).setdefault("schemas", {}))
+    _parameters_not_null(spec)
     if settings.api_key is not None:
         _document_api_key(spec)
     rewritten: dict[str, Any] = _rewrite(spec)

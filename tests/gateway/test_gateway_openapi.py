@@ -75,3 +75,21 @@ async def test_without_an_api_key_the_spec_declares_none(client: AsyncClient) ->
     assert "securitySchemes" not in spec["components"]
     assert all("401" not in operation["responses"] and "security" not in operation
                for operations in spec["paths"].values() for operation in operations.values())
+
+
+async def test_optional_parameters_are_not_documented_as_null(client: AsyncClient) -> None:
+    """Found by schemathesis: ``Last-Event-ID`` was documented as ``string | null``, so a
+    valid request sent the text ``null``, which the server rightly refuses (422). A header or
+    query string cannot carry a JSON null; leaving the parameter out is how it is absent."""
+    spec = await _spec(client)
+    parameters = [p for operations in spec["paths"].values()
+                  for operation in operations.values() for p in operation.get("parameters", ())]
+    assert {p["name"] for p in parameters} >= {"Last-Event-ID", "last_event_id", "status",
+                                               "worker_type", "Idempotency-Key"}
+    for parameter in parameters:
+        assert "'type': 'null'" not in str(parameter["schema"]), parameter
+    event_id = next(p for p in parameters if p["name"] == "Last-Event-ID")
+    assert event_id["schema"]["type"] == "string" and "pattern" in event_id["schema"]
+    job_id = await submit(client)
+    response = await client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "null"})
+    assert response.status_code == 422
