@@ -45,10 +45,15 @@ Text = Annotated[str, AfterValidator(json_safe)]
 _SCALAR_TYPES = (str, int, float, bool, type(None))
 
 
+# What an extra hyperparameter may be, as the JSON schema says it (see _extras_are_scalars).
+_SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+
+
 class Hyperparameters(BaseModel):
     """Common hyperparameters; model-specific extras (n_estimators, seconds, …) pass through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow",
+                              json_schema_extra={"additionalProperties": _SCALAR_SCHEMA})
 
     epochs: int = Field(default=1, gt=0, le=10_000)
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
