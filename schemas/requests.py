@@ -80,7 +80,12 @@ def _check_model_type(value: str) -> str:
 
 
 class TrainingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # The spec says what _data_needed enforces: a data_path unless the model type needs none.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
+        "anyOf": [
+            {"required": ["data_path"], "properties": {"data_path": {"type": "string"}}},
+            {"properties": {"model_type": {"enum": cast(Any, sorted(DATA_FREE_MODELS))}}},
+        ]})
 
     model_type: str = Field(min_length=1, max_length=64,
                             json_schema_extra={"enum": cast(Any, sorted(KNOWN_MODEL_TYPES))})

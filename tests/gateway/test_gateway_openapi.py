@@ -10,6 +10,7 @@ import httpx
 import schemathesis
 from httpx import AsyncClient
 
+from schemas.catalogue import DATA_FREE_MODELS
 from schemas.events import EventType
 from tests.gateway.conftest import ClientFactory
 from tests.gateway.payloads import submit
@@ -105,3 +106,16 @@ async def test_extra_hyperparameters_are_documented_as_scalars(client: AsyncClie
         r = await client.post("/jobs/training", json={"model_type": "noop",
                                                       "hyperparameters": {"extra": value}})
         assert r.status_code == status, (value, r.text)
+
+
+async def test_training_documents_when_data_path_is_required(client: AsyncClient) -> None:
+    """Found by schemathesis: ``{"model_type": "gpt"}`` was spec-valid but refused (422,
+    data_path is required); the spec says a data_path is needed unless the model type is one
+    of the diagnostic ones."""
+    training = (await _spec(client))["components"]["schemas"]["TrainingRequest"]
+    needs_data, data_free = training["anyOf"]
+    assert needs_data["required"] == ["data_path"]
+    assert data_free["properties"]["model_type"]["enum"] == sorted(DATA_FREE_MODELS)
+    assert (await client.post("/jobs/training", json={"model_type": "gpt"})).status_code == 422
+    for body in ({"model_type": "noop"}, {"model_type": "gpt", "data_path": "/data/x.csv"}):
+        assert (await client.post("/jobs/training", json=body)).status_code == 202, body
