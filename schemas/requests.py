@@ -108,7 +108,14 @@ class TrainingRequest(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # The spec says what _one_source enforces: rows inline, or a data_path, never both.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
+        "oneOf": [
+            {"required": ["inputs"], "properties": {"inputs": {"type": "array"},
+                                                    "data_path": {"type": "null"}}},
+            {"required": ["data_path"], "properties": {"data_path": {"type": "string"},
+                                                       "inputs": {"type": "null"}}},
+        ]})
 
     model_id: JobId = Field(description="id of the training job whose model to use")
     inputs: list[list[Scalar]] | None = Field(

@@ -119,3 +119,18 @@ async def test_training_documents_when_data_path_is_required(client: AsyncClient
     assert (await client.post("/jobs/training", json={"model_type": "gpt"})).status_code == 422
     for body in ({"model_type": "noop"}, {"model_type": "gpt", "data_path": "/data/x.csv"}):
         assert (await client.post("/jobs/training", json=body)).status_code == 202, body
+
+
+async def test_inference_documents_exactly_one_source_of_rows(client: AsyncClient) -> None:
+    """Found by schemathesis: bodies with both ``inputs`` and ``data_path`` (or neither) were
+    spec-valid and refused (422); the spec now says exactly one of them."""
+    inference = (await _spec(client))["components"]["schemas"]["InferenceRequest"]
+    assert [branch["required"] for branch in inference["oneOf"]] == [["inputs"], ["data_path"]]
+    model = {"model_id": UNKNOWN}
+    for body in ({**model, "inputs": [[1]], "data_path": "x.csv"}, model,
+                 {**model, "inputs": None, "data_path": None}):
+        r = await client.post("/jobs/inference", json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", body
+    for body in ({**model, "inputs": [[1]]}, {**model, "data_path": "x.csv", "inputs": None}):
+        r = await client.post("/jobs/inference", json=body)  # valid: the model is unknown
+        assert r.json()["error"]["code"] == "model_not_found", body
