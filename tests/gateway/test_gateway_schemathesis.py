@@ -15,13 +15,13 @@ cancelled; a job id in a path is then sometimes one of theirs. ``GET /jobs/{job_
 streams until its job ends, so it is only ever pointed at the cancelled ones (their streams end
 after the replay), and schemathesis reads no event stream longer than ``REQUEST_TIMEOUT_S``.
 
-Counts and timings of a run: bench/RESULTS.md. Found and fixed: tests/gateway/
-test_gateway_openapi.py. Per-operation subtests (pytest's ``subtests``): a failure names its
-operation and mode, and schemathesis' report shows the (shrunk) request with a curl line.
+Counts and timings: bench/RESULTS.md. What it found, and the fixes' regression tests:
+tests/gateway/test_gateway_openapi.py. One subtest per operation and mode (pytest's
+``subtests``): a failure names both, and schemathesis' report shows the shrunk request as curl.
 
 This drives schemathesis through its Python API (``APIOperation.as_strategy`` with hypothesis)
-rather than ``schemathesis.pytest.from_fixture``, which fails on pytest 9.2 (it sets the
-item's ``_nodeid``, which pytest 9.2 no longer has).
+rather than ``schemathesis.pytest.from_fixture``, which fails on pytest 9.2 (it reads the
+item's ``_nodeid``, an attribute pytest 9.2 no longer has: AttributeError).
 """
 
 from __future__ import annotations
