@@ -43,6 +43,7 @@ ERROR_CODES: dict[str, int] = {
     "model_not_ready": 409,
     "idempotency_conflict": 409,
     "payload_too_large": 413,
+    "unauthorized": 401,
     "invalid_host": 400,
     "queue_full": 429,
     "redis_unavailable": 503,

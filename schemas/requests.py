@@ -50,10 +50,15 @@ Text = Annotated[str, AfterValidator(json_safe)]
 _SCALAR_TYPES = (str, int, float, bool, type(None))
 
 
+# What an extra hyperparameter may be, as the JSON schema says it (see _extras_are_scalars).
+_SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+
+
 class Hyperparameters(BaseModel):
     """Common hyperparameters; model-specific extras (n_estimators, seconds, …) pass through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow",
+                              json_schema_extra={"additionalProperties": _SCALAR_SCHEMA})
 
     epochs: int = Field(default=1, gt=0, le=10_000)
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
@@ -80,7 +85,12 @@ def _check_model_type(value: str) -> str:
 
 
 class TrainingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # The spec says what _data_needed enforces: a data_path unless the model type needs none.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
+        "anyOf": [
+            {"required": ["data_path"], "properties": {"data_path": {"type": "string"}}},
+            {"properties": {"model_type": {"enum": cast(Any, sorted(DATA_FREE_MODELS))}}},
+        ]})
 
     model_type: str = Field(min_length=1, max_length=64,
                             json_schema_extra={"enum": cast(Any, sorted(KNOWN_MODEL_TYPES))})
@@ -105,7 +115,14 @@ class TrainingRequest(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # The spec says what _one_source enforces: rows inline, or a data_path, never both.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
+        "oneOf": [
+            {"required": ["inputs"], "properties": {"inputs": {"type": "array"},
+                                                    "data_path": {"type": "null"}}},
+            {"required": ["data_path"], "properties": {"data_path": {"type": "string"},
+                                                       "inputs": {"type": "null"}}},
+        ]})
 
     model_id: JobId = Field(description="id of the training job whose model to use")
     inputs: list[list[Scalar]] | None = Field(

@@ -28,7 +28,7 @@ from gateway.deps import HubDep, JobIdDep, ProducerDep, RedisDep, SettingsDep
 from gateway.errors import ApiError, responses
 from gateway.hub import Hub, HubEvent, JobSubscription
 from gateway.settings import GatewaySettings
-from schemas.events import TERMINAL_EVENTS, parse_event
+from schemas.events import TERMINAL_EVENTS, EventType, parse_event
 from streams.errors import JobNotFound
 from streams.events import Entry, Replay, id_after, normalize_id, parse_id, replay
 from streams.keys import QueueKeys
@@ -41,8 +41,22 @@ EVENT_ID_PATTERN = r"^\d{1,20}(-\d{1,20})?$"
 PING = ": ping\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+# One SSE event (OpenAPI before 3.2: a text/event-stream ``schema`` describes each event): the
+# entry id, the event's type and the event as one line of JSON. ``: ping`` comments are no events.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": r"^\d+-\d+$",
+               "description": "the event's entry id in the job's stream (resume with it)"},
+        "event": {"type": "string", "enum": [t.value for t in EventType]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/JobEvent"},
+                 "description": "the whole event, as one line of JSON"},
+    },
+}
 _SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+    200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}},
           "description": "`id: <entry id>` / `event: <type>` / `data: <event JSON>` frames, "
                          "`: ping` heartbeats; ends after the terminal event"},
     **responses("job_not_found", "validation_error", "redis_unavailable"),
