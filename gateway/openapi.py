@@ -99,6 +99,14 @@ def _document_api_key(spec: dict[str, Any]) -> None:
             operation.setdefault("responses", {})["401"] = unauthorized
 
 
+def _document_trusted_hosts(spec: dict[str, Any]) -> None:
+    """With TRUSTED_HOSTS set, every route answers 400 ``invalid_host`` to another Host."""
+    invalid = _error("`invalid_host`: the request's Host is not one of TRUSTED_HOSTS", {})
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            operation.setdefault("responses", {})["400"] = invalid
+
+
 def _add_components(schemas: dict[str, Any]) -> None:
     schemas.setdefault(ErrorResponse.__name__, ErrorResponse.model_json_schema(
         ref_template=_REF_TEMPLATE))
@@ -118,6 +126,8 @@ def build_openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     _parameters_not_null(spec)
     if settings.api_key is not None:
         _document_api_key(spec)
+    if settings.hosts:
+        _document_trusted_hosts(spec)
     rewritten: dict[str, Any] = _rewrite(spec)
     return rewritten
 

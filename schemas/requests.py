@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -97,7 +98,7 @@ class TrainingRequest(BaseModel):
     data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     description: Text = Field(default="", max_length=2000)
-    requires_gpu: bool = False
+    requires_gpu: StrictBool = False  # 0, 1 or "yes" are refused, as the spec says
     framework_override: str | None = Field(
         default=None, max_length=64, description="a worker type to force",
         json_schema_extra={"enum": cast(Any, [*sorted(CATALOGUE), None])})

@@ -134,3 +134,21 @@ async def test_inference_documents_exactly_one_source_of_rows(client: AsyncClien
     for body in ({**model, "inputs": [[1]]}, {**model, "data_path": "x.csv", "inputs": None}):
         r = await client.post("/jobs/inference", json=body)  # valid: the model is unknown
         assert r.json()["error"]["code"] == "model_not_found", body
+
+
+async def test_with_trusted_hosts_the_spec_documents_the_400(make_client: ClientFactory) -> None:
+    async with make_client(trusted_hosts="aiq.example.com,aiq.test") as client:
+        spec = await _spec(client)
+        wrong = await client.get("/queues", headers={"Host": "evil.example.net"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_host"
+    responses = spec["paths"]["/queues"]["get"]["responses"]
+    assert "400" in responses and "invalid_host" in responses["400"]["description"]
+
+
+async def test_requires_gpu_is_a_real_boolean(client: AsyncClient) -> None:
+    """The spec says boolean; 0 or "yes" must not pass as one."""
+    for value in (0, "yes"):
+        response = await client.post("/jobs/training", json={
+            "model_type": "noop", "requires_gpu": value})
+        assert response.status_code == 422, value
+        assert "requires_gpu" in response.text

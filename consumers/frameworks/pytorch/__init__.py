@@ -133,7 +133,7 @@ def step_cost(cfg: dict[str, Any], batch_size: int) -> float:
     """What one training step costs, in the units of ``MAX_CPU_STEP``."""
     if cfg["family"] == "image":
         return float(batch_size * cfg["image_size"] ** 2 * cfg["width"] ** 2)
-    length, hidden = cfg["max_length"], cfg["hidden_size"]
+    length, hidden = int(cfg["max_length"]), int(cfg["hidden_size"])
     return 6.0 * batch_size * length * cfg["num_layers"] * (12 * hidden**2 + length * hidden)
 
 
