@@ -45,7 +45,7 @@ JOBS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "svm": ("big.csv", {"C": 1e6}),
     "logistic_regression": ("big.csv", {"max_iter": 100_000, "C": 1e6}),
     # the costliest CPU step allowed (MAX_CPU_STEP in consumers/frameworks/pytorch)
-    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 128, "image_size": 64,
+    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 32, "image_size": 64,
                               "width": 64}) for m in ("resnet", "vgg", "alexnet")},
     **{m: ("builtin:sentiment", {"epochs": 10_000, "batch_size": 11, "max_length": 256,
                                  "hidden_size": 256, "num_layers": 4})
