@@ -50,8 +50,9 @@ JOBS: dict[str, tuple[str | None, dict[str, Any]]] = {
     **{m: ("builtin:sentiment", {"epochs": 10_000, "batch_size": 11, "max_length": 256,
                                  "hidden_size": 256, "num_layers": 4})
        for m in ("bert", "transformer", "gpt")},
-    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 256})
-       for m in ("mobilenet", "inception", "efficientnet")},
+    # the largest step allowed (MAX_STEP_PIXELS in consumers/frameworks/tensorflow/train.py)
+    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 2**19 // side**2})
+       for m, side in (("mobilenet", 32), ("inception", 75), ("efficientnet", 32))},
 }
 TYPES = ("diagnostic", "sklearn", "pytorch-2.1", "tensorflow")
 RUNNING_STAGES = {"sleeping", "training", "validating"}

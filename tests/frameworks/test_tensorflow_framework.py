@@ -238,6 +238,13 @@ def _fail(root: Path, data_path: str | None, code: str, model_type: str = "mobil
     return str(info.value)
 
 
+def test_a_step_is_bounded(root: Path) -> None:
+    """A step is where cancel and timeout are seen: at inception's 75x75 input, 93 images."""
+    message = _fail(root, "builtin:digits", "invalid_hyperparameters", model_type="inception",
+                    batch_size=256)
+    assert "at most 93 at 75x75" in message
+
+
 def test_bad_data_fails_with_invalid_data(root: Path) -> None:
     data = root / "data"
     np.savez(data / "no_labels.npz", x=np.zeros((10, 8, 8)))

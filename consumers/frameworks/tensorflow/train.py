@@ -23,6 +23,7 @@ from consumers.data import (
     resolve_data_path,
 )
 from consumers.frameworks.base import FailJob, JobContext, Progress
+from consumers.frameworks.params import bad
 from consumers.frameworks.tensorflow.data import Images
 from consumers.frameworks.tensorflow.spec import CHECKPOINT_DIR, MIN_SIZE, MODEL_FILE, TrainSpec
 
@@ -95,6 +96,20 @@ class Checkpoints:
 
 # -- training ------------------------------------------------------------------------------------
 
+# Pixels one training step may hold (batch_size x height x width at the model's input): a step
+# is where a job sees a cancel or its timeout, so on a CPU it must take seconds (an inception
+# step of 256 images of 75x75, 1.4 M pixels, took up to 5.6 s to see a cancel here).
+MAX_STEP_PIXELS = 2**19
+
+
+def _check_step_size(spec: TrainSpec, target: tuple[int, int]) -> None:
+    per_image = target[0] * target[1]
+    if spec.batch_size * per_image > MAX_STEP_PIXELS:
+        raise bad("batch_size", f"at most {max(1, MAX_STEP_PIXELS // per_image)} at "
+                  f"{target[0]}x{target[1]} input (one step holds at most {MAX_STEP_PIXELS:,} "
+                  "pixels: that is where cancel and timeout take effect)", spec.batch_size)
+
+
 def _target(spec: TrainSpec, shape: tuple[int, int, int]) -> tuple[int, int]:
     if spec.image_size is not None:
         return spec.image_size, spec.image_size
@@ -110,6 +125,7 @@ class _Training:
                  tfm: ModuleType) -> None:
         self.ctx, self.spec, self.images, self.progress, self.tfm = ctx, spec, images, progress, tfm
         self.target = _target(spec, images.shape)
+        _check_step_size(spec, self.target)
         msg = ctx.message
         self.checkpoints = Checkpoints(ctx.artifact_dir, {
             "model_type": msg.model_type, "data_path": msg.data_path,
