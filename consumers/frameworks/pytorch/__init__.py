@@ -21,7 +21,7 @@ import orjson
 import torch
 
 from consumers import artifacts
-from consumers.data import resolve_data_path
+from consumers.data import open_data
 from consumers.frameworks.base import CudaOutOfMemory, FailJob, JobContext, Progress
 from consumers.frameworks.params import Params, bad
 from consumers.frameworks.pytorch import infer as torch_infer
@@ -238,8 +238,8 @@ def _load_weights(model: torch.nn.Module, ctx: JobContext, hp: dict[str, Any],
     if not isinstance(path, str):
         raise bad("weights_path", "a path under the data root", path)
     try:
-        state = torch.load(resolve_data_path(ctx.data_root, path), map_location=device,
-                           weights_only=True)
+        with open_data(ctx.data_root, path) as fh:
+            state = torch.load(fh, map_location=device, weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, OSError, AttributeError, TypeError, ValueError) as exc:
