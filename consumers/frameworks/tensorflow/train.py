@@ -9,6 +9,7 @@ import gc
 import math
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,9 +20,7 @@ from typing import Any
 import numpy.typing as npt
 
 from consumers import artifacts
-from consumers.data import (
-    resolve_data_path,
-)
+from consumers.data import open_data
 from consumers.frameworks.base import FailJob, JobContext, Progress
 from consumers.frameworks.params import bad
 from consumers.frameworks.tensorflow.data import Images
@@ -142,10 +141,21 @@ class _Training:
                                      target=self.target, pixel_scale=images.pixel_scale,
                                      alpha=spec.alpha, bn_momentum=spec.bn_momentum)
         if spec.weights_path:
-            self.tfm.load_weights(model, resolve_data_path(self.ctx.data_root, spec.weights_path))
+            self._load_weights(model, spec.weights_path)
         opt = self.tfm.optimizer(spec.optimizer, spec.learning_rate)
         self.tfm.compile_model(model, opt)
         return model, opt
+
+    def _load_weights(self, model: Any, weights_path: str) -> None:
+        """Keras opens weights by name, so it gets a private copy of what was opened safely
+        (``open_data``: a file swapped for a symlink after the check cannot escape the root)."""
+        suffix = Path(weights_path).suffix
+        with open_data(self.ctx.data_root, weights_path) as src, \
+                tempfile.TemporaryDirectory(prefix="aiq-weights-") as tmp:
+            copy = Path(tmp) / f"weights{suffix}"
+            with copy.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            self.tfm.load_weights(model, copy, shown=weights_path)
 
     def resume(self) -> None:
         """Continue from this job's last checkpoint when there is one."""
