@@ -105,6 +105,7 @@ async def _cancel_once(producer: Producer, model_type: str) -> float | None:
         model_type=model_type, data_path=data_path, hyperparameters=hp))
     await _running(producer, sub.job_id, timeout=600)
     await asyncio.sleep(random.uniform(0.5, 2.0))  # a random moment inside a step
+    before = (await producer.get(sub.job_id)).progress or {}
     asked = time.monotonic()
     try:
         await producer.cancel(sub.job_id)
@@ -114,10 +115,15 @@ async def _cancel_once(producer: Producer, model_type: str) -> float | None:
     took = time.monotonic() - asked
     if rec.status is not JobStatus.CANCELLED:
         raise RuntimeError(f"{model_type}: ended {rec.status.value}, not cancelled: {rec.error}")
+    if took > 3:
+        print(f"  {model_type}: {took:.2f} s; at the cancel its last report was "
+              f"{before.get('stage')} epoch {before.get('epoch')} step {before.get('step')}",
+              flush=True)
     return took
 
 
-async def run(repeat: int, types: tuple[str, ...]) -> dict[str, Any]:
+async def run(repeat: int, types: tuple[str, ...], models: frozenset[str] | None = None
+              ) -> dict[str, Any]:
     random.seed(1)
     out: dict[str, Any] = {"types": {}, "skipped": []}
     with private_redis() as server, tempfile.TemporaryDirectory() as d:
@@ -133,7 +139,8 @@ async def run(repeat: int, types: tuple[str, ...]) -> dict[str, Any]:
                 continue
             proc = _spawn(worker_type, python, server.url, tmp)
             try:
-                for model_type in sorted(CATALOGUE[worker_type].model_types & set(JOBS)):
+                for model_type in sorted(CATALOGUE[worker_type].model_types & set(JOBS)
+                                         & (models or set(JOBS))):
                     tries = [await _cancel_once(producer, model_type) for _ in range(repeat)]
                     took = [t for t in tries if t is not None]
                     if not took:
@@ -162,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--types", default=",".join(TYPES))
+    parser.add_argument("--models", default="", help="only these model types (comma-separated)")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.repeat, tuple(args.types.split(","))))
+    models = frozenset(m for m in args.models.split(",") if m) or None
+    result = asyncio.run(run(args.repeat, tuple(args.types.split(",")), models))
     print(json.dumps(result, indent=2))
     return 0
 
