@@ -145,13 +145,18 @@ class _Run:
 
     def __init__(self, stop_after_s: float | None = None) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
+        self.stop_after_s = stop_after_s
+        self.deadline: float | None = None  # counted from the child's first report
+        self.stopped_at: float | None = None
 
     def __call__(self, stage: str, **fields: Any) -> None:
         self.calls.append((stage, fields))
+        if self.stop_after_s is not None and self.deadline is None:
+            self.deadline = time.monotonic() + self.stop_after_s
 
     def check(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
+            self.stopped_at = self.stopped_at or time.monotonic()
             raise CancelRequested
 
 
@@ -173,15 +178,16 @@ def test_killable_raises_the_child_exception() -> None:
 def test_killable_stops_a_native_call_at_once(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     run = _Run(stop_after_s=1.0)
-    started = time.monotonic()
     try:
         killable.run(_spin, (str(pid_file),), run)
     except CancelRequested:
         pass
     else:
         raise AssertionError("not stopped")
-    took = time.monotonic() - started
-    assert took < 1.0 + 10 * killable.POLL_S + 5, took  # a poll after the stop, plus a kill
+    assert run.stopped_at is not None and run.deadline is not None
+    noticed = run.stopped_at - run.deadline  # at most one poll (POLL_S) on a quiet machine
+    gone = time.monotonic() - run.stopped_at  # the kill and join
+    assert noticed < 10 * killable.POLL_S and gone < 5, (noticed, gone)
     assert run.calls and run.calls[0][0] == "spinning"
     assert not _alive(int(pid_file.read_text()))
 
