@@ -238,8 +238,23 @@ def env_list() -> None:
 def health(
     url: Annotated[str, typer.Option(help="Base URL of the gateway.")] = "http://127.0.0.1:8000",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 2.0,
+    worker: Annotated[bool, typer.Option(
+        "--worker", help="Check this host's worker instead of the gateway: healthy when a "
+        "worker of the type registered from this host, with a live process here, still "
+        "heartbeats (Redis from REDIS_URL or REDIS_HOST/REDIS_PORT).")] = False,
+    worker_type: Annotated[str | None, typer.Option(
+        "--type", "-t", help="With --worker: the worker type (default: $WORKER_TYPE).")
+    ] = None,
+    redis_down_ok: Annotated[bool, typer.Option(
+        "--redis-down-ok", help="With --worker: exit 0 when Redis cannot be reached (the "
+        "worker is not to blame; for liveness probes, so an outage restarts no worker).")
+    ] = False,
 ) -> None:
-    """Exit 0 if the gateway's GET /health answers 200, else 1 (for container probes)."""
+    """Exit 0 if the gateway's GET /health answers 200 (or, with --worker, if this host's
+    worker is alive), else 1: for container probes."""
+    if worker:
+        _worker_health(worker_type or os.environ.get("WORKER_TYPE"), timeout, redis_down_ok)
+        return
     target = f"{url.rstrip('/')}/health"
     try:
         response = httpx.get(target, timeout=timeout)
@@ -248,6 +263,36 @@ def health(
     if response.status_code != 200:
         _fail(f"unhealthy: {target}: HTTP {response.status_code} {response.text[:200]}", 1)
     typer.echo(f"healthy: {target}")
+
+
+def _worker_health(name: str | None, timeout: float, redis_down_ok: bool) -> None:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from aiq.health import worker_health
+    from streams.errors import UNAVAILABLE
+    from streams.settings import RedisSettings
+
+    if not name or name not in CATALOGUE:
+        given = f"unknown worker type {name!r}" if name else "give --type or set WORKER_TYPE"
+        _fail(f"aiq health: {given}; known types: {', '.join(CATALOGUE)}", 2)
+    try:
+        settings = RedisSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"aiq health: {'.'.join(map(str, first['loc'])).upper()}: {first['msg']}", 2)
+    try:
+        found = asyncio.run(worker_health(settings, name, timeout))
+    except UNAVAILABLE as exc:
+        why = f"redis unreachable: {exc or type(exc).__name__}"
+        if not redis_down_ok:
+            _fail(f"unhealthy: {why}", 1)
+        typer.echo(f"unknown: {why} (counted healthy: --redis-down-ok)")
+        return
+    if not found.healthy:
+        _fail(f"unhealthy: {found.message}", 1)
+    typer.echo(f"healthy: {found.message}")
 
 
 # `aiq submit training|inference` and `aiq watch` live in aiq/submit.py and aiq/watch.py.

@@ -16,6 +16,7 @@ from gateway.errors import install_error_handlers
 from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit, TrustedHosts
 from gateway.openapi import install_openapi
+from gateway.promoter import Promoter
 from gateway.routes import api_router, dashboard, events, ws
 from gateway.settings import GatewaySettings
 from schemas import aiq_version
@@ -54,9 +55,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.producer = Producer(redis, settings.limits, settings.redis_prefix)
     app.state.hub = hub = Hub(settings, redis)  # the one live reader, fanned out (SSE, /ws)
     hub.start()
+    app.state.promoter = promoter = Promoter(settings, redis)  # due retries of every type
+    promoter.start()
     try:
         yield
     finally:
+        await promoter.stop()
         await hub.stop()
         await redis.aclose()
 

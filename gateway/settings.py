@@ -53,6 +53,12 @@ class GatewaySettings(RedisSettings):
                                 "queues messages on /ws")
     hub_block_ms: int = Field(default=5000, ge=10, description="XREAD BLOCK of the hub's reader")
 
+    promote_retries_s: float = Field(default=1.0, ge=0, description="PROMOTE_RETRIES_S: every "
+                                     "this many seconds the gateway moves the due retries of "
+                                     "every worker type back into their stream, so a type "
+                                     "scaled to zero is woken for them (XLEN counts them); "
+                                     "0 = off, only workers promote")
+
     @field_validator("api_key")
     @classmethod
     def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:

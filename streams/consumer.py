@@ -14,7 +14,6 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from schemas.records import REQUEUE_FIELDS, JobMessage
-from schemas.status import JobKind
 from streams import scripts
 from streams.delivery import Delivery
 from streams.endings import (
@@ -30,6 +29,7 @@ from streams.errors import NOT_OWNER, AiqError, error_for, raise_for
 from streams.groups import ensure_groups
 from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
+from streams.retries import PROMOTE_BATCH, promote_due
 from streams.scripts import Arg
 
 
@@ -325,28 +325,10 @@ class QueueConsumer:
             flags = await pipe.execute()
         return [flag == "1" for flag in flags]
 
-    async def promote_due(self, now_ms: int, limit: int = 100) -> int:
-        """Move retrying jobs whose backoff passed back into their stream."""
-        due = await self.redis.zrangebyscore(self.keys.delayed, "-inf", now_ms, 0, limit)
-        if not due:
-            return 0
-        kinds = await self._kinds(due)
-        calls = [
-            (scripts.PROMOTE,
-             [self.keys.delayed, self.keys.stream(kind), self.keys.job(job_id),
-              self.keys.job_events(job_id), self.keys.events],
-             [*self._common, job_id, *REQUEUE_FIELDS])
-            for job_id, kind in zip(due, kinds, strict=True)
-        ]
-        results = await scripts.execute(self.redis, calls)
-        return sum(1 for r in results if not isinstance(r, Exception) and int(r[0]) == 1)
-
-    async def _kinds(self, job_ids: list[str]) -> list[JobKind]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(self.keys.job(job_id), "kind")
-            raw = await pipe.execute()
-        return [JobKind.INFERENCE if k == "inference" else JobKind.TRAINING for k in raw]
+    async def promote_due(self, now_ms: int, limit: int = PROMOTE_BATCH) -> int:
+        """Move this type's retrying jobs whose backoff passed back into their stream
+        (``streams.retries.promote_due``, which the gateway runs for every type too)."""
+        return await promote_due(self.redis, self.keys, self.limits, now_ms, limit)
 
     async def gone_consumers(self, idle_ms: int) -> list[str]:
         """Consumers of the group that hold nothing, have not read for ``idle_ms`` and whose

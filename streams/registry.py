@@ -43,16 +43,21 @@ async def list_workers(redis: Redis, prefix: str = DEFAULT_PREFIX) -> list[Worke
     """Live workers of every type; ids whose hash expired (dead workers) are pruned."""
     out: list[WorkerInfo] = []
     for name in CATALOGUE:
-        keys = QueueKeys(name, prefix)
-        ids = sorted(await redis.smembers(keys.workers))
-        if not ids:
-            continue
-        async with redis.pipeline(transaction=False) as pipe:
-            for worker_id in ids:
-                pipe.hgetall(keys.worker(worker_id))
-            raws = await pipe.execute()
-        dead = [w for w, raw in zip(ids, raws, strict=True) if not raw]
-        if dead:
-            await redis.srem(keys.workers, *dead)
-        out += [_from_hash(raw) for raw in raws if raw]
+        out += await type_workers(redis, QueueKeys(name, prefix))
     return out
+
+
+async def type_workers(redis: Redis, keys: QueueKeys, prune: bool = True) -> list[WorkerInfo]:
+    """Live workers of one type: those whose heartbeat hash has not expired. Ids left in the
+    set by dead workers are removed from it unless ``prune`` is false (a read-only look)."""
+    ids = sorted(await redis.smembers(keys.workers))
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for worker_id in ids:
+            pipe.hgetall(keys.worker(worker_id))
+        raws = await pipe.execute()
+    dead = [w for w, raw in zip(ids, raws, strict=True) if not raw]
+    if dead and prune:
+        await redis.srem(keys.workers, *dead)
+    return [_from_hash(raw) for raw in raws if raw]
