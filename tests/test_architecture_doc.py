@@ -53,3 +53,22 @@ def test_the_check_would_catch_a_renamed_function() -> None:
     module = importlib.import_module("consumers.runtime")
     assert getattr(module.Worker, "_read_step", None) is not None
     assert getattr(module.Worker, "_finalize", None) is None  # an old name, gone
+
+
+def test_api_doc_lists_every_error_code() -> None:
+    """docs/API.md names every HTTP error code the gateway sends and every job error code a
+    worker or a Lua transition writes."""
+    import re
+
+    from gateway.errors import ERROR_CODES
+
+    api = (ROOT / "docs" / "API.md").read_text()
+    http = api.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    assert [c for c in ERROR_CODES if f"`{c}`" not in http] == []
+    jobs = api.split("## Job error codes", 1)[1].split("\n## ", 1)[0]
+    written: set[str] = set()
+    for path in [*(ROOT / "consumers").rglob("*.py"), *(ROOT / "streams" / "lua").glob("*.lua")]:
+        text = path.read_text()
+        written |= set(re.findall(r"""code\s*=\s*["']([a-z_]+)["']""", text))
+    written -= {"job_failed"}  # FailJob's default, never raised without a code
+    assert sorted(c for c in written if f"`{c}`" not in jobs) == []
