@@ -134,7 +134,7 @@ def step_cost(cfg: dict[str, Any], batch_size: int) -> float:
     if cfg["family"] == "image":
         return float(batch_size * cfg["image_size"] ** 2 * cfg["width"] ** 2)
     length, hidden = int(cfg["max_length"]), int(cfg["hidden_size"])
-    return 6.0 * batch_size * length * cfg["num_layers"] * (12 * hidden**2 + length * hidden)
+    return float(6.0 * batch_size * length * cfg["num_layers"] * (12 * hidden**2 + length * hidden))
 
 
 def _check_step_size(cfg: dict[str, Any], s: Settings) -> None:
