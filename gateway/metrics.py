@@ -4,7 +4,7 @@ any queue size), in Prometheus' text format. docs/MONITORING.md lists every metr
 
 No job id is ever a label: the labels are the worker type, the kind (``training``,
 ``inference``) and, on ``aiq_jobs_total``, the outcome, so the number of series is fixed by the
-catalogue: 25 series per worker type (177 for the 7 of the default catalogue).
+catalogue: 27 series per worker type (191 for the 7 of the default catalogue).
 
 Redis down: the scrape still answers 200, with ``aiq_redis_up 0`` and no queue series (absent,
 not zero: an outage must not look like an empty queue), so Prometheus' ``up`` keeps meaning
@@ -59,6 +59,10 @@ def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
                      "(XPENDING)", per_kind)
     oldest = _gauge("aiq_oldest_pending_age_seconds", "age of the oldest pending entry, from "
                     "when it entered the stream; 0 when nothing is pending", per_kind)
+    owner_idle = _gauge("aiq_pending_owner_idle_seconds", "how long the most silent worker "
+                        "holding pending entries has not read nor renewed a lease; past "
+                        "LEASE_TIMEOUT_S its entries wait to be reclaimed; 0 when nothing is "
+                        "pending", per_kind)
     dead = _gauge("aiq_dead_letters", "entries in the stream's dead-letter stream (capped at "
                   "DEAD_LETTER_MAXLEN)", per_kind)
     delayed = _gauge("aiq_delayed", "jobs waiting out a retry backoff (one set per worker "
@@ -76,6 +80,7 @@ def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
             length.add_metric(labels, s.length)
             pending.add_metric(labels, s.pending)
             oldest.add_metric(labels, s.oldest_pending_age_s or 0.0)
+            owner_idle.add_metric(labels, s.owner_idle_s or 0.0)
             dead.add_metric(labels, s.dead_letters)
             submitted.add_metric(labels, s.counters[SUBMITTED])
             for outcome in OUTCOMES:
@@ -83,7 +88,8 @@ def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
         delayed.add_metric([wt], row.delayed)
         workers.add_metric([wt], row.workers)
         fenced.add_metric([wt], row.fenced)
-    yield from (length, pending, oldest, dead, delayed, workers, jobs, submitted, fenced)
+    yield from (length, pending, oldest, owner_idle, dead, delayed, workers, jobs, submitted,
+                fenced)
 
 
 async def scrape(redis: Redis, prefix: str, worker_types: Iterable[str] | None = None

@@ -1,12 +1,13 @@
 """One read of every number the gateway's ``/metrics`` exports, cheap at any queue size.
 
-Two pipelined round trips, whatever is queued: first, per worker type, a fixed nine commands
-(per kind: XLEN of the stream, the XPENDING summary, XLEN of its dead letters; then ZCARD of
-the delayed set, HGETALL of the stats hash, SMEMBERS of the registry) plus one TIME; then, per
-worker type that has registered ids, one EXISTS over its workers' hashes (a dead worker's hash
-expired, so only live ones count). No command reads a job or an entry, so 100,000 queued jobs
-cost what 10 do. Every key comes from streams/keys.py; a stream, group or key that does not exist
-yet reads as zero.
+Two pipelined round trips, whatever is queued: first, per worker type, a fixed eleven commands
+(per kind: XLEN of the stream, the XPENDING summary, XINFO CONSUMERS, XLEN of its dead letters;
+then ZCARD of the delayed set, HGETALL of the stats hash, SMEMBERS of the registry) plus one
+TIME; then, per worker type that has registered ids, one EXISTS over its workers' hashes (a dead
+worker's hash expired, so only live ones count). No command reads a job or an entry, so 100,000
+queued jobs cost what 10 do (XINFO CONSUMERS answers one row per consumer: the live workers and
+those gone recently, before a reclaim sweep forgets them). Every key comes from
+streams/keys.py; a stream, group or key that does not exist yet reads as zero.
 
 The stats hash (written by the Lua scripts, ``count`` in ``_common.lua``) holds each counter per
 worker type (``succeeded``) and per kind (``training:succeeded``).
@@ -30,7 +31,7 @@ OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "dead_lettered", "han
 SUBMITTED = "submitted"
 FENCED = "fenced"  # kept per worker type only (a zombie's write may not know its stream)
 
-_PER_KIND = 3  # commands per kind; keep in step with _queue and _kind_row
+_PER_KIND = 4  # commands per kind; keep in step with _queue and _kind_row
 _PER_TYPE = 2 * _PER_KIND + 3
 
 
@@ -42,6 +43,10 @@ class StreamNumbers:
     length: int  # entries not finished (acked entries are deleted)
     pending: int  # delivered, not yet acked
     oldest_pending_age_s: float | None  # from the oldest pending entry's id to Redis's TIME
+    # How long the most silent consumer that holds pending entries has not read nor renewed
+    # (XINFO CONSUMERS idle; renewal is an XCLAIM, so a live worker's stays under a third of
+    # the lease): past LEASE_TIMEOUT_S its entries wait to be reclaimed. None: none pending.
+    owner_idle_s: float | None
     dead_letters: int
     counters: dict[str, int]  # outcome (and "submitted") -> count, for jobs of this kind
 
@@ -59,6 +64,7 @@ def _queue(pipe: Any, keys: QueueKeys) -> None:
     for kind in JobKind:
         pipe.xlen(keys.stream(kind))
         pipe.xpending(keys.stream(kind), GROUP)
+        pipe.xinfo_consumers(keys.stream(kind), GROUP)
         pipe.xlen(keys.dead(kind))
     pipe.zcard(keys.delayed)
     pipe.hgetall(keys.stats)
@@ -74,12 +80,15 @@ def _counter(stats: dict[str, str], name: str) -> int:
 
 def _kind_row(kind: JobKind, results: list[Any], stats: dict[str, str], now_ms: int
               ) -> StreamNumbers:
-    length, summary, dead = (or_default(r, d) for r, d in zip(results, (0, {}, 0), strict=True))
+    length, summary, consumers, dead = (
+        or_default(r, d) for r, d in zip(results, (0, {}, [], 0), strict=True))
     pending = int(summary.get("pending") or 0)
     oldest = summary.get("min") if pending else None
     age = max(now_ms - int(str(oldest).split("-", 1)[0]), 0) / 1000 if oldest else None
+    idle = [int(c.get("idle") or 0) for c in consumers if int(c.get("pending") or 0)]
     counters = {name: _counter(stats, f"{kind.value}:{name}") for name in (*OUTCOMES, SUBMITTED)}
-    return StreamNumbers(kind.value, int(length), pending, age, int(dead), counters)
+    return StreamNumbers(kind.value, int(length), pending, age, max(idle) / 1000 if idle else None,
+                         int(dead), counters)
 
 
 def _type_row(keys: QueueKeys, results: list[Any], now_ms: int

@@ -39,17 +39,19 @@ async def test_every_worker_type_and_kind_has_its_series(client: AsyncClient) ->
         assert value(got, "aiq_fenced_writes_total", worker_type=wt) == 0
         for kind in ("training", "inference"):
             for name in ("aiq_queue_length", "aiq_pending", "aiq_oldest_pending_age_seconds",
-                         "aiq_dead_letters", "aiq_jobs_submitted_total"):
+                         "aiq_pending_owner_idle_seconds", "aiq_dead_letters",
+                         "aiq_jobs_submitted_total"):
                 assert value(got, name, worker_type=wt, kind=kind) == 0
             for outcome in OUTCOMES:  # present from the start, so rate() sees the first job
                 assert value(got, "aiq_jobs_total", worker_type=wt, kind=kind,
                              outcome=outcome) == 0
     names = {name for name, _ in got}
     assert names == {"aiq_redis_up", "aiq_metrics_read_seconds", "aiq_queue_length",
-                     "aiq_pending", "aiq_oldest_pending_age_seconds", "aiq_dead_letters",
+                     "aiq_pending", "aiq_oldest_pending_age_seconds",
+                     "aiq_pending_owner_idle_seconds", "aiq_dead_letters",
                      "aiq_delayed", "aiq_workers", "aiq_jobs_total", "aiq_jobs_submitted_total",
                      "aiq_fenced_writes_total"}
-    assert len(got) == 2 + 25 * len(CATALOGUE)  # 25 series per worker type, whatever runs
+    assert len(got) == 2 + 27 * len(CATALOGUE)  # 27 series per worker type, whatever runs
 
 
 async def test_the_numbers_follow_the_queue_and_no_job_id_shows(client: AsyncClient) -> None:

@@ -4,6 +4,8 @@ workers in two round trips, whatever is queued."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
@@ -34,7 +36,8 @@ async def test_an_empty_redis_reads_as_zeros_for_every_catalogue_type(redis: Red
         assert (row.delayed, row.workers, row.fenced) == (0, 0, 0)
         assert [s.kind for s in row.streams] == ["training", "inference"]
         for s in row.streams:
-            assert (s.length, s.pending, s.oldest_pending_age_s, s.dead_letters) == (0, 0, None, 0)
+            assert (s.length, s.pending, s.oldest_pending_age_s, s.owner_idle_s,
+                    s.dead_letters) == (0, 0, None, None, 0)
             assert set(s.counters) == {*OUTCOMES, "submitted"}
             assert not any(s.counters.values())
 
@@ -118,6 +121,8 @@ async def test_queue_numbers_and_live_workers(redis: Redis) -> None:
     training = row.streams[0]
     assert (training.length, training.pending) == (5, 2)
     assert training.oldest_pending_age_s is not None and 0 <= training.oldest_pending_age_s < 30
+    assert training.owner_idle_s is not None and 0 <= training.owner_idle_s < 30
+    assert row.streams[1].owner_idle_s is None  # nothing pending there
     assert row.workers == 1
     assert all(r.workers == 0 for r in rows if r.worker_type != "diagnostic")
 
@@ -143,7 +148,8 @@ async def test_the_same_commands_whatever_is_queued(redis: Redis) -> None:
     large = await commands_of_one_read()
     assert small == large
     assert set(large) <= {"cmdstat_time", "cmdstat_xlen", "cmdstat_xpending", "cmdstat_zcard",
-                          "cmdstat_hgetall", "cmdstat_smembers", "cmdstat_exists"}
+                          "cmdstat_hgetall", "cmdstat_smembers", "cmdstat_exists",
+                          "cmdstat_xinfo", "cmdstat_xinfo|consumers"}
     assert large["cmdstat_xlen"] == 7 * 4  # per type: 2 streams + 2 dead-letter streams
 
 
@@ -151,3 +157,20 @@ async def test_the_same_commands_whatever_is_queued(redis: Redis) -> None:
 async def test_any_worker_types_can_be_asked_for(redis: Redis, worker_types: list[str]) -> None:
     rows = await read_numbers(redis, worker_types=worker_types)
     assert [r.worker_type for r in rows] == worker_types
+
+
+async def test_owner_idle_grows_while_a_holder_is_silent_and_renewal_resets_it(
+        redis: Redis) -> None:
+    """What the 'lease expired, not reclaimed' alert reads: the silence of the consumer holding
+    pending entries. A lease renewal (XCLAIM JUSTID, as renew.lua does) is a sign of life."""
+    producer = Producer(redis, LIMITS)
+    ghost = QueueConsumer(redis, KEYS, "ghost", LIMITS, 5)
+    await ghost.ensure_groups()
+    await producer.submit_training(TrainingRequest(model_type="noop"))
+    [d] = await ghost.read(ghost.redis, 1, 100)
+    await asyncio.sleep(0.3)  # time passes: the silence measured
+    silent = by_type(await read_numbers(redis)).streams[0].owner_idle_s
+    assert silent is not None and silent >= 0.25
+    await ghost.renew([d])
+    renewed = by_type(await read_numbers(redis)).streams[0].owner_idle_s
+    assert renewed is not None and renewed < 0.25
