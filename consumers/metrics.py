@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -24,6 +30,10 @@ from prometheus_client.registry import Collector
 from schemas.workers import GpuInfo
 from streams.delivery import Delivery
 from streams.endings import Complete, ConfirmCancel, Ending, Fail, Handback, Retry
+
+# No ``*_created`` series beside every counter and histogram: Prometheus does not need them
+# (counter resets are seen from the values), and they would double the series of each.
+disable_created_metrics()
 
 MIB = 1024 * 1024
 # Seconds: a no-op job takes milliseconds, a training job hours.
