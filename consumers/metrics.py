@@ -33,7 +33,7 @@ from streams.endings import Complete, ConfirmCancel, Ending, Fail, Handback, Ret
 
 # No ``*_created`` series beside every counter and histogram: Prometheus does not need them
 # (counter resets are seen from the values), and they would double the series of each.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 MIB = 1024 * 1024
 # Seconds: a no-op job takes milliseconds, a training job hours.
