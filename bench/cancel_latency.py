@@ -45,13 +45,14 @@ JOBS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "svm": ("big.csv", {"C": 1e6}),
     "logistic_regression": ("big.csv", {"max_iter": 100_000, "C": 1e6}),
     # the costliest CPU step allowed (MAX_CPU_STEP in consumers/frameworks/pytorch)
-    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 128, "image_size": 64,
+    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 32, "image_size": 64,
                               "width": 64}) for m in ("resnet", "vgg", "alexnet")},
     **{m: ("builtin:sentiment", {"epochs": 10_000, "batch_size": 11, "max_length": 256,
                                  "hidden_size": 256, "num_layers": 4})
        for m in ("bert", "transformer", "gpt")},
-    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 256})
-       for m in ("mobilenet", "inception", "efficientnet")},
+    # the largest step allowed (MAX_STEP_PIXELS in consumers/frameworks/tensorflow/train.py)
+    **{m: ("builtin:digits", {"epochs": 10_000, "batch_size": 2**19 // side**2})
+       for m, side in (("mobilenet", 32), ("inception", 75), ("efficientnet", 32))},
 }
 TYPES = ("diagnostic", "sklearn", "pytorch-2.1", "tensorflow")
 RUNNING_STAGES = {"sleeping", "training", "validating"}
@@ -104,6 +105,7 @@ async def _cancel_once(producer: Producer, model_type: str) -> float | None:
         model_type=model_type, data_path=data_path, hyperparameters=hp))
     await _running(producer, sub.job_id, timeout=600)
     await asyncio.sleep(random.uniform(0.5, 2.0))  # a random moment inside a step
+    before = (await producer.get(sub.job_id)).progress or {}
     asked = time.monotonic()
     try:
         await producer.cancel(sub.job_id)
@@ -113,10 +115,15 @@ async def _cancel_once(producer: Producer, model_type: str) -> float | None:
     took = time.monotonic() - asked
     if rec.status is not JobStatus.CANCELLED:
         raise RuntimeError(f"{model_type}: ended {rec.status.value}, not cancelled: {rec.error}")
+    if took > 3:
+        print(f"  {model_type}: {took:.2f} s; at the cancel its last report was "
+              f"{before.get('stage')} epoch {before.get('epoch')} step {before.get('step')}",
+              flush=True)
     return took
 
 
-async def run(repeat: int, types: tuple[str, ...]) -> dict[str, Any]:
+async def run(repeat: int, types: tuple[str, ...], models: frozenset[str] | None = None
+              ) -> dict[str, Any]:
     random.seed(1)
     out: dict[str, Any] = {"types": {}, "skipped": []}
     with private_redis() as server, tempfile.TemporaryDirectory() as d:
@@ -132,7 +139,8 @@ async def run(repeat: int, types: tuple[str, ...]) -> dict[str, Any]:
                 continue
             proc = _spawn(worker_type, python, server.url, tmp)
             try:
-                for model_type in sorted(CATALOGUE[worker_type].model_types & set(JOBS)):
+                for model_type in sorted(CATALOGUE[worker_type].model_types & set(JOBS)
+                                         & (models or set(JOBS))):
                     tries = [await _cancel_once(producer, model_type) for _ in range(repeat)]
                     took = [t for t in tries if t is not None]
                     if not took:
@@ -161,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--types", default=",".join(TYPES))
+    parser.add_argument("--models", default="", help="only these model types (comma-separated)")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.repeat, tuple(args.types.split(","))))
+    models = frozenset(m for m in args.models.split(",") if m) or None
+    result = asyncio.run(run(args.repeat, tuple(args.types.split(",")), models))
     print(json.dumps(result, indent=2))
     return 0
 

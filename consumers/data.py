@@ -1,4 +1,5 @@
-"""Data loading for worker processes: safe path resolution, built-in datasets, CSV tables.
+"""Data loading for worker processes: safe path resolution and opening, built-in datasets, CSV
+tables.
 
 Every problem with a job's data is a ``FailJob`` (not retried) whose message names the
 file, line and column, so the user can fix the input without reading worker logs.
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import math
-from collections.abc import Callable, Sequence
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +25,7 @@ import numpy.typing as npt
 from consumers.frameworks.base import FailJob
 
 BUILTIN_PREFIX = "builtin:"
+PROC_SELF_FD = "/proc/self/fd"  # where Linux says which file a descriptor is; tests blank it
 LABEL_CANDIDATES = ("label", "target")
 
 
@@ -87,6 +93,90 @@ def resolve_data_path(data_root: Path, data_path: str) -> Path:
     return resolved
 
 
+def _outside(data_path: str, why: str) -> FailJob:
+    return FailJob(f"data_path {data_path!r} {why}; it was not read",
+                   code="data_path_outside_root")
+
+
+def _under_root_stat(root: Path, resolved: Path) -> os.stat_result:
+    """``resolved``'s stat, reached from ``root`` one directory at a time without following a
+    symlink (``dir_fd`` + ``O_NOFOLLOW``): what the path names inside the root right now."""
+    *dirs, name = resolved.relative_to(root).parts
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in dirs:
+            next_fd = os.open(part, flags, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    finally:
+        os.close(dir_fd)
+
+
+def _opened_path(fd: int) -> Path | None:
+    """The path the kernel has for ``fd`` (Linux ``/proc``); None where /proc is missing."""
+    try:
+        return Path(os.readlink(f"{PROC_SELF_FD}/{fd}"))
+    except OSError:
+        return None
+
+
+def _check_opened(fd: int, root: Path, resolved: Path, data_path: str) -> None:
+    """Refuse what ``fd`` holds unless it is a regular file inside ``root``: a symlink swapped
+    in after ``resolve_data_path`` (for the file, or a directory on the way) is caught here."""
+    opened = _opened_path(fd)
+    if opened is not None:
+        if not opened.is_relative_to(root):
+            raise _outside(data_path, "led outside the data root when it was opened (a "
+                           "symlink was swapped in after the check)")
+    else:  # no /proc: the file opened must be the one the path names under the root now
+        try:
+            here = _under_root_stat(root, resolved)
+        except (OSError, ValueError):
+            raise _outside(data_path, "no longer leads to a file inside the data root (a "
+                           "symlink was swapped in after the check)") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (here.st_dev, here.st_ino):
+            raise _outside(data_path, "changed between the check and the open")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise FailJob(f"data file {data_path!r} is not a file under the data root",
+                      code="data_not_found")
+
+
+def open_resolved(data_root: Path, resolved: Path, data_path: str) -> BinaryIO:
+    """Open ``resolved`` (``resolve_data_path``'s answer for ``data_path``) for binary reading
+    and check what was opened: a regular file inside the data root, whatever was swapped in
+    since the path was resolved. Messages name ``data_path`` only."""
+    root = data_root.resolve()
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO cannot block
+    try:
+        fd = os.open(resolved, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the file itself was swapped for a symlink
+            raise _outside(data_path, "became a symlink after it was checked") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FailJob(f"data file {data_path!r} was not found under the data root",
+                          code="data_not_found") from None
+        raise FailJob(f"data file {data_path!r} could not be opened: {_why(exc)}",
+                      code="invalid_data_path") from None
+    try:
+        _check_opened(fd, root, resolved, data_path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextmanager
+def open_data(data_root: Path, data_path: str) -> Iterator[BinaryIO]:
+    """``data_path`` under the data root, resolved and opened safely (see ``open_resolved``);
+    closed on leaving the block."""
+    with open_resolved(data_root, resolve_data_path(data_root, data_path), data_path) as fh:
+        yield fh
+
+
 def load_builtin(name: str) -> Tabular:
     """One of scikit-learn's bundled datasets (no download)."""
     loaders = _builtin_loaders()
@@ -103,16 +193,19 @@ def load_builtin(name: str) -> Tabular:
                    class_names=[str(c) for c in bunch.target_names])
 
 
-def read_csv(path: Path, shown: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and ``(line number, cells)`` rows; blank lines skipped, ragged rows refused."""
+def read_csv(raw: BinaryIO, shown: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(line number, cells)`` rows of an open binary file (left open); blank lines
+    skipped, ragged rows refused."""
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+        reader = csv.reader(text)
+        header = next(reader, None)
+        rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise FailJob(f"{shown}: not a readable UTF-8 CSV file: {exc}",
                          code="invalid_data") from exc
+    finally:
+        text.detach()  # the caller closes ``raw``
     if header is None or not any(c.strip() for c in header):
         raise FailJob(f"{shown}: the file is empty (expected a header row and data rows)",
                          code="invalid_data")
@@ -185,7 +278,8 @@ def load_tabular(data_root: Path, data_path: str, label_column: str | None = Non
     """A built-in dataset (``builtin:<name>``) or a CSV file with a header row under the root."""
     if data_path.startswith(BUILTIN_PREFIX):
         return load_builtin(data_path.removeprefix(BUILTIN_PREFIX))
-    header, rows = read_csv(resolve_data_path(data_root, data_path), data_path)
+    with open_data(data_root, data_path) as fh:
+        header, rows = read_csv(fh, data_path)
     if len(header) < 2:
         raise FailJob(f"{data_path}: need at least one feature column and a label column, "
                          f"got header {header}", code="invalid_data")
@@ -222,7 +316,8 @@ def _csv_inputs(data_root: Path, data_path: str, feature_names: Sequence[str],
                 label_name: str | None) -> npt.NDArray[np.float64]:
     """CSV rows for inference: by feature name when the header has them all, else every column
     except the training label column."""
-    header, rows = read_csv(resolve_data_path(data_root, data_path), data_path)
+    with open_data(data_root, data_path) as fh:
+        header, rows = read_csv(fh, data_path)
     if feature_names and set(feature_names) <= set(header):
         columns = [(header.index(n), n) for n in feature_names]
     else:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from consumers import artifacts
-from consumers.data import BUILTIN_PREFIX, find_label_column, read_csv, resolve_data_path
+from consumers.data import BUILTIN_PREFIX, find_label_column, open_data, read_csv
 from consumers.frameworks.base import FailJob
 
 DATASETS_DIR = Path(__file__).with_name("datasets")
@@ -123,15 +124,16 @@ def _label_index(header: list[str], label_column: str | None, shown: str,
     return found
 
 
-def _csv_path(data_root: Path, data_path: str) -> Path:
+def _open_csv(data_root: Path, data_path: str) -> AbstractContextManager[BinaryIO]:
+    """The CSV, opened: a file under the data root (checked, see ``open_data``) or a shipped one."""
     if not data_path.startswith(BUILTIN_PREFIX):
-        return resolve_data_path(data_root, data_path)
+        return open_data(data_root, data_path)
     name = data_path.removeprefix(BUILTIN_PREFIX)
     if name not in TEXT_BUILTINS:
         known = ", ".join(BUILTIN_PREFIX + n for n in TEXT_BUILTINS)
         raise FailJob(f"unknown built-in text dataset {data_path!r}; known: {known}",
                          code="unknown_dataset")
-    return TEXT_BUILTINS[name]
+    return TEXT_BUILTINS[name].open("rb")
 
 
 def _column(rows: list[tuple[int, list[str]]], index: int, name: str, shown: str) -> list[str]:
@@ -149,7 +151,8 @@ def load_text(data_root: Path, data_path: str, *, text_column: str | None = None
               label_column: str | None = None, labelled: bool = True) -> TextTable:
     """A text CSV under the data root or ``builtin:sentiment``. With ``labelled`` a label column
     with at least two classes is required; without, labels are read only when present."""
-    header, rows = read_csv(_csv_path(data_root, data_path), data_path)
+    with _open_csv(data_root, data_path) as fh:
+        header, rows = read_csv(fh, data_path)
     ti = _text_index(header, text_column, data_path)
     li = _label_index(header, label_column, data_path, required=labelled)
     texts = _column(rows, ti, header[ti], data_path)

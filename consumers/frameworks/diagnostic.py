@@ -2,7 +2,8 @@
 
 Model types: ``noop`` (returns at once), ``sleep`` (``seconds`` in ``steps`` steps, reporting
 progress each step, so it can be cancelled, interrupted and lease-renewed), ``fail``
-(``error``: fatal | retryable; ``fail_times``: fail the first N attempts, then succeed),
+(``error``: fatal | retryable | unserializable (returns a result JSON cannot hold); ``fail_times``:
+fail the first N attempts, then succeed),
 ``gpu_sim`` (a GPU job without a GPU, for admission and OOM tests: reports a memory peak of
 ``base_mb + mb_per_sample * batch_size`` MiB as ``gpu_peak_mb``, raises CUDA OOM when
 ``batch_size`` > ``oom_above``, and runs ``seconds`` in ``steps`` like ``sleep``).
@@ -93,6 +94,8 @@ class DiagnosticFramework:
         fail_times = Params(params).integer("fail_times", 1_000_000, 0, 1_000_000)
         if attempt > fail_times:
             return {"ok": True, "attempt": attempt}
+        if params.get("error") == "unserializable":
+            return {"too_big": 2**64}  # beyond 64 bits: the stored JSON cannot hold it
         if params.get("error", "fatal") == "retryable":
             raise RetryLater(f"diagnostic retryable failure on attempt {attempt}")
         raise FailJob(f"diagnostic fatal failure on attempt {attempt}", code="diagnostic")

@@ -238,6 +238,25 @@ def _fail(root: Path, data_path: str | None, code: str, model_type: str = "mobil
     return str(info.value)
 
 
+def test_weights_are_loaded_from_what_was_opened_safely(root: Path) -> None:
+    """Keras gets a private copy of the weights file opened by open_data (a file swapped for
+    a symlink after the check cannot escape the root); errors name the user's path only."""
+    (root / "data" / "junk.h5").write_bytes(b"not hdf5")
+    message = _fail(root, "builtin:digits", "invalid_weights", weights_path="junk.h5")
+    assert "'junk.h5'" in message and "aiq-weights-" not in message
+    outside = root / "secret.h5"
+    outside.write_bytes(b"secret")
+    (root / "data" / "link.h5").symlink_to(outside)
+    _fail(root, "builtin:digits", "data_path_outside_root", weights_path="link.h5")
+
+
+def test_a_step_is_bounded(root: Path) -> None:
+    """A step is where cancel and timeout are seen: at inception's 75x75 input, 93 images."""
+    message = _fail(root, "builtin:digits", "invalid_hyperparameters", model_type="inception",
+                    batch_size=256)
+    assert "at most 93 at 75x75" in message
+
+
 def test_bad_data_fails_with_invalid_data(root: Path) -> None:
     data = root / "data"
     np.savez(data / "no_labels.npz", x=np.zeros((10, 8, 8)))

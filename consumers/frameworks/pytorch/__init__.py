@@ -21,7 +21,7 @@ import orjson
 import torch
 
 from consumers import artifacts
-from consumers.data import resolve_data_path
+from consumers.data import open_data
 from consumers.frameworks.base import CudaOutOfMemory, FailJob, JobContext, Progress
 from consumers.frameworks.params import Params, bad
 from consumers.frameworks.pytorch import infer as torch_infer
@@ -52,9 +52,9 @@ _PLACEMENT = frozenset({"device", "threads"})
 # What one training step may cost on a CPU: a step is where a job sees a cancel or its timeout,
 # so it must take seconds, not minutes. Text: floating-point operations of a transformer step
 # (forward and backward, 6 x tokens x layers x (12 h^2 + L h)), 6e10 is ~2 s on one busy core.
-# Images: samples x pixels x width^2. A GPU step of the same size takes milliseconds; GPU
-# admission bounds it by memory instead.
-MAX_CPU_STEP = {"text": 6e10, "image": 2.0**31}
+# Images: samples x pixels x width^2 (x blocks, resnet). A GPU step of the same size takes
+# milliseconds; GPU admission bounds it by memory instead.
+MAX_CPU_STEP = {"text": 6e10, "image": 2.0**29}
 
 
 def device_for(options: dict[str, Any], ctx: JobContext) -> torch.device:
@@ -132,9 +132,11 @@ def _settings(hp: dict[str, Any], ctx: JobContext) -> Settings:
 def step_cost(cfg: dict[str, Any], batch_size: int) -> float:
     """What one training step costs, in the units of ``MAX_CPU_STEP``."""
     if cfg["family"] == "image":
-        return float(batch_size * cfg["image_size"] ** 2 * cfg["width"] ** 2)
+        depth = cfg.get("blocks", 1)  # resnet: residual blocks at full width
+        return float(batch_size * cfg["image_size"] ** 2 * cfg["width"] ** 2 * depth)
     length, hidden = int(cfg["max_length"]), int(cfg["hidden_size"])
-    return float(6.0 * batch_size * length * cfg["num_layers"] * (12 * hidden**2 + length * hidden))
+    layers = int(cfg["num_layers"])
+    return 6.0 * batch_size * length * layers * (12 * hidden**2 + length * hidden)
 
 
 def _check_step_size(cfg: dict[str, Any], s: Settings) -> None:
@@ -236,8 +238,8 @@ def _load_weights(model: torch.nn.Module, ctx: JobContext, hp: dict[str, Any],
     if not isinstance(path, str):
         raise bad("weights_path", "a path under the data root", path)
     try:
-        state = torch.load(resolve_data_path(ctx.data_root, path), map_location=device,
-                           weights_only=True)
+        with open_data(ctx.data_root, path) as fh:
+            state = torch.load(fh, map_location=device, weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, OSError, AttributeError, TypeError, ValueError) as exc:

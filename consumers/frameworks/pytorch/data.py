@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from consumers.data import BUILTIN_PREFIX, load_builtin, resolve_data_path
+from consumers.data import BUILTIN_PREFIX, load_builtin, open_resolved, resolve_data_path
 from consumers.frameworks.base import FailJob
 
 IMAGE_BUILTINS = ("digits",)
@@ -64,12 +64,14 @@ def to_nchw(x: npt.NDArray[Any], shown: str) -> npt.NDArray[np.float32]:
     return out
 
 
-def _read_npz(path: Path, shown: str) -> dict[str, npt.NDArray[Any]]:
+def _read_npz(data_root: Path, shown: str) -> dict[str, npt.NDArray[Any]]:
+    path = resolve_data_path(data_root, shown)
     if path.suffix.lower() != ".npz":
         raise FailJob(f"{shown}: vision models read .npz image arrays (x, y) or "
                          "builtin:digits", code="invalid_data")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with (open_resolved(data_root, path, shown) as fh,
+              np.load(fh, allow_pickle=False) as archive):
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise FailJob(f"{shown}: not a readable .npz archive: {exc}",
@@ -94,7 +96,7 @@ def load_images(data_root: Path, data_path: str, labelled: bool = True) -> Image
     """``builtin:digits`` or an ``.npz`` file under the data root."""
     if data_path.startswith(BUILTIN_PREFIX):
         return _builtin(data_path.removeprefix(BUILTIN_PREFIX))
-    arrays = _read_npz(resolve_data_path(data_root, data_path), data_path)
+    arrays = _read_npz(data_root, data_path)
     raw = arrays.get("x", arrays.get("images"))
     if raw is None:
         raise FailJob(f"{data_path}: no image array 'x' (found {sorted(arrays)})",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from consumers import artifacts
-from consumers.frameworks.base import CancelRequested, Progress
+from consumers.frameworks.base import CancelRequested, Progress, check_of
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -91,16 +92,17 @@ def _train_epoch(t: Trainer, epoch: int, progress: Progress) -> float:
     return total / t.steps
 
 
-def evaluate(t: Trainer) -> dict[str, float]:
+def evaluate(t: Trainer, check: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Held-out metrics: accuracy and loss for classifiers, loss and perplexity for ``lm``."""
     with torch.inference_mode():
-        return _evaluate(t)
+        return _evaluate(t, check)
 
 
-def _evaluate(t: Trainer) -> dict[str, float]:
+def _evaluate(t: Trainer, check: Callable[[], None]) -> dict[str, float]:
     t.model.eval()
     loss_sum = weight_sum = correct = 0.0
     for start in range(0, len(t.test[0]), t.batch_size):
+        check()  # a cancel or timeout stops evaluation too, batch by batch
         batch = _to(tuple(x[start: start + t.batch_size] for x in t.test), t.device)
         loss, logits = outputs(t.family, t.model, batch)
         if t.family == "lm":  # token-weighted: the loss is a mean over predicted tokens
@@ -160,8 +162,8 @@ def discard_checkpoint(t: Trainer) -> None:
         t.checkpoint.unlink()
 
 
-def _epoch_metrics(t: Trainer, train_loss: float) -> dict[str, float]:
-    return {**{k: round(v, 6) for k, v in evaluate(t).items()},
+def _epoch_metrics(t: Trainer, train_loss: float, progress: Progress) -> dict[str, float]:
+    return {**{k: round(v, 6) for k, v in evaluate(t, check_of(progress)).items()},
             "train_loss": round(train_loss, 6)}
 
 
@@ -174,7 +176,7 @@ def fit(t: Trainer, progress: Progress) -> FitResult:
                  epoch=resumed, epochs=t.epochs, percent=5 + 90 * resumed / t.epochs)
     try:
         for epoch in range(start + 1, t.epochs + 1):
-            metrics = _epoch_metrics(t, _train_epoch(t, epoch, progress))
+            metrics = _epoch_metrics(t, _train_epoch(t, epoch, progress), progress)
             t.history.append({"epoch": epoch, **metrics})
             save_checkpoint(t, epoch)
             progress("evaluating", percent=5 + 90 * epoch / t.epochs, epoch=epoch,

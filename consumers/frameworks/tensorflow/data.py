@@ -18,6 +18,7 @@ from consumers.data import (
     load_builtin,
     load_inputs,
     load_tabular,
+    open_resolved,
     resolve_data_path,
 )
 from consumers.frameworks.base import FailJob
@@ -100,10 +101,12 @@ def _builtin(name: str) -> Images:
     return _images(x, table.y, BUILTIN_PREFIX + name, class_names=table.class_names)
 
 
-def _read_npz(path: Path, shown: str, need_labels: bool = True
+def _read_npz(data_root: Path, path: Path, shown: str, need_labels: bool = True
               ) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+    """Arrays of ``path`` (``resolve_data_path``'s answer for ``shown``), opened safely."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with (open_resolved(data_root, path, shown) as fh,
+              np.load(fh, allow_pickle=False) as npz):
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise _invalid(shown, f"not a readable .npz file (numpy.savez, no pickled objects): "
@@ -135,7 +138,7 @@ def load_images(data_root: Path, data_path: str, spec: TrainSpec) -> Images:
         return _builtin(data_path.removeprefix(BUILTIN_PREFIX))
     path = resolve_data_path(data_root, data_path)
     if path.suffix.lower() == ".npz":
-        x, y = _read_npz(path, data_path)
+        x, y = _read_npz(data_root, path, data_path)
         return _images(x, np.asarray(y), data_path)
     if path.suffix.lower() == ".csv":
         table = load_tabular(data_root, data_path, spec.label_column)
@@ -202,7 +205,8 @@ def load_inference_images(data_root: Path, source: list[list[Any]] | str,
     if source.startswith(BUILTIN_PREFIX):
         return _fit_shape(_builtin(source.removeprefix(BUILTIN_PREFIX)).x, shape, source)
     if source.lower().endswith(".npz"):
-        x, _ = _read_npz(resolve_data_path(data_root, source), source, need_labels=False)
+        x, _ = _read_npz(data_root, resolve_data_path(data_root, source), source,
+                         need_labels=False)
         return _fit_shape(x, shape, source)
     rows = load_inputs(data_root, source, n_features=shape[0] * shape[1] * shape[2],
                        label_name=label_name)

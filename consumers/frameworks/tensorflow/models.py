@@ -119,16 +119,16 @@ def set_seed(seed: int) -> None:
     tf.keras.utils.set_random_seed(seed)
 
 
-def load_weights(model: Any, path: Path) -> None:
+def load_weights(model: Any, path: Path, shown: str | None = None) -> None:
     """Initial weights from a local file; ``.h5`` files match layers by name and skip layers
-    whose shapes differ (e.g. an ImageNet classifier head)."""
+    whose shapes differ (e.g. an ImageNet classifier head). ``shown``: the name messages use."""
     try:
         if path.suffix in {".h5", ".hdf5"}:
             model.load_weights(str(path), by_name=True, skip_mismatch=True)
         else:
             model.load_weights(str(path))
     except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
-        raise FailJob(f"weights_path {path.name!r} could not be loaded into the model: "
+        raise FailJob(f"weights_path {shown or path.name!r} could not be loaded into the model: "
                          f"{str(exc)[:300]}", code="invalid_weights") from exc
 
 

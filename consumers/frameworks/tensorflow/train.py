@@ -9,6 +9,7 @@ import gc
 import math
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,10 +20,9 @@ from typing import Any
 import numpy.typing as npt
 
 from consumers import artifacts
-from consumers.data import (
-    resolve_data_path,
-)
+from consumers.data import open_data
 from consumers.frameworks.base import FailJob, JobContext, Progress
+from consumers.frameworks.params import bad
 from consumers.frameworks.tensorflow.data import Images
 from consumers.frameworks.tensorflow.spec import CHECKPOINT_DIR, MIN_SIZE, MODEL_FILE, TrainSpec
 
@@ -95,6 +95,20 @@ class Checkpoints:
 
 # -- training ------------------------------------------------------------------------------------
 
+# Pixels one training step may hold (batch_size x height x width at the model's input): a step
+# is where a job sees a cancel or its timeout, so on a CPU it must take seconds (an inception
+# step of 256 images of 75x75, 1.4 M pixels, took up to 5.6 s to see a cancel here).
+MAX_STEP_PIXELS = 2**19
+
+
+def _check_step_size(spec: TrainSpec, target: tuple[int, int]) -> None:
+    per_image = target[0] * target[1]
+    if spec.batch_size * per_image > MAX_STEP_PIXELS:
+        raise bad("batch_size", f"at most {max(1, MAX_STEP_PIXELS // per_image)} at "
+                  f"{target[0]}x{target[1]} input (one step holds at most {MAX_STEP_PIXELS:,} "
+                  "pixels: that is where cancel and timeout take effect)", spec.batch_size)
+
+
 def _target(spec: TrainSpec, shape: tuple[int, int, int]) -> tuple[int, int]:
     if spec.image_size is not None:
         return spec.image_size, spec.image_size
@@ -110,6 +124,7 @@ class _Training:
                  tfm: ModuleType) -> None:
         self.ctx, self.spec, self.images, self.progress, self.tfm = ctx, spec, images, progress, tfm
         self.target = _target(spec, images.shape)
+        _check_step_size(spec, self.target)
         msg = ctx.message
         self.checkpoints = Checkpoints(ctx.artifact_dir, {
             "model_type": msg.model_type, "data_path": msg.data_path,
@@ -126,10 +141,21 @@ class _Training:
                                      target=self.target, pixel_scale=images.pixel_scale,
                                      alpha=spec.alpha, bn_momentum=spec.bn_momentum)
         if spec.weights_path:
-            self.tfm.load_weights(model, resolve_data_path(self.ctx.data_root, spec.weights_path))
+            self._load_weights(model, spec.weights_path)
         opt = self.tfm.optimizer(spec.optimizer, spec.learning_rate)
         self.tfm.compile_model(model, opt)
         return model, opt
+
+    def _load_weights(self, model: Any, weights_path: str) -> None:
+        """Keras opens weights by name, so it gets a private copy of what was opened safely
+        (``open_data``: a file swapped for a symlink after the check cannot escape the root)."""
+        suffix = Path(weights_path).suffix
+        with open_data(self.ctx.data_root, weights_path) as src, \
+                tempfile.TemporaryDirectory(prefix="aiq-weights-") as tmp:
+            copy = Path(tmp) / f"weights{suffix}"
+            with copy.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            self.tfm.load_weights(model, copy, shown=weights_path)
 
     def resume(self) -> None:
         """Continue from this job's last checkpoint when there is one."""
