@@ -7,13 +7,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from consumers.__main__ import start_metrics
 from consumers.gpu import ScriptedDevice, ScriptedDevices
-from consumers.metrics import MIB, WorkerMetrics, serve_metrics
+from consumers.metrics import MIB, JobHistogram, WorkerMetrics, serve_metrics
 from consumers.startup import StartupError
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind
@@ -160,3 +161,19 @@ def test_metrics_are_off_by_default(redis_url: str, tmp_path: Path) -> None:
     assert settings.metrics_port == 0
     assert start_metrics(WorkerMetrics("diagnostic", frozenset()), settings) is None
 
+
+
+def test_job_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    """A value on a bound counts in that bucket (Prometheus' ``le``); past the last, in +Inf
+    only; _count is the +Inf bucket, _sum the total."""
+    h = JobHistogram("h_seconds", "doc", ["worker_type"], (1.0, 5.0))
+    for v in (0.5, 1.0, 3.0, 5.0, 9.0):
+        h.observe(("diagnostic",), v)
+    registry = CollectorRegistry()
+    registry.register(h)
+    got = parse(generate_latest(registry).decode())
+    assert value(got, "h_seconds_bucket", le="1.0") == 2
+    assert value(got, "h_seconds_bucket", le="5.0") == 4
+    assert value(got, "h_seconds_bucket", le="+Inf") == 5
+    assert value(got, "h_seconds_count") == 5
+    assert value(got, "h_seconds_sum") == 18.5
