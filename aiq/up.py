@@ -224,6 +224,8 @@ def _worker_env(base: Mapping[str, str], wt: WorkerType) -> dict[str, str]:
         "WORKER_TYPE": wt.name,
         "MODEL_FRAMEWORK": wt.framework,
         "USE_GPU": "true" if wt.device is Device.GPU else "false",
+        # Several workers on one host cannot share a METRICS_PORT someone exported: off here.
+        "METRICS_PORT": "0",
     }
 
 

@@ -9,6 +9,7 @@ import sys
 import structlog
 from pydantic import ValidationError
 
+from consumers.metrics import MetricsServer, WorkerMetrics, serve_metrics
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
 from consumers.startup import StartupError, check_framework, check_gpu
@@ -37,14 +38,32 @@ async def serve(settings: WorkerSettings) -> None:
                                socket_connect_timeout=5,
                                socket_timeout=settings.block_ms / 1000 + 10)
     worker = Worker(settings, framework, redis, read_conn, gpus=gpus, devices=devices)
+    server = start_metrics(worker.metrics, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     try:
         await worker.run()
     finally:
+        if server is not None:
+            server.close()
         await read_conn.aclose()
         await redis.aclose()
+
+
+def start_metrics(metrics: WorkerMetrics, settings: WorkerSettings) -> MetricsServer | None:
+    """The worker's metrics endpoint when ``METRICS_PORT`` is set; a port that cannot be bound
+    stops the worker at start with one line."""
+    if not settings.metrics_port:
+        return None
+    try:
+        server = serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise StartupError(f"METRICS_PORT: cannot serve metrics on {settings.metrics_host}:"
+                           f"{settings.metrics_port} ({exc.strerror or exc})") from None
+    structlog.get_logger("aiq.worker").info("metrics served", host=settings.metrics_host,
+                                            port=server.port)
+    return server
 
 
 def main(**overrides: object) -> int:

@@ -33,6 +33,7 @@ class Outcome:
     kind: Kind
     result: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] = field(default_factory=dict)
+    run_s: float = 0.0  # how long the job's code ran (0: refused before it ran)
 
     @property
     def retryable(self) -> bool:

@@ -17,10 +17,11 @@ from streams.endings import RenewCode
 
 
 async def renew_leases(queue: QueueConsumer, runs: dict[str, JobRun],
-                       admission: Admission | NoAdmission, log: Any) -> None:
+                       admission: Admission | NoAdmission, log: Any) -> dict[str, RenewCode]:
+    """Entry id -> what its renewal answered (empty: nothing held)."""
     in_flight, held = list(runs.values()), admission.held()
     if not in_flight and not held:
-        return
+        return {}
     codes = await queue.renew([*(r.delivery for r in in_flight), *held])
     for d in held:  # waiting for GPU memory: leased like a running job
         if codes.get(d.entry_id) is RenewCode.LOST:
@@ -33,6 +34,7 @@ async def renew_leases(queue: QueueConsumer, runs: dict[str, JobRun],
             log.warning("lease lost", job_id=run.delivery.job_id)
         elif code is RenewCode.CANCEL_REQUESTED:
             run.cancel_requested = True
+    return codes
 
 
 async def watch_cancels(queue: QueueConsumer, runs: dict[str, JobRun], stopping: asyncio.Event,

@@ -29,6 +29,7 @@ from consumers.final_writes import FinalWrites
 from consumers.frameworks.base import FailJob, Framework, JobContext
 from consumers.gpu import GpuDevices
 from consumers.loops import forever, sleep_unless, unless_unavailable, until_done
+from consumers.metrics import WorkerMetrics, WorkerState, outcome_of
 from consumers.progress import JobRun, ProgressPublisher
 from consumers.reclaim import Reclaimer
 from consumers.renewal import renew_leases, watch_cancels
@@ -40,7 +41,7 @@ from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
 from streams.consumer import QueueConsumer, StartOutcome
 from streams.delivery import Delivery
-from streams.endings import Fail
+from streams.endings import Fail, RenewCode
 from streams.errors import UNAVAILABLE
 from streams.keys import QueueKeys
 
@@ -80,6 +81,8 @@ class Worker:
         self._launching = 0  # started jobs whose launch is scheduled on the loop (_launch_all)
         self.gpus = gpus or []
         self.model_types = CATALOGUE[settings.worker_type].model_types
+        self.metrics = WorkerMetrics(settings.worker_type, self.model_types)  # METRICS_PORT
+        self.metrics.watch(self._metrics_state)
         # CPU worker types run on the CPU even where a GPU is visible.
         self.device = "cuda" if CATALOGUE[settings.worker_type].device is Device.GPU else "cpu"
         self.stopping = asyncio.Event()
@@ -91,6 +94,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()  # last progress reports in flight
         self._idle = asyncio.Event()  # set when no job code runs
         self._started_at = int(time.time() * 1000)
+        self._gpus_seen: list[GpuInfo] = list(self.gpus)  # the last heartbeat's inventory
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
         self.reclaimer = Reclaimer(self.queue, settings.reclaim_every_s, settings.lease_ms,
                                    settings.block_ms, self.log)
@@ -213,6 +217,7 @@ class Worker:
         batch = [d for d in batch if d.entry_id not in self.runs]
         if batch:
             self.log.info("reclaimed entries", entries=[d.entry_id for d in batch])
+            self.metrics.took_back(len(batch))
             await self._take(batch)
 
     async def _take(self, batch: list[Delivery], read_more: bool = False) -> list[Delivery]:
@@ -279,6 +284,7 @@ class Worker:
         self.runs[d.entry_id] = run
         self.log.info("job started", job_id=d.job_id, model_type=d.message.model_type,
                       kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)
+        self.metrics.started(d, int(time.time() * 1000))
         refusal = self.admission.refusal(d.entry_id)
         if d.message.model_type not in self.model_types:
             refusal = FailJob(
@@ -316,6 +322,7 @@ class Worker:
         except BaseException:  # KeyboardInterrupt & co. from the job: the worker stops
             self.runs.pop(run.delivery.entry_id, None)
             raise
+        outcome.run_s = time.monotonic() - started if started else 0.0
         if run.has_pending_report():
             task = asyncio.create_task(self._after_report(run, outcome))
             self._tasks.add(task)
@@ -340,8 +347,10 @@ class Worker:
             self.log.warning("job lost its lease to another worker; result dropped",
                              job_id=d.job_id)
             self.runs.pop(d.entry_id, None)
+            self.metrics.ended(d, "lost", outcome.run_s)
             return
         if outcome.kind == "interrupted" and d.entry_id not in self.runs:
+            self.metrics.ended(d, "handed_back", outcome.run_s)
             return  # already handed back by the drain
         try:
             ending = ending_for(d, outcome, self.settings)
@@ -350,6 +359,7 @@ class Worker:
                 "result_not_serializable", f"the job's result cannot be stored as JSON: {exc}")
             ending = Fail.of(d, outcome.error)
         assert ending is not None
+        self.metrics.ended(d, outcome_of(ending), outcome.run_s, outcome.error.get("code", ""))
         self.final_writes.add(ending, outcome)
 
     # ---- beside the path: renew leases, promote due retries --------------------------------
@@ -357,7 +367,9 @@ class Worker:
     async def _maintain(self) -> None:
         """Renew leases and promote due retries on a timer (every ``reclaim_every_s``, a third
         of the lease), so it runs even when the queue is idle."""
-        await renew_leases(self.queue, self.runs, self.admission, self.log)
+        codes = await renew_leases(self.queue, self.runs, self.admission, self.log)
+        lost = sum(code is RenewCode.LOST for code in codes.values())
+        self.metrics.renewed(len(codes) - lost, lost)
         await self.queue.promote_due(int(time.time() * 1000))
         await sleep_unless(self.stopping, self.settings.reclaim_every_s)
 
@@ -367,14 +379,20 @@ class Worker:
         await sleep_unless(self.stopping, self.settings.heartbeat_interval_s)
         await self._heartbeat_once()
 
+    def _metrics_state(self) -> WorkerState:
+        """The gauges of a scrape (called in the metrics server's thread: plain reads)."""
+        return WorkerState(running=self.executing, slots=self.slots,
+                           free=max(self.free_slots, 0), gpus=self._gpus_seen)
+
     async def _heartbeat_once(self) -> None:
+        self._gpus_seen = gpus = self.admission.inventory()
         info = WorkerInfo(
             worker_id=self.name, worker_type=self.settings.worker_type,
             framework=self.framework.name, framework_version=self.framework_version,
             hostname=socket.gethostname(), pid=os.getpid(), started_at=self._started_at,
             heartbeat_at=int(time.time() * 1000), max_concurrent_jobs=self.slots,
             running_jobs=[r.delivery.job_id for r in self.runs.values()],
-            gpus=self.admission.inventory(),
+            gpus=gpus,
             state="draining" if self.stopping.is_set() else "running")
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)

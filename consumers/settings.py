@@ -54,6 +54,12 @@ class WorkerSettings(RedisSettings):
     oom_max_halvings: int = Field(default=3, ge=0, le=16, description="CUDA OOM: retry with "
                                   "batch_size halved at most this many times")
 
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="METRICS_PORT: serve "
+                              "this worker's Prometheus metrics on this port (0: off)")
+    metrics_host: str = Field(default="0.0.0.0", description="METRICS_HOST: the address the "
+                              "metrics port binds (all interfaces: it is on only when asked for, "
+                              "to be scraped from elsewhere)")
+
     data_root: Path = Path("data")
     artifact_root: Path = Path("artifacts")
 

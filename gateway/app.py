@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.auth import ApiKeyAuth, redact_access_log
+from gateway.auth import ApiKeyAuth, open_paths, redact_access_log
 from gateway.errors import install_error_handlers
 from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit, TrustedHosts
@@ -78,7 +78,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     if settings.hosts:
         app.add_middleware(TrustedHosts, hosts=settings.hosts)
     if settings.api_key is not None:
-        app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
+        app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value(),
+                           open_paths=open_paths(settings))
         redact_access_log()
     app.include_router(api_router)
     app.include_router(events.router)

@@ -1,7 +1,8 @@
 """Optional API-key auth, the same for HTTP, SSE and WebSocket.
 
-With ``API_KEY`` set, every request except the health probe, the dashboard's static page and
-the API docs (``/docs``, ``/openapi.json``) must carry the key: ``Authorization: Bearer
+With ``API_KEY`` set, every request except the health probe, the dashboard's static page,
+the API docs (``/docs``, ``/openapi.json``) and, with ``METRICS_PUBLIC``, ``/metrics`` must carry
+the key: ``Authorization: Bearer
 <key>``, ``X-API-Key: <key>``, or ``?api_key=<key>`` (browsers cannot set headers on
 EventSource and WebSocket). A request without it gets 401 JSON; a WebSocket is closed with code
 4401 before it is accepted.
@@ -17,11 +18,19 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response, refuse
+from gateway.settings import GatewaySettings
 
 # The API's description is not data: /docs must be able to load the spec without the key.
 OPEN_PATHS = ("/health", "/", "/dashboard", "/favicon.ico", "/docs", "/docs/oauth2-redirect",
               "/openapi.json")
 OPEN_PREFIXES = ("/static/",)
+METRICS_PATH = "/metrics"
+
+
+def open_paths(settings: GatewaySettings) -> tuple[str, ...]:
+    """The paths served without the key: ``/metrics`` too with ``METRICS_PUBLIC`` (for a
+    Prometheus that scrapes without credentials; it shows counts, never a job or a key)."""
+    return OPEN_PATHS + ((METRICS_PATH,) if settings.metrics_public else ())
 
 
 def _presented(scope: Scope) -> str | None:
@@ -65,13 +74,15 @@ def redact_access_log() -> None:
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...] = OPEN_PATHS
+                 ) -> None:
         self.app = app
         self.key = api_key.encode()
+        self.open_paths = open_paths
 
     def _allowed(self, scope: Scope) -> bool:
         path = scope.get("path", "")
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if path in self.open_paths or path.startswith(OPEN_PREFIXES):
             return True
         given = _presented(scope)
         return given is not None and hmac.compare_digest(given.encode(), self.key)

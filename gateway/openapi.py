@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
-from gateway.auth import OPEN_PATHS, OPEN_PREFIXES
+from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
 from schemas.events import JobEvent
@@ -81,18 +81,14 @@ def _parameters_not_null(spec: dict[str, Any]) -> None:
                     parameter["schema"] = _not_null(parameter["schema"])
 
 
-def _guarded(path: str) -> bool:
-    return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
-
-
-def _document_api_key(spec: dict[str, Any]) -> None:
+def _document_api_key(spec: dict[str, Any], open_paths: tuple[str, ...]) -> None:
     """Every route the key guards: its security requirement and the 401 it answers without."""
     spec["components"]["securitySchemes"] = SECURITY_SCHEMES
     unauthorized = _error("`unauthorized`: the API key is missing or wrong", {
         "WWW-Authenticate": {"required": True, "schema": {"type": "string"},
                              "description": "`Bearer`"}})
     for path, operations in spec.get("paths", {}).items():
-        if not _guarded(path):
+        if path in open_paths or path.startswith(OPEN_PREFIXES):
             continue
         for operation in operations.values():
             operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
@@ -125,7 +121,7 @@ def build_openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     _add_components(spec.setdefault("components", {}).setdefault("schemas", {}))
     _parameters_not_null(spec)
     if settings.api_key is not None:
-        _document_api_key(spec)
+        _document_api_key(spec, open_paths(settings))
     if settings.hosts:
         _document_trusted_hosts(spec)
     rewritten: dict[str, Any] = _rewrite(spec)

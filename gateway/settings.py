@@ -24,6 +24,9 @@ class GatewaySettings(RedisSettings):
 
     api_key: SecretStr | None = Field(default=None, description="API_KEY: when set, required on "
                                       "every request but /health and the dashboard page")
+    metrics_public: bool = Field(default=False, description="METRICS_PUBLIC: serve /metrics "
+                                 "without API_KEY (for a Prometheus that scrapes without "
+                                 "credentials; it shows counts, never a job or the key)")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=MIB, ge=1024, description="larger request bodies get "

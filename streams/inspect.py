@@ -35,7 +35,7 @@ from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 _PER_ROW = 5  # commands queued per stream; keep in step with _queue_row / _row
 
 
-def _missing(value: Any, default: Any) -> Any:
+def or_default(value: Any, default: Any) -> Any:
     """``default`` for a missing stream or group; other server errors propagate."""
     if isinstance(value, ResponseError):
         text = str(value)
@@ -62,7 +62,7 @@ def _age_ms(oldest_id: str | None, now_ms: int) -> int | None:
 
 def _row(keys: QueueKeys, kind: JobKind, results: list[Any], now_ms: int) -> StreamInfo:
     length, summary, groups, dead, delayed = (
-        _missing(r, d) for r, d in zip(results, (0, {}, [], 0, 0), strict=True)
+        or_default(r, d) for r, d in zip(results, (0, {}, [], 0, 0), strict=True)
     )
     pending = int(summary.get("pending") or 0)
     group: dict[str, Any] = next((g for g in groups if g.get("name") == GROUP), {})
@@ -88,7 +88,7 @@ async def queue_stats(redis: Redis, prefix: str = DEFAULT_PREFIX) -> list[Stream
         for keys, kind in rows:
             _queue_row(pipe, keys, kind)
         results = await pipe.execute(raise_on_error=False)
-    seconds, micros = _missing(results[0], (0, 0))
+    seconds, micros = or_default(results[0], (0, 0))
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     return [
         _row(keys, kind, results[1 + i * _PER_ROW:1 + (i + 1) * _PER_ROW], now_ms)

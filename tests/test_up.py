@@ -175,3 +175,12 @@ def test_up_trains_a_model_then_stops_everything_on_ctrl_c(
     assert again.wait_exit(30) == 1
     assert "exited unexpectedly" in again.output()
     _assert_all_gone(children, again.redis_url)
+
+
+def test_up_keeps_worker_metrics_off_whatever_the_environment_says() -> None:
+    """Workers on one host cannot share a METRICS_PORT exported in the shell."""
+    from aiq.up import _worker_env
+    from schemas.catalogue import CATALOGUE
+
+    env = _worker_env({"METRICS_PORT": "9100"}, CATALOGUE["diagnostic"])
+    assert env["METRICS_PORT"] == "0"

@@ -91,9 +91,21 @@ local function write_final(record, job_events, type_events, job_id, status, fiel
   redis.call('EXPIRE', job_events, RETENTION)
 end
 
--- n jobs became final in `status`: counted in the stats, and the jobs index pruned.
-local function count_final(stats, index, status, n, ts)
-  redis.call('HINCRBY', stats, status, n)
+-- The stats hash counts each outcome per worker type (`succeeded`) and per kind of job as
+-- well (`training:succeeded`, `inference:succeeded`: /metrics' aiq_jobs_total). The kind is read
+-- off the stream's name, <prefix>:<kind>:{<type>}:queue (streams/keys.py; the prefix has no ':').
+local function kind_of(stream)
+  return string.match(stream, '^[^:]+:([^:]+):') or 'unknown'
+end
+
+local function count(stats, stream, field, n)
+  redis.call('HINCRBY', stats, field, n)
+  redis.call('HINCRBY', stats, kind_of(stream) .. ':' .. field, n)
+end
+
+-- n jobs of `stream` became final in `status`: counted in the stats, and the jobs index pruned.
+local function count_final(stats, stream, index, status, n, ts)
+  count(stats, stream, status, n)
   prune_index(index, ts)
 end
 
@@ -167,7 +179,7 @@ local function finish_batch(status, field)
   if #ids > 0 then
     redis.call('XACK', stream, group, unpack(ids))
     redis.call('XDEL', stream, unpack(ids))
-    count_final(stats, index, status, #ids, ts)
+    count_final(stats, stream, index, status, #ids, ts)
   end
   local fenced_n = 0
   for _, code in ipairs(out) do if code == -1 then fenced_n = fenced_n + 1 end end

@@ -29,5 +29,5 @@ end
 redis.call('ZREM', delayed, job_id)
 write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
   '{}', ts)
-count_final(stats, index, 'cancelled', 1, ts)
+count_final(stats, stream, index, 'cancelled', 1, ts)
 return {0, 'cancelled'}

@@ -14,5 +14,5 @@ if refused then return refused end
 local ts = now_ms()
 write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
   '{}', ts)
-count_final(stats, index, 'cancelled', 1, ts)
+count_final(stats, stream, index, 'cancelled', 1, ts)
 return {0, 'ok'}

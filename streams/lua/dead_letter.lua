@@ -14,5 +14,5 @@ local id = redis.call('XADD', dead, 'MAXLEN', '~', dead_maxlen, '*', 'job_id', '
   'entry_id', entry_id, 'stream', stream, 'reason', reason, 'deliveries', deliveries,
   'consumer', consumer, 'ts', now_ms(), 'raw', raw)
 ack_delete(stream, group, entry_id)
-redis.call('HINCRBY', stats, 'dead_lettered', 1)
+count(stats, stream, 'dead_lettered', 1)
 return {0, id}

@@ -15,5 +15,5 @@ local refused = release_entry(stream, group, entry_id, consumer, record, stats)
 if refused then return refused end
 local new_id = requeue_from_record(stream, record, job_events, type_events, job_id, field_names,
   reason, now_ms())
-redis.call('HINCRBY', stats, 'handed_back', 1)
+count(stats, stream, 'handed_back', 1)
 return {0, new_id}

@@ -26,5 +26,5 @@ end
 redis.call('ZADD', delayed, ts + delay_ms, job_id)
 emit(job_events, type_events, job_id, 'retrying', 'retrying', '{"attempt":' .. attempt ..
   ',"delay_ms":' .. delay_ms .. ',"error":' .. err .. overrides_json .. '}', ts)
-redis.call('HINCRBY', stats, 'retried', 1)
+count(stats, stream, 'retried', 1)
 return {0, attempt}

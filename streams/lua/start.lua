@@ -21,7 +21,7 @@ local function dead_letter(job_id, entry_id, deliveries, reason)
   redis.call('XADD', dead, 'MAXLEN', '~', dead_maxlen, '*', 'job_id', job_id, 'entry_id', entry_id,
     'stream', stream, 'reason', reason, 'deliveries', deliveries, 'consumer', consumer, 'ts', ts)
   ack_delete(stream, group, entry_id)
-  redis.call('HINCRBY', stats, 'dead_lettered', 1)
+  count(stats, stream, 'dead_lettered', 1)
 end
 
 local batch_ids = {}
@@ -50,7 +50,7 @@ local function start_one(record, job_events, job_id, entry_id)
       message = "the job's record is malformed (its attempt is not a number)"})
     write_final(record, job_events, type_events, job_id, 'failed', {'error', err, 'attempt', 1},
       '{"error":' .. err .. '}', ts)  -- attempt 1: the record is readable again
-    count_final(stats, index, 'failed', 1, ts)
+    count_final(stats, stream, index, 'failed', 1, ts)
     return {-3, deliveries, 0}
   end
   if is_final(status) or st[3] ~= entry_id then
@@ -64,7 +64,7 @@ local function start_one(record, job_events, job_id, entry_id)
                 'moved to the dead-letter stream', retryable = false})
     write_final(record, job_events, type_events, job_id, 'failed',
       {'error', err, 'deliveries', deliveries}, '{"error":' .. err .. '}', ts)
-    count_final(stats, index, 'failed', 1, ts)
+    count_final(stats, stream, index, 'failed', 1, ts)
     return {-3, deliveries, 0}
   end
   redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'deliveries', deliveries,

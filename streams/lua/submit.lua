@@ -49,7 +49,7 @@ if idem then
   redis.call('HSET', idem_key, 'job_id', job_id, 'fingerprint', fingerprint)
   redis.call('EXPIRE', idem_key, idem_ttl)
 end
-redis.call('HINCRBY', stats, 'submitted', 1)
+count(stats, stream, 'submitted', 1)
 -- Acked entries are deleted, so undelivered = length - pending.
 local pending = 0
 local summary = redis.pcall('XPENDING', stream, group)
