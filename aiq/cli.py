@@ -15,10 +15,12 @@ from rich.table import Table
 
 from aiq.envs import (
     EnvError,
+    ensure_current,
     env_dir,
     has_own_env,
     install,
     install_command,
+    is_current,
     sync_command,
 )
 from aiq.installed import Availability, availability, catalogue_availability, visible_gpus
@@ -101,6 +103,15 @@ def _exec_worker(found: Availability, overrides: dict[str, object]) -> NoReturn:
     """Become ``<env>/bin/python -m consumers``: the worker runs in the type's own environment
     (same pid, so signals and supervisors reach it), configured by env vars as usual."""
     assert found.python is not None and found.env is not None
+    extra = found.worker_type.extra
+    if extra is not None and not is_current(extra):
+        typer.echo(f"aiq worker: updating {_shown(found.env)} (uv.lock changed)", err=True)
+        try:
+            result = ensure_current(extra, lambda line: None)
+        except EnvError as exc:
+            _fail(f"aiq worker: {exc}", 1)
+        if result is not None and not result.ok:
+            _fail(f"aiq worker: {result.problem}", 1)
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
     for key, value in overrides.items():
         env[key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)

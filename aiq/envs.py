@@ -13,6 +13,7 @@ importing the framework or starting that environment's python.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -31,11 +32,13 @@ __all__ = [
     "EnvError",
     "InstallResult",
     "dist_version",
+    "ensure_current",
     "env_dir",
     "env_python",
     "has_own_env",
     "install",
     "install_command",
+    "is_current",
     "project_root",
     "sync_command",
     "uv_executable",
@@ -45,6 +48,7 @@ __all__ = [
 MAIN_ENV_EXTRAS = frozenset({"sklearn"})  # extras that live in the main environment
 VENVS_DIR_VAR = "AIQ_VENVS_DIR"  # where the per-type environments live (default: .venvs)
 _TAIL_LINES = 40
+LOCK_MARK = ".aiq-uv-lock.sha256"  # in an environment: the digest of the uv.lock it came from
 # What uv prints when the package index cannot be reached (DNS, refused, reset, timeouts).
 _NETWORK_SIGNS = ("error sending request", "dns error", "failed to lookup address",
                   "connection refused", "connection reset", "network is unreachable",
@@ -154,5 +158,26 @@ def install(extra: str, echo: Callable[[str], None]) -> InstallResult:
             line = raw.rstrip("\n")
             tail.append(line)
             echo(line)
+    if proc.returncode == 0:
+        (target / LOCK_MARK).write_text(_lock_digest(root))
     return InstallResult(extra, target, proc.returncode, time.monotonic() - started,
                          "\n".join(tail))
+
+
+def _lock_digest(root: Path) -> str:
+    return hashlib.sha256((root / "uv.lock").read_bytes()).hexdigest()
+
+
+def is_current(extra: str) -> bool:
+    """Whether ``.venvs/<extra>`` was last synced from the ``uv.lock`` there is now."""
+    try:
+        return (env_dir(extra) / LOCK_MARK).read_text() == _lock_digest(project_root())
+    except OSError:
+        return False
+
+
+def ensure_current(extra: str, echo: Callable[[str], None]) -> InstallResult | None:
+    """Sync ``.venvs/<extra>`` when ``uv.lock`` changed since it was made (an upgrade of aiq
+    adds a dependency: a worker started from the old environment would fail to import it);
+    None when it is current already (no uv call)."""
+    return None if is_current(extra) else install(extra, echo)

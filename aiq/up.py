@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from aiq.envs import EnvError, ensure_current, is_current
 from aiq.installed import Availability, catalogue_availability
 from aiq.redis_server import HOST as REDIS_HOST
 from aiq.redis_server import RedisServer, RedisServerError, redis_reachable
@@ -295,6 +296,7 @@ class _Up:
         types, skipped = select_types(self.options.types)
         for availability in skipped:
             self.echo(f"aiq up: skipping {availability.hint}")
+        types = [a for a in types if self._current(a)]
         for sub in ("data", "artifacts"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
         redis_url, self.redis = ensure_redis(self.options.redis_url, data_dir)
@@ -315,6 +317,23 @@ class _Up:
         if not self.supervisor.stop_requested and self.supervisor.exited() is None:
             self._banner(api, redis_url, data_dir, types)
         return self._watch()
+
+    def _current(self, found: Availability) -> bool:
+        """Bring the type's own environment up to date with uv.lock (a new aiq may need a new
+        dependency); False, with a line saying why, when that fails."""
+        extra = found.worker_type.extra
+        if found.env is None or extra is None or is_current(extra):
+            return True
+        self.echo(f"aiq up: updating {found.env.name} (uv.lock changed since it was made)")
+        try:
+            result = ensure_current(extra, lambda line: None)
+        except EnvError as exc:
+            self.echo(f"aiq up: skipping {found.worker_type.name}: {exc}")
+            return False
+        if result is not None and not result.ok:
+            self.echo(f"aiq up: skipping {found.worker_type.name}: {result.problem}")
+            return False
+        return True
 
     def _banner(self, api: str, redis_url: str, data_dir: Path, types: list[Availability]
                 ) -> None:

@@ -52,7 +52,7 @@ def main(**overrides: object) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(), proxy_headers=True,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, access_log=False, log_config=None)
     freeze_startup_objects()
     _Server(config, app).run()
     return 0

@@ -11,6 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.access_log import AccessLog
 from gateway.auth import ApiKeyAuth, open_paths, redact_access_log
 from gateway.errors import install_error_handlers
 from gateway.hub import Hub
@@ -81,6 +82,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value(),
                            open_paths=open_paths(settings))
         redact_access_log()
+    app.add_middleware(AccessLog)  # outermost: refusals by the host and key checks too
     app.include_router(api_router)
     app.include_router(events.router)
     app.include_router(ws.router)

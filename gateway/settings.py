@@ -38,8 +38,9 @@ class GatewaySettings(RedisSettings):
     trusted_hosts: str = Field(default="", description="TRUSTED_HOSTS: comma-separated host "
                                "names (or *.domain) the gateway answers for; empty: any")
     log_level: str = "info"
-    log_json: bool = Field(default=False, description="the gateway's own lines as JSON (uvicorn's "
-                           "access log stays plain)")
+    log_json: bool = Field(default=True, description="log lines as JSON (structlog), as the "
+                           "workers write them; false: console lines. One line per request "
+                           "(gateway/access_log.py); probes and scrapes at debug level")
 
     # Live feeds (gateway/hub.py): SSE per job, the /ws dashboard.
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="an idle SSE stream gets "

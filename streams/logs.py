@@ -1,5 +1,7 @@
 """structlog set-up shared by the gateway and the workers: JSON lines (or console), with what a
-line is about (worker, job, request) bound as keys."""
+line is about (worker, job, request) bound as keys. Lines of the standard library's loggers
+(uvicorn's server messages, libraries) go through the same renderer, so a process writes one
+style only."""
 
 from __future__ import annotations
 
@@ -26,3 +28,11 @@ def configure(level: str = "INFO", json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=renderer,
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.getLevelName(level.upper()))
