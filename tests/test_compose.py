@@ -144,7 +144,9 @@ def test_gateways_are_replicated_behind_nginx_which_alone_is_published() -> None
     assert "aiq" in gateway["healthcheck"]["test"] and "health" in gateway["healthcheck"]["test"]
     assert nginx["ports"] == [{"mode": "ingress", "target": 80, "published": "8000",
                                "protocol": "tcp"}]
-    assert nginx["environment"] == {"NGINX_PORT": "80", "GATEWAY_UPSTREAM": "gateway:8000"}
+    assert nginx["environment"] == {"NGINX_PORT": "80", "GATEWAY_UPSTREAM": "gateway:8000",
+                                    "MAX_BODY_BYTES": "1048576"}
+    assert gateway["environment"]["MAX_BODY_BYTES"] == "1048576"  # the same limit at both
     assert nginx["volumes"][0]["source"] == str(DEPLOY / "nginx" / "aiq.conf")
     assert nginx["volumes"][0]["target"] == "/etc/nginx/templates/aiq.conf"
     assert nginx["depends_on"]["gateway"]["condition"] == "service_healthy"

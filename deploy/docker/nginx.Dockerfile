@@ -4,12 +4,13 @@
 #   docker build -f deploy/docker/nginx.Dockerfile -t aiq-nginx .
 #
 # At start deploy/nginx/render.sh fills the template /etc/nginx/templates/aiq.conf (compose
-# mounts deploy/nginx/aiq.conf there) from NGINX_PORT and GATEWAY_UPSTREAM.
+# mounts deploy/nginx/aiq.conf there) from NGINX_PORT, GATEWAY_UPSTREAM and MAX_BODY_BYTES.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive \
     NGINX_PORT=80 \
-    GATEWAY_UPSTREAM=gateway:8000
+    GATEWAY_UPSTREAM=gateway:8000 \
+    MAX_BODY_BYTES=1048576
 # Versions are the base release's; pinning Debian revisions would break its security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
