@@ -34,7 +34,9 @@ def _env(**overrides: str) -> dict[str, str]:
 
 def compose(*args: str, env: dict[str, str] | None = None, timeout: float = 120
             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), *args],
+    # --env-file: a .env next to compose.yaml (a user's settings) is not read either
+    return subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "--env-file",
+                           os.devnull, *args],
                           env=env or _env(), capture_output=True, text=True, timeout=timeout,
                           check=False)
 
