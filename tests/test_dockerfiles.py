@@ -78,7 +78,7 @@ def test_images_install_the_lock_without_dev_as_a_non_root_user_under_tini(name:
     assert json.loads(_one(stage, "ENTRYPOINT")) == ["/usr/bin/tini", "--"]
     health = _one(stage, "HEALTHCHECK")
     if name == "worker":
-        assert health.endswith('CMD ["aiq", "worker-health"]')
+        assert health.endswith('CMD ["aiq", "health", "--worker"]')
         assert json.loads(_one(stage, "CMD")) == ["aiq", "worker"]
         env = _one(stage, "ENV")
         assert "DATA_ROOT=/data" in env and "ARTIFACT_ROOT=/artifacts" in env

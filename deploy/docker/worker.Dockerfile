@@ -76,9 +76,10 @@ RUN python -c "import os; from importlib.metadata import version; from packaging
  && install -d -o aiq -g aiq /data /artifacts
 USER 10001:10001
 WORKDIR /home/aiq
-# Alive and registered: this container's worker process heartbeats its entry in the registry.
+# Alive and registered: this container's worker process is in the registry (hostname and pid)
+# and still heartbeats (aiq/health.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-  CMD ["aiq", "worker-health"]
+  CMD ["aiq", "health", "--worker"]
 # tini is PID 1: it passes SIGTERM to the worker (which drains for SHUTDOWN_GRACE_S, hands
 # back what is left and exits 0) and reaps the children of sklearn's fork server.
 ENTRYPOINT ["/usr/bin/tini", "--"]
