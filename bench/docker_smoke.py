@@ -49,7 +49,7 @@ from aiq.redis_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 PROJECT = "aiq-smoke"
-SERVICES = ["redis", "gateway", "nginx", "ai-worker-sklearn"]
+SERVICES = ["redis", "ai-gateway", "nginx", "ai-worker-sklearn"]
 WORKERS = 2
 BASE_IMAGE = "aiq-base:bookworm"
 CA_DIR = DEPLOY / "docker" / "ca-certificates"
@@ -144,7 +144,7 @@ class Smoke:
         self.facts["extra_cas"] = copied
 
     def build(self) -> None:
-        with self.step("compose build (redis, gateway, nginx, ai-worker-sklearn)"):
+        with self.step("compose build (redis, ai-gateway, nginx, ai-worker-sklearn)"):
             self.dc("build", *SERVICES)
         sizes = {}
         for service in SERVICES:
@@ -159,7 +159,9 @@ class Smoke:
     def host_override(self) -> None:
         redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         gw = str(self.gateway_port)
-        worker = {"network_mode": "host", "environment": {"REDIS_URL": redis_url}}
+        # METRICS_PORT off: two workers on the host's network cannot both serve on 9100.
+        worker = {"network_mode": "host",
+                  "environment": {"REDIS_URL": redis_url, "METRICS_PORT": "0"}}
         override = {"services": {
             "redis": {"network_mode": "host", "command": [
                 "redis-server", "--dir", "/data", "--appendonly", "yes", "--appendfsync",
@@ -167,7 +169,7 @@ class Smoke:
                 "--port", str(self.redis_port)],
                 "healthcheck": {"test": ["CMD-SHELL",
                                          f"redis-cli -p {self.redis_port} ping | grep -q PONG"]}},
-            "gateway": {"network_mode": "host", "deploy": {"replicas": 1},
+            "ai-gateway": {"network_mode": "host", "deploy": {"replicas": 1},
                         "environment": {"REDIS_URL": redis_url, "HOST": "127.0.0.1",
                                         "PORT": gw},
                         "healthcheck": {"test": ["CMD", "aiq", "health", "--url",
@@ -294,12 +296,22 @@ class Smoke:
             raise SmokeError(f"inference ended {done['status']}: {done}")
         self.facts["inference_predictions"] = done["result"]["predictions"]
         self.facts["requests_per_gateway"] = self.requests_per_gateway()
+        if self.args.network == "bridge":
+            self.facts["worker_metrics"] = self.worker_metrics()
+
+    def worker_metrics(self) -> str:
+        """What Prometheus's aiq-workers job would get from a worker on METRICS_PORT 9100."""
+        code = ("import urllib.request as u; t = u.urlopen('http://127.0.0.1:9100/metrics')"
+                ".read().decode(); s = [l for l in t.splitlines() if l.startswith('aiq_')]; "
+                "print(len(s), 'aiq_ samples, e.g.', s[0])")
+        return self.dc("exec", "-T", "ai-worker-sklearn", "python", "-c", code,
+                       capture=True).stdout.strip()
 
     def requests_per_gateway(self) -> dict[str, int]:
         """HTTP requests each gateway container logged (uvicorn's access log): nginx spreads
         them over the replicas."""
         out = {}
-        for cid in self.dc("ps", "-q", "gateway", capture=True).stdout.split():
+        for cid in self.dc("ps", "-q", "ai-gateway", capture=True).stdout.split():
             name = self.run("docker", "inspect", "-f", "{{.Name}}", cid,
                             capture=True).stdout.strip().lstrip("/")
             logs = self.run("docker", "logs", cid, capture=True)

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,7 +72,7 @@ def _seconds(duration: str) -> float:
 
 def test_services_are_the_seeds_names_one_worker_per_type() -> None:
     names = set(services())
-    assert names == {"redis", "gateway", "nginx", "prometheus", "grafana"} | {
+    assert names == {"redis", "ai-gateway", "nginx", "prometheus", "grafana"} | {
         f"ai-worker-{wt.name}" for wt in WORKER_TYPES}
     assert {"ai-worker-sklearn", "ai-worker-pytorch-2.1", "ai-worker-pytorch-2.1-gpu",
             "ai-worker-pytorch-2.0", "ai-worker-pytorch-2.0-gpu",
@@ -81,7 +82,7 @@ def test_services_are_the_seeds_names_one_worker_per_type() -> None:
 def test_default_profile_runs_the_cpu_stack_gpu_and_monitoring_are_opt_in() -> None:
     done = compose("config", "--services")
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == {"redis", "gateway", "nginx"} | {
+    assert set(done.stdout.split()) == {"redis", "ai-gateway", "nginx"} | {
         f"ai-worker-{wt.name}" for wt in WORKER_TYPES if wt.device is Device.CPU}
     for name, spec in services().items():
         profiles = spec.get("profiles", [])
@@ -104,6 +105,7 @@ def test_each_worker_service_builds_and_runs_its_type(wt: Any) -> None:
     assert env["WORKER_TYPE"] == wt.name and env["MODEL_FRAMEWORK"] == wt.framework
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     assert env["MAX_CONCURRENT_JOBS"] == "2"
+    assert env["METRICS_PORT"] == "9100"  # where deploy/prometheus/prometheus.yml scrapes
     gpu = wt.device is Device.GPU
     assert env.get("USE_GPU", "false") == ("true" if gpu else "false")
     if gpu:
@@ -115,7 +117,7 @@ def test_each_worker_service_builds_and_runs_its_type(wt: Any) -> None:
         assert "deploy" not in spec
     # SIGKILL only after the worker's own drain could have finished
     assert _seconds(spec["stop_grace_period"]) > float(env["SHUTDOWN_GRACE_S"])
-    assert spec["healthcheck"]["test"] == ["CMD", "aiq", "worker-health"]
+    assert spec["healthcheck"]["test"] == ["CMD", "aiq", "health", "--worker"]
     mounts = {m["target"]: m for m in spec["volumes"]}
     assert mounts["/data"]["type"] == "bind" and mounts["/data"]["read_only"] is True
     assert mounts["/data"]["source"] == str(ROOT / "data")
@@ -138,7 +140,7 @@ def test_redis_keeps_an_aof_on_a_volume_and_never_evicts() -> None:
 
 
 def test_gateways_are_replicated_behind_nginx_which_alone_is_published() -> None:
-    gateway, nginx = services()["gateway"], services()["nginx"]
+    gateway, nginx = services()["ai-gateway"], services()["nginx"]
     assert gateway["deploy"]["replicas"] >= 2
     assert "ports" not in gateway
     assert gateway["environment"]["HOST"] == "0.0.0.0"
@@ -146,26 +148,41 @@ def test_gateways_are_replicated_behind_nginx_which_alone_is_published() -> None
     assert "aiq" in gateway["healthcheck"]["test"] and "health" in gateway["healthcheck"]["test"]
     assert nginx["ports"] == [{"mode": "ingress", "target": 80, "published": "8000",
                                "protocol": "tcp"}]
-    assert nginx["environment"] == {"NGINX_PORT": "80", "GATEWAY_UPSTREAM": "gateway:8000",
+    assert nginx["environment"] == {"NGINX_PORT": "80", "GATEWAY_UPSTREAM": "ai-gateway:8000",
                                     "MAX_BODY_BYTES": "1048576"}
     assert gateway["environment"]["MAX_BODY_BYTES"] == "1048576"  # the same limit at both
     assert nginx["volumes"][0]["source"] == str(DEPLOY / "nginx" / "aiq.conf")
     assert nginx["volumes"][0]["target"] == "/etc/nginx/templates/aiq.conf"
-    assert nginx["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert nginx["depends_on"]["ai-gateway"]["condition"] == "service_healthy"
     assert all("healthcheck" in spec for name, spec in services().items())
 
 
 def test_the_api_key_is_passed_on_when_the_shell_sets_it() -> None:
-    gateway = _render(API_KEY="s3cret-key-123")["services"]["gateway"]
+    gateway = _render(API_KEY="s3cret-key-123")["services"]["ai-gateway"]
     assert gateway["environment"]["API_KEY"] == "s3cret-key-123"
 
 
-def test_monitoring_mounts_the_prometheus_and_grafana_config_paths() -> None:
+def test_monitoring_mounts_the_prometheus_and_grafana_files_that_exist() -> None:
+    """Prometheus gets deploy/prometheus's config and the alert rules it names; Grafana its
+    provisioning (data source, dashboard provider) and the aiq dashboard. The scrape config's
+    targets are this file's service names and worker METRICS_PORT."""
     prom, grafana = services()["prometheus"], services()["grafana"]
-    assert any(m["source"] == str(DEPLOY / "prometheus" / "prometheus.yml")
-               and m["target"] == "/etc/prometheus/prometheus.yml" for m in prom["volumes"])
-    assert {m["source"] for m in grafana["volumes"] if m["type"] == "bind"} == {
-        str(DEPLOY / "grafana" / "provisioning"), str(DEPLOY / "grafana" / "dashboards")}
+    binds = {m["target"]: m["source"] for m in prom["volumes"] if m["type"] == "bind"}
+    prometheus = DEPLOY / "prometheus"
+    assert binds == {"/etc/prometheus/prometheus.yml": str(prometheus / "prometheus.yml"),
+                     "/etc/prometheus/alerts.yml": str(prometheus / "alerts.yml")}
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert "alerts.yml" in config and '"ai-gateway:8000"' in config and "port: 9100" in config
+    for wt in WORKER_TYPES:
+        assert f"- ai-worker-{wt.name}\n" in config
+    binds = {m["target"]: m["source"] for m in grafana["volumes"] if m["type"] == "bind"}
+    assert binds == {"/etc/grafana/provisioning": str(DEPLOY / "grafana" / "provisioning"),
+                     "/var/lib/grafana/dashboards/aiq.json": str(DEPLOY / "grafana" / "aiq.json")}
+    assert all(Path(source).exists() for source in binds.values())
+    datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "aiq.yaml").read_text()
+    assert "url: http://prometheus:9090" in datasource and "isDefault: true" in datasource
+    provider = (DEPLOY / "grafana" / "provisioning" / "dashboards" / "aiq.yaml").read_text()
+    assert "path: /var/lib/grafana/dashboards" in provider
 
 
 def test_settings_come_from_the_shell() -> None:
@@ -176,7 +193,7 @@ def test_settings_come_from_the_shell() -> None:
     assert worker["environment"]["SHUTDOWN_GRACE_S"] == "60"
     assert _seconds(worker["stop_grace_period"]) == 90
     assert env["services"]["nginx"]["ports"][0]["published"] == "8080"
-    assert env["services"]["gateway"]["deploy"]["replicas"] == 3
+    assert env["services"]["ai-gateway"]["deploy"]["replicas"] == 3
 
 
 @pytest.mark.skipif(not docker_daemon(), reason="no Docker daemon answers (docker info)")
@@ -191,6 +208,6 @@ def test_up_with_the_seeds_scale_plans_three_pytorch_workers() -> None:
     prefix = "aiq-dry-run-test-"
     assert {f"{prefix}ai-worker-pytorch-2.1-{i}" for i in (1, 2, 3)} <= started, out
     assert f"{prefix}ai-worker-pytorch-2.1-4" not in started
-    assert {f"{prefix}gateway-1", f"{prefix}gateway-2", f"{prefix}nginx-1",
+    assert {f"{prefix}ai-gateway-1", f"{prefix}ai-gateway-2", f"{prefix}nginx-1",
             f"{prefix}redis-1", f"{prefix}ai-worker-sklearn-1"} <= started
     assert not any("-gpu-" in name for name in started)  # the gpu profile is not on

@@ -64,7 +64,7 @@ def test_docker_compose_sh_passes_arguments_to_compose_with_the_compose_file() -
     services = _run([script, "--profile", "*", "config", "--services"])
     assert services.returncode == 0, services.stderr
     assert {"ai-worker-sklearn", "ai-worker-pytorch-2.1", "ai-worker-pytorch-2.1-gpu",
-            "gateway", "nginx", "redis"} <= set(services.stdout.split())
+            "ai-gateway", "nginx", "redis"} <= set(services.stdout.split())
     helped = _run([script, "up", "--help"])
     assert helped.returncode == 0 and "--scale" in helped.stdout
     refused = _run([script, "config", "--no-such-flag"])  # compose's error and exit status
