@@ -21,7 +21,7 @@ from gateway.promoter import Promoter
 from gateway.routes import api_router, dashboard, events, ws
 from gateway.settings import GatewaySettings
 from schemas import aiq_version
-from streams.connection import HiredisPackConnection
+from streams.connection import use_fast_packer
 from streams.producer import Producer
 
 REDIS_CLIENT_NAME = "aiq-gateway"  # CLIENT LIST shows the pool's connections under this name
@@ -43,10 +43,9 @@ def connect(settings: GatewaySettings) -> Redis:
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        connection_class=HiredisPackConnection,
         client_name=REDIS_CLIENT_NAME,
     )
-    return Redis.from_pool(pool)
+    return Redis.from_pool(use_fast_packer(pool))
 
 
 @asynccontextmanager
