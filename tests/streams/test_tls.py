@@ -54,12 +54,17 @@ async def test_rediss_is_tls_with_the_fast_packer(tls_redis: str, tmp_path: Path
     try:
         assert redis.connection_pool.connection_class is HiredisPackSSLConnection
         assert await redis.ping()
-        plain_url = tls_redis.replace("rediss://", "redis://").split("?")[0]
+        plain_url = tls_redis.replace("rediss://", "redis://").partition("?")[0]
         plain = client(plain_url, socket_connect_timeout=2, socket_timeout=2)
         assert plain.connection_pool.connection_class is HiredisPackConnection
         with pytest.raises(RedisConnectionError):
             await plain.ping()  # the TLS port does not speak plain RESP
         await plain.aclose()
+        untrusted = client(tls_redis.partition("?")[0], socket_connect_timeout=2,
+                           socket_timeout=2)
+        with pytest.raises(RedisConnectionError):
+            await untrusted.ping()  # certificates are verified: a self-signed one is refused
+        await untrusted.aclose()
 
         producer = Producer(redis)
         sub = await producer.submit_training(TrainingRequest(model_type="noop"))
