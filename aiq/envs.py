@@ -2,9 +2,10 @@
 
 The torch 2.0, torch 2.1 and tensorflow stacks conflict (``[tool.uv] conflicts``), so each worker
 type with its own extra gets its own uv project environment, ``.venvs/<extra>`` in the project
-checkout, made by ``UV_PROJECT_ENVIRONMENT=.venvs/<extra> uv sync --locked --extra <extra>``
-(the dev group comes along, so that environment's python also runs pytest). The sklearn and the
-built-in diagnostic types run in the main environment (``.venv``, ``uv sync --extra sklearn``).
+checkout, made by ``UV_PROJECT_ENVIRONMENT=.venvs/<extra> uv sync --locked --extra <extra>
+--extra s3`` (s3: any worker may keep its artifacts on S3; the dev group comes along, so that
+environment's python also runs pytest). The sklearn and the built-in diagnostic types run in
+the main environment (``.venv``, ``uv sync --extra sklearn``, plus ``--extra s3`` for S3).
 
 Versions are read from an environment's ``site-packages`` metadata (``*.dist-info``), without
 importing the framework or starting that environment's python.
@@ -29,6 +30,7 @@ from schemas.catalogue import WorkerType
 __all__ = [
     "MAIN_ENV_EXTRAS",
     "VENVS_DIR_VAR",
+    "WORKER_EXTRAS",
     "EnvError",
     "InstallResult",
     "dist_version",
@@ -41,11 +43,15 @@ __all__ = [
     "is_current",
     "project_root",
     "sync_command",
+    "sync_extras",
     "uv_executable",
     "venvs_dir",
 ]
 
 MAIN_ENV_EXTRAS = frozenset({"sklearn"})  # extras that live in the main environment
+# Extras every per-type environment gets besides its own: a worker of any type may be pointed
+# at ARTIFACT_URI=s3://... (s3fs), and the s3 extra installs beside every framework extra.
+WORKER_EXTRAS = ("s3",)
 VENVS_DIR_VAR = "AIQ_VENVS_DIR"  # where the per-type environments live (default: .venvs)
 _TAIL_LINES = 40
 LOCK_MARK = ".aiq-uv-lock.sha256"  # in an environment: the digest of the uv.lock it came from
@@ -89,12 +95,17 @@ def install_command(wt: WorkerType) -> str:
     return wt.install_command  # the main environment: uv sync [--extra sklearn]
 
 
+def sync_extras(extra: str) -> list[str]:
+    """The ``--extra`` arguments of ``uv sync`` for ``extra``'s environment."""
+    return [arg for name in (extra, *WORKER_EXTRAS) for arg in ("--extra", name)]
+
+
 def sync_command(extra: str) -> str:
     """What ``aiq env install`` runs for ``extra``, as a shell line (from the project root)."""
     target = env_dir(extra)
     with contextlib.suppress(ValueError):
         target = target.relative_to(project_root())
-    return f"UV_PROJECT_ENVIRONMENT={target} uv sync --locked --extra {extra}"
+    return f"UV_PROJECT_ENVIRONMENT={target} uv sync --locked {' '.join(sync_extras(extra))}"
 
 
 def dist_version(env: Path, dist: str) -> str | None:
@@ -149,7 +160,7 @@ def install(extra: str, echo: Callable[[str], None]) -> InstallResult:
     env["UV_PROJECT_ENVIRONMENT"] = str(target)
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     started = time.monotonic()
-    argv = [uv_executable(), "sync", "--locked", "--extra", extra]
+    argv = [uv_executable(), "sync", "--locked", *sync_extras(extra)]
     with subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace") as proc:
