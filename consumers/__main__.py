@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from consumers.metrics import MetricsServer, WorkerMetrics, serve_metrics
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
-from consumers.startup import StartupError, check_framework, check_gpu
+from consumers.startup import StartupError, check_framework, check_gpu, check_store
 from streams import logs
 from streams.connection import client
 
@@ -31,6 +31,7 @@ def load_settings(**overrides: object) -> WorkerSettings:
 async def serve(settings: WorkerSettings) -> None:
     framework = check_framework(settings)
     devices, gpus = check_gpu(settings)
+    check_store(settings)
     redis = client(settings.url, health_check_interval=10,
                            socket_connect_timeout=5)
     # The blocking XREADGROUP waits up to block_ms: its socket timeout must outlast that.

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from consumers.admission import Admission
+from consumers.artifact_store import open_store
 from consumers.cpu_admission import NoAdmission
 from consumers.ending import ending_for
 from consumers.execution import Outcome, classify, run_framework, succeeded
@@ -67,6 +68,7 @@ class Worker:
         devices: GpuDevices | None = None,
     ) -> None:
         self.settings = settings
+        self.artifacts = open_store(settings)  # models and checkpoints (ARTIFACT_URI)
         self.framework = framework
         self.framework_version = framework.version()
         self.redis = redis
@@ -298,7 +300,8 @@ class Worker:
             return
         extra = {"device": self.device, **self.admission.context(d.entry_id)}  # its GPU
         ctx = JobContext(d.message.with_overrides(), self.settings.data_root,
-                         self.settings.artifact_root, d.deliveries, d.attempt, extra=extra)
+                         self.settings.artifact_root, d.deliveries, d.attempt, extra=extra,
+                         store=self.artifacts)
         self.executing += 1
         started = time.monotonic()
         self._threads.submit(run_framework, (self.framework, ctx, run),

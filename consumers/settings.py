@@ -61,7 +61,15 @@ class WorkerSettings(RedisSettings):
                               "to be scraped from elsewhere)")
 
     data_root: Path = Path("data")
-    artifact_root: Path = Path("artifacts")
+    artifact_root: Path = Field(default=Path("artifacts"), description="ARTIFACT_ROOT: this "
+                                "worker's local artifact directory; the store itself unless "
+                                "ARTIFACT_URI names another (then its cache of what it reads)")
+    artifact_uri: str | None = Field(default=None, description="ARTIFACT_URI: the artifact "
+                                     "store, any fsspec URL (file:///path, s3://bucket/prefix "
+                                     "with the s3 extra); default: ARTIFACT_ROOT itself")
+    artifact_s3_endpoint_url: str | None = Field(default=None, description="ARTIFACT_S3_"
+                                                 "ENDPOINT_URL: an S3-compatible endpoint "
+                                                 "(MinIO, SeaweedFS) instead of AWS")
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from packaging.specifiers import SpecifierSet
 
+from consumers.artifact_store import ArtifactStore, StoreError, open_store
 from consumers.frameworks import load_framework
 from consumers.frameworks.base import Framework
 from consumers.gpu import GpuDevices, GpuUnavailable, NvmlMissing, open_devices
@@ -66,3 +67,12 @@ def check_gpu(settings: WorkerSettings) -> tuple[GpuDevices | None, list[GpuInfo
 def _inventory(devices: GpuDevices) -> list[GpuInfo]:
     return [GpuInfo(index=d.index, name=d.name, total_mb=d.total_mb, free_mb=d.free_mb)
             for d in devices.devices()]
+
+
+def check_store(settings: WorkerSettings) -> ArtifactStore:
+    """The artifact store ``ARTIFACT_URI`` names, its filesystem installed (no I/O yet: a store
+    that cannot be reached fails the jobs that need it, as retryable errors)."""
+    try:
+        return open_store(settings)
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None

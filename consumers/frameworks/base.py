@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from consumers.artifact_store import ArtifactStore
 from consumers.errors import (
     CancelRequested,
     CudaOutOfMemory,
@@ -53,7 +54,10 @@ def check_of(progress: Progress) -> Callable[[], None]:
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    """Where a job reads and writes: resolved data root, its artifact dir, its attempt."""
+    """Where a job reads and writes: resolved data root, its artifact dir, its attempt.
+
+    ``artifact_root`` is the worker's local directory (``ARTIFACT_ROOT``); ``store`` the
+    artifact store it mirrors (``ARTIFACT_URI``; None: that directory itself)."""
 
     message: JobMessage
     data_root: Path
@@ -61,13 +65,17 @@ class JobContext:
     deliveries: int = 1  # > 1: the job was reclaimed from a worker that died (resume)
     attempt: int = 1  # > 1: a retry after a retryable error
     extra: dict[str, Any] = field(default_factory=dict)
+    store: ArtifactStore | None = None
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """Where models, metadata and checkpoints are saved and read (see artifact_store)."""
+        return self.store if self.store is not None else ArtifactStore(self.artifact_root)
 
     @property
     def artifact_dir(self) -> Path:
+        """The job's local directory, ``<ARTIFACT_ROOT>/<job_id>``."""
         return self.artifact_root / self.message.job_id
-
-    def model_dir(self, model_id: str) -> Path:
-        return self.artifact_root / model_id
 
     @property
     def artifact_name(self) -> str:

@@ -199,7 +199,7 @@ class SklearnFramework:
         model, metrics = killable.run(fit_and_score, (model, parts), progress)
         progress("saving", percent=90, metrics=metrics)
         result = self._result(ctx, data, parts, metrics)
-        artifacts.save_model(ctx.artifact_dir, model, self._metadata(ctx, data, result))
+        artifacts.save_model(ctx.artifacts, msg.job_id, model, self._metadata(ctx, data, result))
         progress("saving", percent=100, metrics=metrics, message="model saved")
         return result
 
@@ -241,7 +241,7 @@ class SklearnFramework:
         if not msg.model_id:
             raise FailJob("model_id is required for inference", code="model_id_required")
         progress("loading_model", percent=0, message=msg.model_id)
-        model, meta = artifacts.load_model(ctx.artifact_root, msg.model_id)
+        model, meta = artifacts.load_model(ctx.artifacts, msg.model_id)
         if meta.get("framework") != FRAMEWORK:
             raise FailJob(f"model {msg.model_id!r} was trained with framework "
                              f"{meta.get('framework')!r}, not {FRAMEWORK!r}",

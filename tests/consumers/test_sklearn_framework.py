@@ -234,7 +234,7 @@ def test_model_not_found(root: Path) -> None:
         _infer(root, _job_id(), model_type="svm", inputs=[[1.0] * 64])
     assert info.value.code == "model_not_found"
     with pytest.raises(FailJob) as info:
-        artifacts.load_model(root / "artifacts", "../data")
+        artifacts.load_model(artifacts.ArtifactStore(root / "artifacts"), "../data")
     assert info.value.code == "model_not_found"
 
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import orjson
 import torch
 
-from consumers import artifacts
+from consumers.artifact_store import StoredFile
 from consumers.data import open_data
 from consumers.frameworks.base import CudaOutOfMemory, FailJob, JobContext, Progress
 from consumers.frameworks.params import Params, bad
@@ -37,7 +37,6 @@ from consumers.frameworks.pytorch.train import (
     Trainer,
     discard_checkpoint,
     fit,
-    save_atomic,
 )
 from consumers.textdata import Vocab, encode, load_text
 
@@ -310,7 +309,8 @@ class PytorchFramework:
         optimizer = torch.optim.AdamW(model.parameters(), lr=s.learning_rate,
                                       weight_decay=s.weight_decay)
         trainer = Trainer(model, optimizer, cfg["family"], s.device, prep.train, prep.test,
-                          s.epochs, s.batch_size, ctx.artifact_dir / CHECKPOINT_FILE,
+                          s.epochs, s.batch_size,
+                          StoredFile(ctx.artifacts, ctx.message.job_id, CHECKPOINT_FILE),
                           _fingerprint(ctx, cfg, prep))
         trainer.generator.manual_seed(s.seed)  # shuffling
         torch.manual_seed(s.seed)  # dropout (process-wide: reproducible one job at a time)
@@ -343,12 +343,14 @@ class PytorchFramework:
     def _save(self, ctx: JobContext, model: torch.nn.Module, prep: Prepared,
               cfg: dict[str, Any], result: dict[str, Any]) -> None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_atomic(state, ctx.artifact_dir / MODEL_FILE)
+        store, job_id = ctx.artifacts, ctx.message.job_id
+        store.write(job_id, MODEL_FILE, lambda fh: torch.save(state, fh))
         if prep.vocab is not None:
-            prep.vocab.save(ctx.artifact_dir / VOCAB_FILE)
+            prep.vocab.save(store.local_path(job_id, VOCAB_FILE))
+            store.push(job_id, VOCAB_FILE)
         keys = ("framework", "framework_version", "model_type", "model_id", "metrics",
                 "history", "epochs_run", "resumed_from_epoch")
-        artifacts.write_json_atomic(ctx.artifact_dir / artifacts.METADATA_FILE, {
+        store.publish(job_id, {
             **{k: result[k] for k in keys}, **prep.meta, "config": cfg,
             "n_classes": prep.n_classes, "size": prep.size, "data_path": ctx.message.data_path,
             "hyperparameters": ctx.message.hyperparameters,

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from consumers import artifacts
 from consumers.frameworks.base import FailJob, JobContext, Progress
 from consumers.frameworks.params import Params, bad
 from consumers.frameworks.pytorch.data import inline_images, load_images
@@ -42,11 +41,10 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def load_saved(ctx: JobContext, model_id: str,
                device: torch.device) -> tuple[torch.nn.Module, dict[str, Any], Path]:
-    meta = artifacts.load_metadata(ctx.artifact_root, model_id)
+    directory, meta = ctx.artifacts.model(model_id)  # a local copy (the worker's cache)
     if meta.get("framework") != FRAMEWORK:
         raise FailJob(f"model {model_id!r} was trained with framework "
                          f"{meta.get('framework')!r}, not {FRAMEWORK!r}", code="framework_mismatch")
-    directory = artifacts.model_dir(ctx.artifact_root, model_id)
     try:
         model = build_model(meta["model_type"], meta["config"], int(meta["n_classes"]),
                             int(meta["size"]))

@@ -7,18 +7,16 @@ untouched (a cancelled job's checkpoint is removed first: nobody will resume it)
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from consumers import artifacts
+from consumers.artifact_store import StoredFile
 from consumers.frameworks.base import CancelRequested, Progress, check_of
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -40,7 +38,7 @@ class Trainer:
     test: Tensors
     epochs: int
     batch_size: int
-    checkpoint: Path
+    checkpoint: StoredFile  # in the artifact store, under the job's id
     fingerprint: str
     generator: torch.Generator = field(default_factory=torch.Generator)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -118,17 +116,14 @@ def _evaluate(t: Trainer, check: Callable[[], None]) -> dict[str, float]:
     return {"accuracy": correct / len(t.test[0]), "val_loss": val_loss}
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    artifacts.write_atomic(path, lambda fh: torch.save(obj, fh))
-
-
 def save_checkpoint(t: Trainer, epoch: int) -> None:
     rng = {"torch": torch.get_rng_state(), "shuffle": t.generator.get_state()}
     if t.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(t.device)
-    save_atomic({"format": CHECKPOINT_FORMAT, "fingerprint": t.fingerprint, "epoch": epoch,
-                  "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-                  "history": t.history, "rng": rng}, t.checkpoint)
+    state = {"format": CHECKPOINT_FORMAT, "fingerprint": t.fingerprint, "epoch": epoch,
+             "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+             "history": t.history, "rng": rng}
+    t.checkpoint.save(lambda fh: torch.save(state, fh))
 
 
 def _restore(t: Trainer, state: dict[str, Any]) -> int:
@@ -145,10 +140,11 @@ def _restore(t: Trainer, state: dict[str, Any]) -> int:
 def load_checkpoint(t: Trainer, progress: Progress) -> int | None:
     """The epoch the checkpoint was written after, restoring model, optimizer and RNGs; ``None``
     when there is no usable checkpoint (missing, unreadable, or from another configuration)."""
-    if not t.checkpoint.is_file():
+    path = t.checkpoint.fetch()  # from the store: the worker that wrote it may have died
+    if path is None:
         return None
     try:
-        state = torch.load(t.checkpoint, map_location=t.device, weights_only=True)
+        state = torch.load(path, map_location=t.device, weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != t.fingerprint:
             raise ValueError("it was written for another model, data or configuration")
         return _restore(t, state)
@@ -158,8 +154,7 @@ def load_checkpoint(t: Trainer, progress: Progress) -> int | None:
 
 
 def discard_checkpoint(t: Trainer) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        t.checkpoint.unlink()
+    t.checkpoint.delete()
 
 
 def _epoch_metrics(t: Trainer, train_loss: float, progress: Progress) -> dict[str, float]:

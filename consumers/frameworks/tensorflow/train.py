@@ -8,6 +8,7 @@ import contextlib
 import gc
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from consumers import artifacts
+from consumers.artifact_store import ArtifactStore
 from consumers.data import open_data
 from consumers.frameworks.base import FailJob, JobContext, Progress
 from consumers.frameworks.params import bad
@@ -51,27 +52,39 @@ def tf_job() -> Iterator[ModuleType]:
                 gc.collect()
 
 
+_EPOCH_DIR = re.compile(r"^epoch-[0-9]{4,}$")
+
 # -- checkpoints ---------------------------------------------------------------------------------
 
 class Checkpoints:
-    """``<artifact_dir>/checkpoint/epoch-NNNN/`` directories and ``latest.json`` pointing at the
-    newest complete one: a checkpoint is written to a temp dir, renamed, and only then named by
-    ``latest.json`` (replaced atomically), so a crash at any point leaves a usable checkpoint."""
+    """``<job_id>/checkpoint/epoch-NNNN/`` directories and ``latest.json`` pointing at the
+    newest complete one, locally and in the artifact store: a checkpoint is written to a local
+    temp dir, renamed, uploaded file by file, and only then named by ``latest.json`` (replaced
+    atomically, uploaded last), so a crash at any point leaves a usable checkpoint."""
 
-    def __init__(self, artifact_dir: Path, signature: dict[str, Any]) -> None:
-        self.root = artifact_dir / CHECKPOINT_DIR
+    def __init__(self, store: ArtifactStore, job_id: str, signature: dict[str, Any]) -> None:
+        self.store, self.job_id = store, job_id
+        self.root = store.local_path(job_id, CHECKPOINT_DIR)
         self.signature = signature
 
+    def _name(self, name: str) -> str:
+        return f"{CHECKPOINT_DIR}/{name}"
+
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint of this same job configuration, if any."""
+        """The newest checkpoint of this same job configuration, if any (fetched from the
+        store: the worker that wrote it may have died)."""
         try:
-            state = artifacts.read_json(self.root / "latest.json")
+            state = self.store.read_json(self.job_id, self._name("latest.json"))
         except (OSError, ValueError):
             return None
         if not isinstance(state, dict) or state.get("signature") != self.signature:
             return None
-        directory = self.root / str(state.get("dir", ""))
-        return (directory, state) if directory.is_dir() and state.get("dir") else None
+        name = str(state.get("dir", ""))
+        if not _EPOCH_DIR.fullmatch(name) or not self.store.pull_tree(self.job_id,
+                                                                      self._name(name)):
+            return None
+        directory = self.root / name
+        return (directory, state) if directory.is_dir() else None
 
     def save(self, tfm: ModuleType, model: Any, opt: Any, epoch: int,
              history: list[dict[str, float]]) -> None:
@@ -83,14 +96,19 @@ class Checkpoints:
             os.replace(tmp, self.root / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        artifacts.write_json_atomic(self.root / "latest.json", {
+        self.store.push_tree(self.job_id, self._name(name))
+        self.store.write_json(self.job_id, self._name("latest.json"), {
             "epoch": epoch, "dir": name, "history": history, "signature": self.signature})
-        for old in self.root.iterdir():
-            if old.is_dir() and old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        stale = {old.name for old in self.root.iterdir() if old.is_dir() and old.name != name}
+        stale.add(f"epoch-{epoch - 1:04d}")  # the previous one, also when another worker wrote it
+        for old in sorted(stale):
+            if _EPOCH_DIR.fullmatch(old):
+                self.store.remove(self.job_id, self._name(old))
+            else:  # a temp dir a crash left behind (never uploaded)
+                shutil.rmtree(self.root / old, ignore_errors=True)
 
     def clear(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.store.remove(self.job_id, CHECKPOINT_DIR)
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -126,7 +144,7 @@ class _Training:
         self.target = _target(spec, images.shape)
         _check_step_size(spec, self.target)
         msg = ctx.message
-        self.checkpoints = Checkpoints(ctx.artifact_dir, {
+        self.checkpoints = Checkpoints(ctx.artifacts, msg.job_id, {
             "model_type": msg.model_type, "data_path": msg.data_path,
             "hyperparameters": msg.hyperparameters, "input_shape": list(images.shape),
             "classes": images.classes})
@@ -204,9 +222,10 @@ class _Training:
         return self.tfm.evaluate(self.model, data[2], data[3], spec.batch_size)  # type: ignore[no-any-return]
 
     def save(self, metadata: dict[str, Any]) -> None:
-        directory = self.ctx.artifact_dir
-        self.tfm.save_model(self.model, directory / MODEL_FILE)
-        artifacts.write_json_atomic(directory / artifacts.METADATA_FILE, metadata)
+        store, job_id = self.ctx.artifacts, self.ctx.message.job_id
+        self.tfm.save_model(self.model, store.local_path(job_id, MODEL_FILE))
+        store.push(job_id, MODEL_FILE)
+        store.publish(job_id, {**metadata, "files": [MODEL_FILE]})  # visible from now on
         self.checkpoints.clear()
 
 
