@@ -25,7 +25,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 tini ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
-# --- build: uv installs exactly what uv.lock pins for the extra into /opt/aiq ---------------
+# --- build: uv installs exactly what uv.lock pins for the extra (and s3, for ARTIFACT_URI=s3://)
+# into /opt/aiq ------------------------------------------------------------------------------
 FROM python AS build
 ARG UV_VERSION=0.13.9
 ARG EXTRA=sklearn
@@ -51,13 +52,13 @@ WORKDIR /src
 # Dependencies first (the framework's GBs stay cached while the code changes), then aiq itself
 # as a regular (non-editable) install: the runtime needs no source tree.
 COPY pyproject.toml uv.lock README.md ./
-RUN /opt/uv/bin/uv sync --locked --no-dev --no-install-project ${EXTRA:+--extra "$EXTRA"}
+RUN /opt/uv/bin/uv sync --locked --no-dev --no-install-project ${EXTRA:+--extra "$EXTRA"} --extra s3
 COPY aiq/ aiq/
 COPY schemas/ schemas/
 COPY streams/ streams/
 COPY consumers/ consumers/
 COPY gateway/ gateway/
-RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable ${EXTRA:+--extra "$EXTRA"}
+RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable ${EXTRA:+--extra "$EXTRA"} --extra s3
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM python
