@@ -3,7 +3,8 @@ worker type, real Redis, the Python API a client uses.
 
 Every model type trains to better than chance on held-out data and then serves an inference job
 by its ``model_id``; a worker SIGKILLed mid-training has its job resumed from the checkpoint by
-another worker; a running job is cancelled between steps. Runs only in a torch environment
+another worker (also when the workers share nothing but Redis and an S3 artifact store); a
+running job is cancelled between steps. Runs only in a torch environment
 (``aiq env install pytorch-2.1``; the README's test command runs it there).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobStatus
 from streams.connection import client
 from streams.producer import Producer
+from tests.s3_server import S3Server
 from tests.support import results_within, settings_for, worker_process
 
 # The worker type this environment serves (torch 2.0.x or 2.1.x).
@@ -209,3 +212,56 @@ async def test_cancel_mid_training(url: str, root: Path, producer: Producer,
         framework_override=WORKER_TYPE))
     assert (await producer.result(quick.job_id, timeout=120))["epochs_run"] == 1
     assert serving.poll() is None
+
+
+async def test_workers_sharing_only_redis_and_s3_resume_and_serve(url: str, root: Path,
+                                                                  s3_server: S3Server) -> None:
+    """ARTIFACT_URI=s3://...: worker A (its own empty ARTIFACT_ROOT) is SIGKILLed after a
+    checkpoint reached S3; worker B (another empty dir) resumes from that checkpoint; worker C
+    (a third) serves inference by model_id. No filesystem is shared: only Redis and the store."""
+    epochs, prefix, store = 6, "s3kill", s3_server.uri(f"e2e-{uuid.uuid4().hex[:8]}")
+
+    def on(name: str) -> WorkerSettings:
+        (root / name).mkdir()
+        return _settings(url, root / name, redis_prefix=prefix, artifact_uri=store,
+                         artifact_s3_endpoint_url=s3_server.endpoint_url)
+    redis: Redis = client(url)
+    producer, s3 = Producer(redis, prefix=prefix), s3_server.filesystem()
+    seen: list[JobEvent] = []
+    try:
+        with worker_process(on("s3-a"), root / "s3-a.log", extra_env=s3_server.env) as a:
+            sub = await producer.submit_training(TrainingRequest(
+                model_type="vgg", data_path="builtin:digits",
+                hyperparameters={"epochs": epochs}, framework_override=WORKER_TYPE))
+            await _events_until(producer, sub.job_id, seen,
+                                lambda e: _epoch(e, "evaluating") >= 1, timeout=300)
+            a.send_signal(signal.SIGKILL)
+            a.wait()
+        checkpoint = f"{store.removeprefix('s3://')}/{sub.job_id}/checkpoint.pt"
+        assert s3.exists(checkpoint)
+        with worker_process(on("s3-b"), root / "s3-b.log", extra_env=s3_server.env):
+            await _events_until(producer, sub.job_id, seen, lambda e: e.type in (
+                "succeeded", "failed", "cancelled"), timeout=300)
+        result = await producer.result(sub.job_id, timeout=5)
+        assert not s3.exists(checkpoint)  # the finished job's checkpoint is gone
+        c = on("s3-c")
+        assert list(c.artifact_root.glob("*")) == []
+        with worker_process(c, root / "s3-c.log", extra_env=s3_server.env):
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()
+            out = await producer.submit_inference(InferenceRequest(
+                model_id=sub.job_id, inputs=digits.data[:30].tolist()))
+            served = await producer.result(out.job_id, timeout=120)
+    finally:
+        await redis.aclose()
+    resumed_at = result["resumed_from_epoch"]
+    assert resumed_at is not None and resumed_at >= 1, result
+    assert result["epochs_run"] == epochs - resumed_at < epochs
+    starts = [e for e in seen if e.type == "started"]
+    assert [getattr(s, "resumed", None) for s in starts] == [False, True]
+    assert len({getattr(s, "worker", None) for s in starts}) == 2
+    hits = sum(int(p == t) for p, t in zip(served["predictions"], digits.target[:30],
+                                           strict=True))
+    assert hits >= 20, served["predictions"]
+    assert (c.artifact_root / sub.job_id / "model.pt").is_file()  # C's cache of the model
