@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from consumers import artifacts
+from consumers.artifact_store import ArtifactStore
 from consumers.frameworks.base import CancelRequested, FailJob, JobContext, StopRequested
 from consumers.frameworks.tensorflow import (
     CHECKPOINT_DIR,
@@ -27,6 +28,7 @@ from consumers.frameworks.tensorflow import (
 )
 from consumers.frameworks.tensorflow import models as tf_models
 from schemas.records import JobMessage
+from tests.s3_server import S3Server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,17 +52,20 @@ class Recorder:
         return [kw for stage, kw in self.calls if stage == name]
 
 
-def _ctx(root: Path, deliveries: int = 1, **fields: Any) -> JobContext:
+def _ctx(root: Path, deliveries: int = 1, store: ArtifactStore | None = None,
+         **fields: Any) -> JobContext:
     fields.setdefault("job_id", f"job_{uuid.uuid4()}")
     fields.setdefault("kind", "training")
     fields.setdefault("model_type", "mobilenet")
     (root / "data").mkdir(exist_ok=True)
     return JobContext(message=JobMessage(**fields), data_root=root / "data",
-                      artifact_root=root / "artifacts", deliveries=deliveries)
+                      artifact_root=root / "artifacts" if store is None else store.local,
+                      deliveries=deliveries, store=store)
 
 
-def _infer(root: Path, model_id: str, **fields: Any) -> dict[str, Any]:
-    ctx = _ctx(root, kind="inference", model_id=model_id, **fields)
+def _infer(root: Path, model_id: str, store: ArtifactStore | None = None,
+           **fields: Any) -> dict[str, Any]:
+    ctx = _ctx(root, kind="inference", model_id=model_id, store=store, **fields)
     return TensorflowFramework().infer(ctx, Recorder())
 
 
@@ -193,6 +198,31 @@ def test_interrupted_job_resumes_from_checkpoint(root: Path) -> None:
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
     assert result["input_shape"] == [16, 16, 3] and result["classes"] == [0, 1, 2]
     assert not checkpoint.exists() and (root / "artifacts" / job_id / MODEL_FILE).is_file()
+
+
+def test_checkpoints_and_the_model_go_through_an_s3_store(
+        root: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ARTIFACT_URI=s3://...: a job interrupted on worker A resumes on worker B from the
+    checkpoint directory in S3, and worker C serves the model; each has its own empty local
+    directory (the data root is the only thing they share here)."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    uri = s3_server.uri(f"tf-{uuid.uuid4().hex[:8]}")
+    a, b, c = (ArtifactStore(root / f"s3-{n}", uri, s3_server.endpoint_url) for n in "abc")
+    _rgb_blobs(root / "data" / "blobs-s3.npz", n=150)
+    fields = {"job_id": f"job_{uuid.uuid4()}", "data_path": "blobs-s3.npz",
+              "hyperparameters": {"epochs": 3, "batch_size": 32}}
+    with pytest.raises(StopRequested):
+        TensorflowFramework().train(_ctx(root, store=a, **fields),
+                                    Recorder(raise_at=(2, 2), error=StopRequested))
+    job = fields["job_id"]
+    assert b.read_json(job, f"{CHECKPOINT_DIR}/latest.json")["epoch"] == 1
+    result = TensorflowFramework().train(_ctx(root, deliveries=2, store=b, **fields), Recorder())
+    assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 2
+    keys = s3_server.filesystem().find(f"{uri.removeprefix('s3://')}/{job}")
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["metadata.json", MODEL_FILE]
+    out = _infer(root, job, store=c, inputs=np.zeros((2, 16, 16, 3)).tolist())
+    assert len(out["predictions"]) == 2 and (c.local / job / MODEL_FILE).is_file()
 
 
 def test_cancel_mid_epoch_propagates_out_of_keras_fit() -> None:
