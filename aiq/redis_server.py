@@ -177,6 +177,7 @@ class RedisServer:
         appendonly: bool = True,
         executable: str | None = None,
         extra_config: Mapping[str, str] | None = None,
+        sentinel: bool = False,
     ) -> None:
         self._port = port if port is not None else free_port()
         self._owns_data_dir = data_dir is None
@@ -184,6 +185,7 @@ class RedisServer:
         self._appendonly = appendonly
         self._executable = executable or find_redis_server()
         self._extra_config = dict(extra_config or {})
+        self._sentinel = sentinel  # redis-server --sentinel: a Sentinel, not a data node
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
 
@@ -240,7 +242,7 @@ class RedisServer:
         conf = self._write_config()
         self._log_handle = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [self._executable, str(conf)],
+            [self._executable, str(conf), *(["--sentinel"] if self._sentinel else [])],
             cwd=self._data_dir,
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
@@ -296,13 +298,19 @@ class RedisServer:
             "daemonize": "no",
             "dir": _quote(str(self._data_dir)),
             "logfile": '""',  # log to stdout, which start() sends to the log file
+        }
+        if not self._sentinel:
+            settings |= self._data_config()
+        settings.update(self._extra_config)
+        return [f"{key} {value}" for key, value in settings.items()]
+
+    def _data_config(self) -> dict[str, str]:
+        return {
             "save": '""',
             "appendonly": "yes" if self._appendonly else "no",
             "appendfsync": "everysec",
             "maxmemory-policy": "noeviction",
         }
-        settings.update(self._extra_config)
-        return [f"{key} {value}" for key, value in settings.items()]
 
     def _write_config(self) -> Path:
         conf = self._data_dir / _CONF_NAME

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -173,6 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AiqError, _domain)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(RedisClusterException, _redis_error)  # e.g. a slot with no master
     app.add_exception_handler(Exception, _internal)
 
 
