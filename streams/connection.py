@@ -41,6 +41,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.cluster import key_slot
 from redis.connection import parse_url
+from redis.exceptions import ClusterDownError
 
 Topology = Literal["single", "sentinel", "cluster"]
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
@@ -258,6 +259,13 @@ def is_cluster(redis: Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+def connection_options(redis: Redis) -> dict[str, Any]:
+    """The options each new connection of ``redis`` gets (``socket_timeout``, …)."""
+    if is_cluster(redis):
+        return dict(cast(RedisCluster, redis).connection_kwargs)
+    return dict(redis.connection_pool.connection_kwargs)
+
+
 def slot_groups(redis: Redis, keys: list[str]) -> list[list[str]]:
     """``keys`` in groups that one multi-key command may name: all of them on a single Redis,
     one group per hash slot on a cluster (order kept)."""
@@ -267,3 +275,22 @@ def slot_groups(redis: Redis, keys: list[str]) -> list[list[str]]:
     for key in keys:
         groups.setdefault(key_slot(key.encode()), []).append(key)
     return list(groups.values())
+
+
+async def server_version(redis: Redis) -> str | None:
+    """The Redis version, once Redis answers a command (PING is refused while it loads); raises
+    what redis-py raises when it cannot. On a cluster: one node's, once that node says the
+    cluster is ``ok`` (every slot served), so a failover in progress reads as unavailable."""
+    if is_cluster(redis):
+        node = cast(RedisCluster, redis).get_random_node()
+        state = await redis.cluster_info(target_nodes=node)
+        if state.get("cluster_state") != "ok":
+            raise ClusterDownError(f"cluster_state is {state.get('cluster_state')}")
+        info = await redis.info("server", target_nodes=node)
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            pipe.info("server")
+            _, info = await pipe.execute()
+    version = info.get("redis_version")
+    return str(version) if version is not None else None

@@ -19,6 +19,7 @@ from schemas.records import ENTRY_FIELDS, JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
+from streams.connection import connection_options
 from streams.errors import (
     QUEUE_FULL,
     IdempotencyConflict,
@@ -61,7 +62,7 @@ class Producer:
         self._grouped: set[str] = set()
         self._types: OrderedDict[str, str] = OrderedDict()  # job id -> worker type (LRU)
         self._seen: dict[str, str] = {}  # job id -> its queued event's id
-        timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", 5.0)
+        timeout = connection_options(redis).get("socket_timeout", 5.0)
         self._slice_ms = _BLOCK_SLICE_MS if timeout is None else \
             max(10, min(_BLOCK_SLICE_MS, int(timeout * 500)))
 
