@@ -198,6 +198,19 @@ class LocalCluster(_Group):
                         return next(s for s in self.servers if s.port == port)
         raise TopologyError("no cluster node is running")
 
+    def wait_failover(self, old: RedisServer, timeout: float = READY_TIMEOUT_S) -> None:
+        """After ``old`` (a master) was killed: every slot is served again, by its replica."""
+        _poll(lambda: old.port not in self.master_ports() and self._all_slots_ok(), timeout,
+              "cluster failover")
+
+    def _all_slots_ok(self) -> bool:
+        running = [s for s in self.servers if s.is_running]
+        return all(self._node_ok(s.port) for s in running if self._is_master(s.port))
+
+    def _is_master(self, port: int) -> bool:
+        with _sync(port) as r:
+            return bool(r.info("replication")["role"] == "master")
+
     def flushall(self) -> None:
         for port in self.master_ports():
             with _sync(port) as r:

@@ -51,7 +51,9 @@ def connect(settings: GatewaySettings) -> Redis:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     app.state.redis = redis = connect(settings)
-    app.state.producer = Producer(redis, settings.limits, settings.redis_prefix)
+    app.state.producer = Producer(redis, settings.limits, settings.redis_prefix,
+                                  wait_replicas=settings.submit_wait_replicas,
+                                  wait_timeout_ms=settings.submit_wait_timeout_ms)
     app.state.hub = hub = Hub(settings, redis)  # the one live reader, fanned out (SSE, /ws)
     hub.start()
     app.state.promoter = promoter = Promoter(settings, redis)  # due retries of every type

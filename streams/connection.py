@@ -41,7 +41,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.cluster import key_slot
 from redis.connection import parse_url
-from redis.exceptions import ClusterDownError
+from redis.exceptions import ClusterDownError, ResponseError
 
 Topology = Literal["single", "sentinel", "cluster"]
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
@@ -294,3 +294,31 @@ async def server_version(redis: Redis) -> str | None:
             _, info = await pipe.execute()
     version = info.get("redis_version")
     return str(version) if version is not None else None
+
+
+async def on_one_connection(redis: Redis, key: str, commands: list[tuple[Any, ...]]
+                            ) -> list[Any]:
+    """Send ``commands`` back to back on ONE connection to the master that holds ``key``, and
+    their replies (an error in place as an exception object). WAIT needs this: it counts the
+    replicas that have the writes of the connection it runs on."""
+    if not is_cluster(redis):
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+    node = cast(RedisCluster, redis).get_node_from_key(key)
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await connection.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        node.release(connection)

@@ -76,6 +76,17 @@ class QueueFull(AiqError):
     code = "queue_full"
 
 
+class NotReplicated(AiqError):
+    """Durable submit: the master took the job, but fewer replicas than asked confirmed it in
+    time. The job exists (and may run); submit again with the same Idempotency-Key."""
+
+    code = "not_replicated"
+
+    def __init__(self, message: str, job_id: str, acked: int, wanted: int) -> None:
+        super().__init__(message)
+        self.job_id, self.acked, self.wanted = job_id, acked, wanted
+
+
 class JobCancelled(AiqError):
     code = "job_cancelled"
 
