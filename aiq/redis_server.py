@@ -123,7 +123,10 @@ def free_port() -> int:
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
-    """Whether a Redis server at ``url`` answers PING within ``timeout`` seconds."""
+    """Whether a Redis server at ``url`` answers PING within ``timeout`` seconds (a Sentinel
+    or Cluster URL: whether its master / cluster answers, through aiq's connection factory)."""
+    if url.split("://", 1)[0].lower().endswith(("+sentinel", "+cluster")):
+        return _topology_reachable(url, timeout)
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
@@ -131,6 +134,24 @@ def redis_reachable(url: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         client.close()
+
+
+def _topology_reachable(url: str, timeout: float) -> bool:
+    import asyncio
+
+    from streams.connection import connect, server_version
+
+    async def probe() -> bool:
+        client = connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout * 4):
+                return await server_version(client) is not None
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+    return asyncio.run(probe())
 
 
 def _served_by(port: int, pid: int) -> bool:

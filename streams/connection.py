@@ -113,8 +113,12 @@ class RedisTarget:
 def _nodes(netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
     out = []
     for part in filter(None, (p.strip() for p in netloc.split(","))):
-        host, _, port = part.rpartition(":") if part.count(":") == 1 else (part, "", "")
-        if not host:
+        if part.startswith("["):  # [ipv6]:port
+            host, _, rest = part[1:].partition("]")
+            port = rest.removeprefix(":")
+        elif part.count(":") == 1:
+            host, _, port = part.partition(":")
+        else:
             host, port = part, ""
         out.append((host, int(port) if port else default_port))
     if not out:
@@ -282,7 +286,9 @@ async def server_version(redis: Redis) -> str | None:
     what redis-py raises when it cannot. On a cluster: one node's, once that node says the
     cluster is ``ok`` (every slot served), so a failover in progress reads as unavailable."""
     if is_cluster(redis):
-        node = cast(RedisCluster, redis).get_random_node()
+        cluster = cast(RedisCluster, redis)
+        await cluster.initialize()  # learns the nodes on first use; a no-op after
+        node = cluster.get_random_node()
         state = await redis.cluster_info(target_nodes=node)
         if state.get("cluster_state") != "ok":
             raise ClusterDownError(f"cluster_state is {state.get('cluster_state')}")
