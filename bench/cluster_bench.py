@@ -48,6 +48,7 @@ from streams.producer import Producer
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 POLL_S = 0.01
 TYPE_PREFIX = "bench-"
+PAUSE_WARN_S = 15.0  # the workers' heartbeat TTL (3 x HEARTBEAT_INTERVAL_S); the lease is 30 s
 
 
 # ---- worker types spread over the masters -------------------------------------------------
@@ -276,9 +277,13 @@ async def drain_round(top: Topology, types: Sequence[str], n_per_type: int, conc
         register_s = time.perf_counter() - t_start
         for w in workers:
             w.pause()
+        paused = time.perf_counter()
         ids, submit_rate = await submit_all(Producer(redis), requests_for(types), n_per_type,
                                             submit_concurrency)
         total = n_per_type * len(types)
+        if (pause := time.perf_counter() - paused) > PAUSE_WARN_S:
+            console.print(f"[yellow]note: the workers were paused {pause:.0f} s, past their "
+                          f"heartbeat TTL ({PAUSE_WARN_S:.0f} s); use fewer --jobs[/yellow]")
         cpu0, rcpu0 = sum(cpu_seconds(w.pid) for w in workers), top.redis_cpu()
         resumed_ms = await redis_time_ms(redis)
         t0 = time.perf_counter()
