@@ -165,6 +165,14 @@ def _served_by(port: int, pid: int) -> bool:
         client.close()
 
 
+def _pdeathsig() -> None:  # pragma: no cover - runs in the forked child
+    """SIGKILL this child when the parent dies without stopping it (a killed test run)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _quote(value: str) -> str:
     """Quote a value for redis.conf (its parser accepts C-style double-quoted strings)."""
     return json.dumps(value, ensure_ascii=False)
@@ -199,6 +207,7 @@ class RedisServer:
         executable: str | None = None,
         extra_config: Mapping[str, str] | None = None,
         sentinel: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         self._port = port if port is not None else free_port()
         self._owns_data_dir = data_dir is None
@@ -207,6 +216,7 @@ class RedisServer:
         self._executable = executable or find_redis_server()
         self._extra_config = dict(extra_config or {})
         self._sentinel = sentinel  # redis-server --sentinel: a Sentinel, not a data node
+        self._die_with_parent = die_with_parent  # SIGKILLed if this process dies (Linux)
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
 
@@ -268,6 +278,7 @@ class RedisServer:
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
+            preexec_fn=_pdeathsig if self._die_with_parent else None,  # noqa: PLW1509
         )
         self._wait_ready(timeout)
         return self

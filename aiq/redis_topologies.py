@@ -101,7 +101,7 @@ class _Group:
 
     def _server(self, name: str, **kwargs: object) -> RedisServer:
         server = RedisServer(data_dir=self.root / name, executable=self.executable,
-                             **kwargs)  # type: ignore[arg-type]
+                             die_with_parent=True, **kwargs)  # type: ignore[arg-type]
         self.servers.append(server)
         return server
 
