@@ -33,7 +33,7 @@ async def worker_health(settings: RedisSettings, worker_type: str, timeout_s: fl
     Redis errors propagate: whether an unreachable Redis counts as healthy is the caller's
     choice."""
     host = hostname or socket.gethostname()
-    redis = client(settings.url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+    redis = client(settings.target, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                    retry_on_timeout=False)
     try:
         async with asyncio.timeout(timeout_s * 2):

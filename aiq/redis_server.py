@@ -123,7 +123,10 @@ def free_port() -> int:
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
-    """Whether a Redis server at ``url`` answers PING within ``timeout`` seconds."""
+    """Whether a Redis server at ``url`` answers PING within ``timeout`` seconds (a Sentinel
+    or Cluster URL: whether its master / cluster answers, through aiq's connection factory)."""
+    if url.split("://", 1)[0].lower().endswith(("+sentinel", "+cluster")):
+        return _topology_reachable(url, timeout)
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
@@ -131,6 +134,24 @@ def redis_reachable(url: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         client.close()
+
+
+def _topology_reachable(url: str, timeout: float) -> bool:
+    import asyncio
+
+    from streams.connection import connect, server_version
+
+    async def probe() -> bool:
+        client = connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout * 4):
+                return await server_version(client) is not None
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+    return asyncio.run(probe())
 
 
 def _served_by(port: int, pid: int) -> bool:
@@ -142,6 +163,14 @@ def _served_by(port: int, pid: int) -> bool:
         return False
     finally:
         client.close()
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the forked child
+    """SIGKILL this child when the parent dies without stopping it (a killed test run)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _quote(value: str) -> str:
@@ -177,6 +206,8 @@ class RedisServer:
         appendonly: bool = True,
         executable: str | None = None,
         extra_config: Mapping[str, str] | None = None,
+        sentinel: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         self._port = port if port is not None else free_port()
         self._owns_data_dir = data_dir is None
@@ -184,6 +215,8 @@ class RedisServer:
         self._appendonly = appendonly
         self._executable = executable or find_redis_server()
         self._extra_config = dict(extra_config or {})
+        self._sentinel = sentinel  # redis-server --sentinel: a Sentinel, not a data node
+        self._die_with_parent = die_with_parent  # SIGKILLed if this process dies (Linux)
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
 
@@ -240,11 +273,12 @@ class RedisServer:
         conf = self._write_config()
         self._log_handle = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [self._executable, str(conf)],
+            [self._executable, str(conf), *(["--sentinel"] if self._sentinel else [])],
             cwd=self._data_dir,
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
+            preexec_fn=_pdeathsig if self._die_with_parent else None,  # noqa: PLW1509
         )
         self._wait_ready(timeout)
         return self
@@ -296,13 +330,19 @@ class RedisServer:
             "daemonize": "no",
             "dir": _quote(str(self._data_dir)),
             "logfile": '""',  # log to stdout, which start() sends to the log file
+        }
+        if not self._sentinel:
+            settings |= self._data_config()
+        settings.update(self._extra_config)
+        return [f"{key} {value}" for key, value in settings.items()]
+
+    def _data_config(self) -> dict[str, str]:
+        return {
             "save": '""',
             "appendonly": "yes" if self._appendonly else "no",
             "appendfsync": "everysec",
             "maxmemory-policy": "noeviction",
         }
-        settings.update(self._extra_config)
-        return [f"{key} {value}" for key, value in settings.items()]
 
     def _write_config(self) -> Path:
         conf = self._data_dir / _CONF_NAME

@@ -32,12 +32,10 @@ async def serve(settings: WorkerSettings) -> None:
     framework = check_framework(settings)
     devices, gpus = check_gpu(settings)
     check_store(settings)
-    redis = client(settings.url, health_check_interval=10,
-                           socket_connect_timeout=5)
+    redis = client(settings.target, health_check_interval=10, socket_connect_timeout=5)
     # The blocking XREADGROUP waits up to block_ms: its socket timeout must outlast that.
-    read_conn = client(settings.url, max_connections=1,
-                               socket_connect_timeout=5,
-                               socket_timeout=settings.block_ms / 1000 + 10)
+    read_conn = client(settings.target, max_connections=1, socket_connect_timeout=5,
+                       socket_timeout=settings.block_ms / 1000 + 10)
     worker = Worker(settings, framework, redis, read_conn, gpus=gpus, devices=devices)
     server = start_metrics(worker.metrics, settings)
     loop = asyncio.get_running_loop()

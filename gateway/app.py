@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,7 +21,7 @@ from gateway.promoter import Promoter
 from gateway.routes import api_router, dashboard, events, ws
 from gateway.settings import GatewaySettings
 from schemas import aiq_version
-from streams.connection import use_fast_packer
+from streams.connection import connect as connect_to
 from streams.producer import Producer
 
 REDIS_CLIENT_NAME = "aiq-gateway"  # CLIENT LIST shows the pool's connections under this name
@@ -35,9 +35,9 @@ def connect(settings: GatewaySettings) -> Redis:
     Redis that is down still answers 503 within milliseconds. Timeouts are not retried, so a
     hung Redis costs one ``REDIS_SOCKET_TIMEOUT_S``, not several.
     """
-    pool = BlockingConnectionPool.from_url(
-        settings.url,
-        decode_responses=True,
+    return connect_to(
+        settings.target,
+        blocking_pool=True,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_socket_timeout_s,  # wait for a free connection
         socket_connect_timeout=settings.redis_connect_timeout_s,
@@ -45,14 +45,15 @@ def connect(settings: GatewaySettings) -> Redis:
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         client_name=REDIS_CLIENT_NAME,
     )
-    return Redis.from_pool(use_fast_packer(pool))
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     app.state.redis = redis = connect(settings)
-    app.state.producer = Producer(redis, settings.limits, settings.redis_prefix)
+    app.state.producer = Producer(redis, settings.limits, settings.redis_prefix,
+                                  wait_replicas=settings.submit_wait_replicas,
+                                  wait_timeout_ms=settings.submit_wait_timeout_ms)
     app.state.hub = hub = Hub(settings, redis)  # the one live reader, fanned out (SSE, /ws)
     hub.start()
     app.state.promoter = promoter = Promoter(settings, redis)  # due retries of every type

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -26,6 +26,7 @@ from streams.errors import (
     IdempotencyConflict,
     IllegalTransition,
     JobNotFound,
+    NotReplicated,
     QueueFull,
 )
 
@@ -47,6 +48,7 @@ ERROR_CODES: dict[str, int] = {
     "invalid_host": 400,
     "queue_full": 429,
     "redis_unavailable": 503,
+    "not_replicated": 503,
     "internal_error": 500,
 }
 _DOMAIN_STATUS: dict[type[AiqError], int] = {
@@ -54,6 +56,7 @@ _DOMAIN_STATUS: dict[type[AiqError], int] = {
     IllegalTransition: 409,  # ModelNotReady is a subclass, code model_not_ready
     IdempotencyConflict: 409,
     QueueFull: 429,
+    NotReplicated: 503,
 }
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large", 422: "validation_error"}
@@ -129,10 +132,13 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     status = next((s for cls, s in _DOMAIN_STATUS.items() if isinstance(exc, cls)), None)
     if status is None:  # worker-side errors (fencing, stale entries) never belong in a response
         return await _internal(request, exc)
-    headers = None
-    if status == 429:  # the queue drains as workers finish jobs
+    headers, details = None, None
+    if status in (429, 503):  # the queue drains as workers finish jobs; replicas catch up
         headers = {"Retry-After": str(request.app.state.settings.retry_after_s)}
-    return error_response(status, exc.code, str(exc), headers=headers)
+    if isinstance(exc, NotReplicated):
+        details = {"job_id": exc.job_id, "replicas_acked": exc.acked,
+                   "replicas_wanted": exc.wanted}
+    return error_response(status, exc.code, str(exc), details, headers=headers)
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
@@ -173,6 +179,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AiqError, _domain)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(RedisClusterException, _redis_error)  # e.g. a slot with no master
     app.add_exception_handler(Exception, _internal)
 
 

@@ -37,7 +37,8 @@ from redis.exceptions import RedisError
 from gateway.settings import GatewaySettings
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from streams.backoff import Backoff
-from streams.connection import client
+from streams.connection import client, slot_groups
+from streams.errors import UNAVAILABLE
 from streams.events import feed_positions, feed_streams, job_entry, read_feeds
 from streams.inspect import queue_stats
 from streams.registry import list_workers
@@ -211,7 +212,8 @@ class Hub:
         self.feeds = feed_streams(settings.redis_prefix)  # stream -> worker type
         self.positions: dict[str, str] = {}
         self.ready = asyncio.Event()  # set once the start positions are known
-        self.connected = False
+        self._groups_waiting = 0  # readers still to learn their start positions
+        self._disconnected: set[int] = set()  # readers (by group index) not following now
         self._subs = _Subscribers()
         self._tasks: list[asyncio.Task[None]] = []
         self._conn: Redis | None = None
@@ -260,9 +262,18 @@ class Hub:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._read_loop(), name="aiq-hub-reader"),
-                       asyncio.create_task(self._refresh_loop(), name="aiq-hub-refresh"),
-                       asyncio.create_task(self._heartbeat_loop(), name="aiq-hub-heartbeat")]
+        self._conn = self._connect()
+        groups = slot_groups(self._conn, list(self.feeds))  # one on a single Redis
+        self._groups_waiting = len(groups)
+        self._tasks = [asyncio.create_task(self._read_loop(group), name="aiq-hub-reader")
+                       for group in groups]
+        self._tasks += [asyncio.create_task(self._refresh_loop(), name="aiq-hub-refresh"),
+                        asyncio.create_task(self._heartbeat_loop(), name="aiq-hub-heartbeat")]
+
+    @property
+    def connected(self) -> bool:
+        """Every reader follows its feeds (a reader that lost Redis is reconnecting)."""
+        return bool(self._tasks) and not self._disconnected
 
     async def _heartbeat_loop(self) -> None:
         """One timer for every SSE stream: each interval, poke them all; a stream with nothing
@@ -300,39 +311,49 @@ class Hub:
     # --- the reader -------------------------------------------------------------------------
 
     def _connect(self) -> Redis:
-        """The hub's own connection: blocking reads must not hold a pooled one."""
+        """The hub's own client: blocking reads must not hold a pooled connection. One
+        connection on a single Redis; on a cluster, one per reader (a reader per hash slot of
+        the feeds, as XREAD cannot span slots), i.e. one per worker type at most."""
         block_s = self.settings.hub_block_ms / 1000
-        return client(self.settings.url, max_connections=1, client_name=HUB_CLIENT_NAME,
+        return client(self.settings.target, max_connections=len(self.feeds),
+                      client_name=HUB_CLIENT_NAME,
                       socket_connect_timeout=self.settings.redis_connect_timeout_s,
                       socket_timeout=block_s + self.settings.redis_socket_timeout_s)
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, feeds: list[str]) -> None:
         backoff, logged = Backoff(*BACKOFF_S), False
-        self._conn = self._connect()
+        me = id(feeds)
+        self._disconnected.add(me)
         while not self._stopping:  # redis-py may turn a cancellation into a ConnectionError
+            assert self._conn is not None
             try:
-                await self._follow(self._conn)
-            except (RedisError, OSError) as exc:
-                if not self._stopping and (self.connected or not logged):
-                    log.warning("hub: redis unavailable; retrying with backoff", error=str(exc))
+                await self._follow(self._conn, feeds, me)
+            except (*UNAVAILABLE, RedisError) as exc:
+                if not self._stopping and (me not in self._disconnected or not logged):
+                    log.warning("hub: redis unavailable; retrying with backoff", error=str(exc),
+                                feeds=len(feeds))
                     backoff.reset()
                     logged = True
             except Exception:  # a bug must not end every live feed of the gateway
                 log.exception("hub: reader failed; restarting it")
-            self.connected = False
+            self._disconnected.add(me)
             if not self._stopping:
                 await asyncio.sleep(backoff.next())
 
-    async def _follow(self, conn: Redis) -> None:
-        if not self.positions:
-            self.positions = await feed_positions(conn, list(self.feeds))
-            self.ready.set()
+    async def _follow(self, conn: Redis, feeds: list[str], me: int) -> None:
+        if feeds[0] not in self.positions:
+            self.positions.update(await feed_positions(conn, feeds))
+            self._groups_waiting -= 1
+            if self._groups_waiting == 0:
+                self.ready.set()
         else:
-            await conn.ping()
+            await conn.xlen(feeds[0])  # a cheap keyed round trip: on a cluster, to its node
             self._resync_all()
-        self.connected = True
+        self._disconnected.discard(me)
+        mine = {f: self.positions[f] for f in feeds}
         while not self._stopping:
-            batch = await read_feeds(conn, self.positions, READ_COUNT, self.settings.hub_block_ms)
+            batch = await read_feeds(conn, mine, READ_COUNT, self.settings.hub_block_ms)
+            self.positions.update(mine)
             for stream, entry_id, fields in batch:
                 self._dispatch(self.feeds[stream], entry_id, fields)
 

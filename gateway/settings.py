@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from streams.settings import RedisSettings
 
@@ -32,6 +32,12 @@ class GatewaySettings(RedisSettings):
     max_body_bytes: int = Field(default=MIB, ge=1024, description="larger request bodies get "
                                 "413 before they are parsed")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
+    submit_wait_replicas: int = Field(default=0, ge=0, le=16, description="durable submit: "
+                                      "answer 202 only once this many replicas have the job "
+                                      "(WAIT); 0 = off")
+    submit_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000, description="how long "
+                                        "a durable submit waits for its replicas before 503 "
+                                        "not_replicated")
     allowed_origins: str = Field(default="", description="ALLOWED_ORIGINS: comma-separated "
                                  "origins (scheme://host[:port], or *) whose pages may open the "
                                  "dashboard WebSocket besides the gateway's own")
@@ -62,6 +68,14 @@ class GatewaySettings(RedisSettings):
                                      "every worker type back into their stream, so a type "
                                      "scaled to zero is woken for them (XLEN counts them); "
                                      "0 = off, only workers promote")
+
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> GatewaySettings:
+        if self.submit_wait_replicas and \
+                self.submit_wait_timeout_ms >= self.redis_socket_timeout_s * 1000:
+            raise ValueError("SUBMIT_WAIT_TIMEOUT_MS must be below REDIS_SOCKET_TIMEOUT_S "
+                             "(the WAIT would outlast the socket's read timeout)")
+        return self
 
     @field_validator("api_key")
     @classmethod

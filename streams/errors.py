@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Redis cannot take a command now but will again: unreachable or loading (ConnectionError),
-# slow (TimeoutError), failing over (READONLY from a demoted master, CLUSTERDOWN, TRYAGAIN) or
-# full (OOM under maxmemory-policy noeviction). Workers back off and retry; the gateway answers
-# 503 with Retry-After. Nothing else a Redis command raises is retried blindly.
+# slow (TimeoutError), failing over (READONLY from a demoted master, CLUSTERDOWN, TRYAGAIN, a
+# slot without a master yet, a cluster client out of redirections: ClusterError, MOVED) or full
+# (OOM under maxmemory-policy noeviction). Workers back off and retry; the gateway answers 503
+# with Retry-After. Nothing else a Redis command raises is retried blindly.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, TryAgainError,
-    ClusterDownError, ConnectionError, TimeoutError, OSError,
+    ClusterDownError, ClusterError, SlotNotCoveredError, MovedError, ConnectionError,
+    TimeoutError, OSError,
 )
 
 
@@ -64,6 +74,17 @@ class QueueFull(AiqError):
     """The worker type's stream holds MAX_QUEUED jobs not finished: submit again later."""
 
     code = "queue_full"
+
+
+class NotReplicated(AiqError):
+    """Durable submit: the master took the job, but fewer replicas than asked confirmed it in
+    time. The job exists (and may run); submit again with the same Idempotency-Key."""
+
+    code = "not_replicated"
+
+    def __init__(self, message: str, job_id: str, acked: int, wanted: int) -> None:
+        super().__init__(message)
+        self.job_id, self.acked, self.wanted = job_id, acked, wanted
 
 
 class JobCancelled(AiqError):

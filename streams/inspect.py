@@ -31,6 +31,7 @@ from schemas.catalogue import CATALOGUE
 from schemas.status import JobKind
 from schemas.workers import StreamInfo
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
+from streams.scripts import queue_server_time
 
 _PER_ROW = 5  # commands queued per stream; keep in step with _queue_row / _row
 
@@ -84,7 +85,7 @@ async def queue_stats(redis: Redis, prefix: str = DEFAULT_PREFIX) -> list[Stream
     """One row per worker type and kind, in catalogue order (training first)."""
     rows = [(QueueKeys(name, prefix), kind) for name in CATALOGUE for kind in JobKind]
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        queue_server_time(pipe)
         for keys, kind in rows:
             _queue_row(pipe, keys, kind)
         results = await pipe.execute(raise_on_error=False)

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from schemas.catalogue import CATALOGUE, route
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
@@ -19,6 +20,7 @@ from schemas.records import ENTRY_FIELDS, JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
+from streams.connection import connection_options, on_one_connection
 from streams.errors import (
     QUEUE_FULL,
     IdempotencyConflict,
@@ -26,6 +28,7 @@ from streams.errors import (
     JobFailed,
     JobNotFound,
     ModelNotReady,
+    NotReplicated,
     QueueFull,
     raise_for,
 )
@@ -53,15 +56,21 @@ class Producer:
     """Client of the queue. Safe to share across tasks of one event loop."""
 
     def __init__(
-        self, redis: Redis, limits: StreamLimits | None = None, prefix: str = DEFAULT_PREFIX
+        self, redis: Redis, limits: StreamLimits | None = None, prefix: str = DEFAULT_PREFIX,
+        wait_replicas: int = 0, wait_timeout_ms: int = 1000,
     ) -> None:
+        """``wait_replicas`` > 0: durable submit. A submit returns only once that many replicas
+        have the job (WAIT on the submit's own connection, up to ``wait_timeout_ms``), else it
+        raises ``NotReplicated``; a failover can then no longer lose an accepted job."""
         self.redis = redis
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.limits = limits or StreamLimits()
         self.prefix = prefix
         self._grouped: set[str] = set()
         self._types: OrderedDict[str, str] = OrderedDict()  # job id -> worker type (LRU)
         self._seen: dict[str, str] = {}  # job id -> its queued event's id
-        timeout = redis.connection_pool.connection_kwargs.get("socket_timeout", 5.0)
+        timeout = connection_options(redis).get("socket_timeout", 5.0)
         self._slice_ms = _BLOCK_SLICE_MS if timeout is None else \
             max(10, min(_BLOCK_SLICE_MS, int(timeout * 500)))
 
@@ -133,17 +142,26 @@ class Producer:
         digest = self._digest(kind, fingerprint) if fingerprint else ""
         ttl = self.limits.idempotency_ttl_s if idempotency_key else 0
         stream = keys.stream(kind)
-        code, got_id, *rest = await scripts.SUBMIT(
-            self.redis,
-            [stream, keys.job(job_id), keys.job_events(job_id), keys.events, keys.jobs,
-             idem_key, keys.stats],
-            [*self.limits.common_args(), job_id, ttl, digest, GROUP, self.limits.max_queued,
-             len(ENTRY_FIELDS), *pairs, *extra],
-        )
+        script_keys = [stream, keys.job(job_id), keys.job_events(job_id), keys.events,
+                       keys.jobs, idem_key, keys.stats]
+        script_args: list[scripts.Arg] = [
+            *self.limits.common_args(), job_id, ttl, digest, GROUP, self.limits.max_queued,
+            len(ENTRY_FIELDS), *pairs, *extra]
+        acked = None
+        if self.wait_replicas:
+            reply, acked = await self._submit_and_wait(script_keys, script_args)
+        else:
+            reply = await scripts.SUBMIT(self.redis, script_keys, script_args)
+        code, got_id, *rest = reply
         if code == QUEUE_FULL:
             raise QueueFull(f"{worker_type} holds {got_id} {kind.value} jobs not finished, "
                             f"its limit (MAX_QUEUED); submit again later")
         raise_for(code, "", f"Idempotency-Key {idempotency_key!r} was used for another request")
+        if acked is not None and acked < self.wait_replicas:
+            raise NotReplicated(
+                f"job {got_id} was written to the master, but {acked} of {self.wait_replicas} "
+                f"replicas confirmed it within {self.wait_timeout_ms} ms; submit again with "
+                "the same Idempotency-Key", got_id, acked, self.wait_replicas)
         self._remember(got_id, worker_type)
         if code == 0:
             self._seen[got_id] = rest[1]  # wait() blocks right after the queued event
@@ -154,6 +172,20 @@ class Producer:
             status = JobStatus(await self.redis.hget(keys.job(got_id), "status") or "queued")
         return JobSubmitted(job_id=got_id, status=status, worker_type=worker_type, kind=kind,
                             stream=stream, duplicate=code == 1)
+
+    async def _submit_and_wait(self, keys: list[str], args: list[scripts.Arg]
+                               ) -> tuple[list[Any], int]:
+        """SUBMIT then WAIT on one connection: (the script's reply, replicas that have it)."""
+        submit = ("EVALSHA", scripts.SUBMIT.sha, len(keys), *keys, *args)
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        reply, acked = await on_one_connection(self.redis, keys[0], [submit, wait])
+        if isinstance(reply, NoScriptError):  # a restarted or promoted node: load, then again
+            await self.redis.script_load(scripts.SUBMIT.text)
+            reply, acked = await on_one_connection(self.redis, keys[0], [submit, wait])
+        for result in (reply, acked):
+            if isinstance(result, Exception):
+                raise result
+        return list(reply), int(acked)
 
     @staticmethod
     def _digest(kind: JobKind, fingerprint: str) -> str:

@@ -43,7 +43,9 @@ class Script:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Pipeline, keys: list[str], args: list[Arg]) -> None:
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # Not ``pipe.evalsha``: redis-py's cluster pipeline refuses that method, yet routes
+        # the command itself by its keys (one slot: every key of a call shares ``{type}``).
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 SUBMIT = Script.load("submit")
@@ -64,6 +66,15 @@ FORGET_CONSUMER = Script.load("forget_consumer")
 ALL = (SUBMIT, START, PROGRESS, COMPLETE, FAIL, RETRY, PROMOTE, HANDBACK, CANCEL,
        CONFIRM_CANCEL, RENEW, DEAD_LETTER, WAIT, GPU_PEAK, FORGET_CONSUMER)
 _BY_SHA = {s.sha: s for s in ALL}
+
+# TIME inside a pipeline: redis-py's cluster pipeline refuses a plain TIME (it has no key to
+# route by); a keyless script runs on any node, and on a single Redis it is the same round trip.
+_SERVER_TIME = "return redis.call('TIME')"
+
+
+def queue_server_time(pipe: Pipeline) -> None:
+    """Queue the server's clock (``[seconds, microseconds]``) on ``pipe``."""
+    pipe.execute_command("EVAL", _SERVER_TIME, 0)
 
 
 async def execute(

@@ -25,6 +25,7 @@ from schemas.catalogue import CATALOGUE
 from schemas.status import JobKind
 from streams.inspect import or_default
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
+from streams.scripts import queue_server_time
 
 # Counters of the stats hash kept per kind: what became of jobs (``aiq_jobs_total``'s outcome).
 OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "dead_lettered", "handed_back")
@@ -109,7 +110,7 @@ async def read_numbers(redis: Redis, prefix: str = DEFAULT_PREFIX,
     responses."""
     all_keys = [QueueKeys(name, prefix) for name in (worker_types or CATALOGUE)]
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        queue_server_time(pipe)
         for keys in all_keys:
             _queue(pipe, keys)
         results = await pipe.execute(raise_on_error=False)

@@ -15,6 +15,9 @@ Fixtures (add new ones in their own section below, or in a sub-directory ``conft
 * ``redis`` (function, async): a ``redis.asyncio.Redis`` with ``decode_responses=True``.
 * ``s3_server`` (session): a real local S3 (``tests.s3_server``, SeaweedFS), started on free
   ports by the first test that asks for it.
+* ``redis_cluster`` / ``redis_sentinel`` (session, started on first use): a real 3-master
+  Redis Cluster with a replica each, and a master + replica + 3 sentinels;
+  ``topology_url(request, name)`` gives the URL of one of ``TOPOLOGIES``, flushed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import redis as redis_sync
 import redis.asyncio as redis_async
 
 from aiq.redis_server import RedisServer, bundled_redis_server, find_redis_server
+from aiq.redis_topologies import LocalCluster, LocalSentinel
 
 if TYPE_CHECKING:
     from tests.s3_server import S3Server
@@ -99,3 +103,52 @@ def s3_server() -> Iterator[S3Server]:
     with S3Server(executable) as server:
         print(f"S3 (SeaweedFS) at {server.endpoint_url}, ready in {server.started_in_s:.1f}s")
         yield server
+
+
+# --- Redis Cluster and Sentinel -------------------------------------------------------------
+# Started on first use only (a session that runs no topology test starts neither).
+
+TOPOLOGIES = ("single", "sentinel", "cluster")
+
+
+def _topology_tools() -> str:
+    import shutil
+
+    executable = _test_redis_executable()
+    if not shutil.which("redis-cli") and not os.path.exists(
+            os.path.join(os.path.dirname(executable), "redis-cli")):
+        pytest.skip("redis-cli is needed to create a Redis Cluster")
+    return executable
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real 3-master Redis Cluster, one replica each (six redis-server processes)."""
+    with LocalCluster(executable=_topology_tools()) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[LocalSentinel]:
+    """A real master + replica watched by three sentinels (service ``aiq``)."""
+    with LocalSentinel(executable=_test_redis_executable()) as sentinel:
+        yield sentinel
+
+
+def topology_url(request: pytest.FixtureRequest, topology: str) -> str:
+    """The URL of ``topology``'s servers, running, in sync and flushed."""
+    if topology == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.wait_ok()
+        cluster.flushall()
+        return cluster.url
+    if topology == "sentinel":
+        sentinel: LocalSentinel = request.getfixturevalue("redis_sentinel")
+        sentinel.wait_ready()
+        sentinel.flushall()
+        return sentinel.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.ensure_running()
+    with redis_sync.Redis.from_url(server.url) as client:
+        client.flushall()
+    return server.url

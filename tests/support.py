@@ -54,8 +54,8 @@ async def running_worker(settings: WorkerSettings, name: str | None = None,
                          devices: GpuDevices | None = None) -> AsyncIterator[Worker]:
     """A worker serving in this event loop until the block exits (then a graceful stop).
     ``devices`` (e.g. ``consumers.gpu.ScriptedDevices``) turns GPU admission on."""
-    redis = client(settings.url)
-    read_conn = client(settings.url, max_connections=1)
+    redis = client(settings.target)
+    read_conn = client(settings.target, max_connections=1)
     worker = Worker(settings, load_framework(CATALOG_FRAMEWORK[settings.worker_type]), redis,
                     read_conn, name=name, devices=devices)
     task = asyncio.create_task(worker.run())
@@ -71,8 +71,8 @@ async def running_worker(settings: WorkerSettings, name: str | None = None,
 async def run_burst(settings: WorkerSettings, timeout: float = 60) -> Worker:
     """A worker in burst mode in this event loop: returns once it stopped by itself (the
     queue empty), so a test waits for the work without polling."""
-    redis = client(settings.url)
-    read_conn = client(settings.url, max_connections=1)
+    redis = client(settings.target)
+    read_conn = client(settings.target, max_connections=1)
     worker = Worker(settings.model_copy(update={"burst": True}),
                     load_framework(CATALOG_FRAMEWORK[settings.worker_type]), redis, read_conn)
     try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.deps import RedisDep
 from gateway.models import Health
+from streams.connection import server_version
+from streams.errors import UNAVAILABLE
 
 router = APIRouter(tags=["operations"])
 
@@ -17,11 +19,8 @@ router = APIRouter(tags=["operations"])
 async def health(redis: RedisDep) -> Health | JSONResponse:
     """Liveness and readiness in one: PING (refused while Redis loads) and its version."""
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.ping()
-            pipe.info("server")
-            _, info = await pipe.execute()
-    except (RedisError, OSError):
+        version = await server_version(redis)
+    except (*UNAVAILABLE, RedisError, RedisClusterException):
         down = Health(status="degraded", redis="unavailable")
         return JSONResponse(down.model_dump(), status_code=503)
-    return Health(status="ok", redis="ok", redis_version=info.get("redis_version"))
+    return Health(status="ok", redis="ok", redis_version=version)
