@@ -99,7 +99,9 @@ class Worker:
         self._gpus_seen: list[GpuInfo] = list(self.gpus)  # the last heartbeat's inventory
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
         self.reclaimer = Reclaimer(self.queue, settings.reclaim_every_s, settings.lease_ms,
-                                   settings.block_ms, self.log)
+                                   settings.block_ms, self.log,
+                                   orphans_every_s=settings.orphan_check_s or None,
+                                   orphan_idle_ms=int(settings.heartbeat_interval_s * 1000))
         self._publisher = ProgressPublisher(self.queue, self.runs, self.log)
         self.final_writes = FinalWrites(self.queue, self.runs, self.log, self._slot_freed.set)
         # GPU admission: on for any worker with GPU devices (real, or scripted by settings).

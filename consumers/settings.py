@@ -33,7 +33,13 @@ class WorkerSettings(RedisSettings):
                                   "running jobs' cancel requests are looked up (a job that "
                                   "reports progress learns of one at its next report anyway)")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, description="HEARTBEAT_INTERVAL_S: "
+                                        "the registry hash expires after three intervals "
+                                        "without one; then the worker counts as dead")
+    orphan_check_s: float = Field(default=1.0, ge=0, description="ORPHAN_CHECK_S: how often a "
+                                  "worker with free slots claims the jobs of workers whose "
+                                  "heartbeat expired (before their lease ends); 0 = off, "
+                                  "reclaim after LEASE_TIMEOUT_S only")
     progress_interval_s: float = Field(default=0.25, ge=0, description="progress events are "
                                        "coalesced to at most one per interval per job")
     block_ms: int = Field(default=5000, ge=1)

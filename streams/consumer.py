@@ -139,6 +139,41 @@ class QueueConsumer:
             sweep.advance(cursor)
         return out
 
+    async def claim_orphans(self, count: int, min_idle_ms: int) -> list[Delivery]:
+        """Claim up to ``count`` pending entries whose owner is dead by its heartbeat: a
+        consumer of the group whose registry hash (``keys.worker``) has expired, so its jobs
+        restart before their lease runs out. Entries must still be idle ``min_idle_ms``, and
+        XCLAIM counts the delivery, so fencing is that of any reclaim: a worker that was not
+        dead after all has its late writes refused. A live worker keeps its hash fresh from
+        its event loop whatever its jobs do, so healthy long jobs are never taken."""
+        out: list[Delivery] = []
+        for stream in self.keys.streams:
+            if len(out) >= count:
+                break
+            summary = await self.redis.xpending(stream, GROUP)
+            owners = sorted(c["name"] for c in summary.get("consumers") or ()
+                            if int(c["pending"]) > 0 and c["name"] != self.name)
+            if not owners:
+                continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in owners:
+                    pipe.exists(self.keys.worker(name))
+                alive = await pipe.execute()
+            for name in (n for n, live in zip(owners, alive, strict=True) if not live):
+                pending = await self.redis.xpending_range(
+                    stream, GROUP, "-", "+", count - len(out), consumername=name,
+                    idle=min_idle_ms)
+                ids = [p["message_id"] for p in pending]
+                if not ids:
+                    continue
+                claimed = await self.redis.xclaim(stream, GROUP, self.name, min_idle_ms, ids)
+                out += [self._delivery(stream, e, f) for e, f in claimed if f is not None]
+                if len(claimed) < len(ids):  # deleted while pending (6.2 keeps them listed)
+                    await self._ack_vanished(stream)
+                if len(out) >= count:
+                    break
+        return out
+
     async def _ack_vanished(self, stream: str) -> None:
         """Redis 6.2 returns nil (without the id) for a pending entry that was deleted; 7.0+
         drops it from the pending list itself. Find this consumer's pending ids that no longer

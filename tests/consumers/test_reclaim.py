@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from schemas.events import parse_event
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind
 from streams.consumer import QueueConsumer
@@ -136,3 +137,74 @@ async def test_the_group_lists_the_workers_that_are_alive(
         assert (await Producer(redis).wait(job_id, timeout=10)).status.value == "succeeded"
     assert await consumers() == {"alive-3"}  # the stop removed its own
     assert entry.job_id == job_id
+
+
+# At default settings (lease 30 s, heartbeat every 2 s, orphan check every 1 s), without FAST.
+DEFAULTS = {"lease_timeout_s": 30.0, "reclaim_interval_s": None, "heartbeat_interval_s": 2.0,
+            "block_ms": 5000, "orphan_check_s": 1.0}
+
+
+async def _started_by(producer: Producer, job_id: str, worker_type: str = "diagnostic"
+                      ) -> list[str]:
+    """The workers that started the job, in order (from its own event stream)."""
+    entries = await producer.redis.xrange(QueueKeys(worker_type).job_events(job_id))
+    events = [parse_event(entry_id, fields) for entry_id, fields in entries]
+    return [str(getattr(e, "worker", "")) for e in events if e.type == "started"]
+
+
+async def test_a_sigkilled_workers_job_restarts_before_its_lease_ends(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """The survivor claims the dead worker's running job once the dead one's heartbeat has
+    expired (three intervals): well before LEASE_TIMEOUT_S. The old attempt stays fenced."""
+    producer = Producer(redis)
+    settings = settings_for(redis_url, tmp_path, **DEFAULTS)
+    victim = spawn_worker(settings, tmp_path / "victim.log")
+    job_id = (await producer.submit_training(job("sleep", seconds=60, steps=600))).job_id
+
+    async def running() -> bool:
+        return (await producer.get(job_id)).status.value == "running"
+
+    await eventually(running, timeout=60, what="the job running on the victim")
+    async with running_worker(settings) as survivor:
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        victim.wait(10)
+
+        async def restarted() -> bool:
+            return survivor.name in await _started_by(producer, job_id)
+
+        # the lease alone would take 30 s: a restart inside 25 s is the heartbeat's doing
+        await eventually(restarted, timeout=25, interval=0.1, what="restart on the survivor")
+        took = time.monotonic() - killed
+        record = await producer.get(job_id)
+        assert record.deliveries == 2 and record.worker == survivor.name
+        await producer.cancel(job_id)
+    print(f"SIGKILL -> restarted on the survivor: {took:.1f} s (lease 30 s)")
+
+
+async def test_a_live_worker_busy_with_cpu_heavy_jobs_keeps_them(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """Every slot of worker A runs a CPU-heavy fit for longer than a heartbeat TTL while an idle
+    worker B checks for orphans every second: A's heartbeat goes on (its event loop is not the
+    jobs' thread), so B takes nothing and each job starts once, on A."""
+    producer = Producer(redis)
+    settings = settings_for(redis_url, tmp_path, "sklearn", max_concurrent_jobs=2,
+                            **DEFAULTS)
+    a = spawn_worker(settings, tmp_path / "a.log")
+    heavy = TrainingRequest(model_type="random_forest", data_path="builtin:digits",
+                            hyperparameters={"n_estimators": 1500})  # type: ignore[arg-type]
+    jobs = [(await producer.submit_training(heavy)).job_id for _ in range(2)]
+
+    async def both_running() -> bool:
+        return all([(await producer.get(j)).status.value == "running" for j in jobs])
+
+    try:
+        await eventually(both_running, timeout=90, what="A running both jobs")
+        async with running_worker(settings) as b:
+            results = [await producer.result(j, timeout=180) for j in jobs]
+            starters = [await _started_by(producer, j, "sklearn") for j in jobs]
+    finally:
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+    assert all(r for r in results)
+    assert all(len(s) == 1 and s[0] != b.name for s in starters), starters
