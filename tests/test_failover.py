@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aiq.redis_server import RedisServer
 from aiq.redis_topologies import LocalCluster, LocalSentinel
 from streams.keys import QueueKeys
 from tests.conftest import topology_url
@@ -158,25 +159,31 @@ def _assert_exactly_once(report: dict[str, Any]) -> None:
     assert report["other"] == [], report
 
 
+async def _failover_of(topology: LocalSentinel | LocalCluster, old: RedisServer, url: str,
+                       tmp: Path) -> dict[str, Any]:
+    """``_run_failover`` with ``old`` (a master) SIGKILLed, then restarted as a supervisor
+    (systemd, Kubernetes) would: it comes back as the replica of the promoted one, so durable
+    submits work again."""
+    def crash_and_come_back() -> float:
+        old.kill()
+        began = time.monotonic()
+        topology.wait_failover(old)
+        failover_s = time.monotonic() - began
+        topology.restart(old)
+        return failover_s
+
+    try:
+        return await _run_failover(url, tmp, crash_and_come_back)
+    finally:
+        if not old.is_running:
+            await asyncio.to_thread(topology.restart, old)
+
+
 async def test_sentinel_failover_loses_no_accepted_job(request: pytest.FixtureRequest,
                                                        tmp_path: Path) -> None:
     url = topology_url(request, "sentinel")
     sentinel: LocalSentinel = request.getfixturevalue("redis_sentinel")
-    old = sentinel.current_master()
-
-    def crash_and_come_back() -> float:  # as a supervisor (systemd, Kubernetes) restarts it
-        old.kill()
-        began = time.monotonic()
-        sentinel.wait_failover(old)
-        failover_s = time.monotonic() - began
-        sentinel.restart(old)  # now a replica of the promoted one: durable submits work again
-        return failover_s
-
-    try:
-        report = await _run_failover(url, tmp_path, crash_and_come_back)
-    finally:
-        if not old.is_running:
-            await asyncio.to_thread(sentinel.restart, old)
+    report = await _failover_of(sentinel, sentinel.current_master(), url, tmp_path)
     _assert_exactly_once(report)
 
 
@@ -184,19 +191,5 @@ async def test_cluster_failover_loses_no_accepted_job(request: pytest.FixtureReq
                                                       tmp_path: Path) -> None:
     url = topology_url(request, "cluster")
     cluster: LocalCluster = request.getfixturevalue("redis_cluster")
-    old = cluster.master_of(DIAG.events)
-
-    def crash_and_come_back() -> float:
-        old.kill()
-        began = time.monotonic()
-        cluster.wait_failover(old)
-        failover_s = time.monotonic() - began
-        cluster.restart(old)  # rejoins as the replica of the promoted one
-        return failover_s
-
-    try:
-        report = await _run_failover(url, tmp_path, crash_and_come_back)
-    finally:
-        if not old.is_running:
-            await asyncio.to_thread(cluster.restart, old)
+    report = await _failover_of(cluster, cluster.master_of(DIAG.events), url, tmp_path)
     _assert_exactly_once(report)

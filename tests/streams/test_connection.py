@@ -16,7 +16,7 @@ from tests.conftest import topology_url
 
 
 def test_single_urls_stay_as_given() -> None:
-    for url in ("redis://localhost:6379/0", "rediss://h:6380/2?ssl_ca_certs=/ca.pem"):
+    for url in ("redis://cache.internal:6390/0", "rediss://h:6380/2?ssl_ca_certs=/ca.pem"):
         target = parse_target(url)
         assert target.topology == "single" and target.url == url
 
@@ -48,7 +48,7 @@ def test_settings_name_the_topology_without_a_special_url() -> None:
 
 
 @pytest.mark.parametrize(("url", "says"), [
-    ("http://localhost:6379", "unknown scheme"),
+    ("http://cache.internal:6390", "unknown scheme"),
     ("redis+sentinel://h:26379", "names its service"),
     ("redis+cluster://", "at least one host"),
 ])
