@@ -68,6 +68,8 @@ class Producer:
         self.limits = limits or StreamLimits()
         self.prefix = prefix
         self._grouped: set[str] = set()
+        self._keys: dict[str, QueueKeys] = {}
+        self._common = self.limits.common_args()
         self._types: OrderedDict[str, str] = OrderedDict()  # job id -> worker type (LRU)
         self._seen: dict[str, str] = {}  # job id -> its queued event's id
         timeout = connection_options(redis).get("socket_timeout", 5.0)
@@ -75,7 +77,10 @@ class Producer:
             max(10, min(_BLOCK_SLICE_MS, int(timeout * 500)))
 
     def keys(self, worker_type: str) -> QueueKeys:
-        return QueueKeys(worker_type, self.prefix)
+        keys = self._keys.get(worker_type)
+        if keys is None:
+            keys = self._keys[worker_type] = QueueKeys(worker_type, self.prefix)
+        return keys
 
     async def submit_training(
         self, req: TrainingRequest, idempotency_key: str | None = None
@@ -85,7 +90,7 @@ class Producer:
             "model_type": req.model_type,
             "gpu_mem_mb": req.gpu_mem_mb or "",
             "data_path": req.data_path or "",
-            "hyperparameters": _dumps(req.hyperparameters.model_dump(mode="json")),
+            "hyperparameters": req.hyperparameters.model_dump_json(),
             "timeout_s": req.timeout_s or "",
         }
         record = {"description": req.description, "requires_gpu": int(req.requires_gpu)}
@@ -145,7 +150,7 @@ class Producer:
         script_keys = [stream, keys.job(job_id), keys.job_events(job_id), keys.events,
                        keys.jobs, idem_key, keys.stats]
         script_args: list[scripts.Arg] = [
-            *self.limits.common_args(), job_id, ttl, digest, GROUP, self.limits.max_queued,
+            *self._common, job_id, ttl, digest, GROUP, self.limits.max_queued,
             len(ENTRY_FIELDS), *pairs, *extra]
         acked = None
         if self.wait_replicas:

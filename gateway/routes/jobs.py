@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from gateway.deps import IdempotencyKeyHeader, JobIdDep, ProducerDep, WorkerTypeFilter
+from gateway import body
+from gateway.deps import JobIdDep, ProducerDep, WorkerTypeFilter, producer_of
 from gateway.errors import ApiError, responses
 from gateway.models import CancelResult, JobList
 from schemas.records import JobStatusView, JobSubmitted, JobView, job_view, status_view
@@ -23,40 +24,41 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _accepted(response: Response, submitted: JobSubmitted) -> JobSubmitted:
-    response.headers["Location"] = submitted.status_url
-    if submitted.duplicate:
-        response.status_code = 200
-    return submitted
+def _accepted(submitted: JobSubmitted) -> Response:
+    """202 (200 for a duplicate) with ``Location``. The response is built here rather than by
+    FastAPI's response_model pass (the model stays declared, for the spec): issue #15."""
+    return Response(submitted.model_dump_json(), media_type="application/json",
+                    status_code=200 if submitted.duplicate else 202,
+                    headers={"Location": submitted.status_url})
 
 
 @router.post("/training", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "routing_error", "idempotency_conflict",
-                                     "payload_too_large", "queue_full", "redis_unavailable")})
-async def submit_training(
-    body: TrainingRequest, producer: ProducerDep, response: Response,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JobSubmitted:
+                                     "payload_too_large", "queue_full", "redis_unavailable")},
+    openapi_extra=body.submit_spec(TrainingRequest))
+async def submit_training(request: Request) -> Response:
     """Queue a training job on the worker type its model type routes to."""
-    return _accepted(response, await producer.submit_training(body, idempotency_key))
+    key = body.idempotency_key(request)
+    req = await body.parse(request, TrainingRequest)
+    return _accepted(await producer_of(request).submit_training(req, key))
 
 
 @router.post("/inference", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
                                      "idempotency_conflict", "payload_too_large",
-                                     "queue_full", "redis_unavailable")})
-async def submit_inference(
-    body: InferenceRequest, producer: ProducerDep, response: Response,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JobSubmitted:
+                                     "queue_full", "redis_unavailable")},
+    openapi_extra=body.submit_spec(InferenceRequest))
+async def submit_inference(request: Request) -> Response:
     """Queue an inference job on the model of a succeeded training job (`model_id`)."""
+    key = body.idempotency_key(request)
+    req = await body.parse(request, InferenceRequest)
     try:
-        submitted = await producer.submit_inference(body, idempotency_key)
+        submitted = await producer_of(request).submit_inference(req, key)
     except JobNotFound as exc:
-        message = f"model_id {body.model_id} names no training job (unknown or expired)"
+        message = f"model_id {req.model_id} names no training job (unknown or expired)"
         raise ApiError(422, "model_not_found", message, [
             {"field": "body.model_id", "message": message, "type": "model_not_found"}]) from exc
-    return _accepted(response, submitted)
+    return _accepted(submitted)
 
 
 @router.get("/{job_id}/status", response_model=JobStatusView,
