@@ -13,11 +13,9 @@ from gateway.errors import ApiError
 from gateway.hub import Hub
 from gateway.settings import GatewaySettings
 from schemas.catalogue import CATALOGUE
-from schemas.requests import JOB_ID_PATTERN
+from schemas.requests import IDEMPOTENCY_KEY_PATTERN, JOB_ID_PATTERN
 from streams.producer import Producer
 
-# Visible ASCII without spaces: safe inside a Redis key, in logs and in headers.
-IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,200}$"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
