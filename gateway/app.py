@@ -75,8 +75,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
-                       batch_max_bytes=settings.max_batch_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.hosts:
         app.add_middleware(TrustedHosts, hosts=settings.hosts)
     if settings.api_key is not None:

@@ -26,22 +26,17 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 class BodySizeLimit:
-    """``max_bytes`` for every request; ``batch_max_bytes`` for the batch submits (paths
-    ending in ``/batch``), whose bodies hold up to 1,000 jobs."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, batch_max_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.batch_max_bytes = batch_max_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.batch_max_bytes if scope["path"].endswith("/batch") else self.max_bytes
         declared = _declared_length(scope)
-        if declared is not None and declared > limit:
-            await self._refuse(scope, receive, send, limit)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
             return
         received = 0
         started = False
@@ -51,8 +46,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(limit)
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self.max_bytes)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -65,10 +60,10 @@ class BodySizeLimit:
         except PayloadTooLarge:
             if started:
                 raise
-            await self._refuse(scope, receive, send, limit)
+            await self._refuse(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        exc = PayloadTooLarge(limit)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exc = PayloadTooLarge(self.max_bytes)
         response = error_response(413, exc.code, exc.message, exc.details,
                                   headers={"Connection": "close"})
         await response(scope, receive, send)

@@ -31,8 +31,6 @@ class GatewaySettings(RedisSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=MIB, ge=1024, description="larger request bodies get "
                                 "413 before they are parsed")
-    max_batch_body_bytes: int = Field(default=16 * MIB, ge=1024, description="the same for "
-                                      "the batch submits (POST /jobs/*/batch, up to 1,000 jobs)")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
     submit_wait_replicas: int = Field(default=0, ge=0, le=16, description="durable submit: "
                                       "answer 202 only once this many replicas have the job "
