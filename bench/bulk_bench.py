@@ -173,7 +173,7 @@ def report(args: argparse.Namespace, version: str, rows: dict[str, list[float]])
     raw = median["raw"]
     table = Table(title=f"enqueue {args.jobs} no-op jobs, {args.batch} per call; Redis {version}; "
                         f"median of {args.rounds} interleaved rounds")
-    for column in ("path", "jobs/s", "÷ raw", "rounds (jobs/s)"):
+    for column in ("path", "jobs/s", "÷ raw", "÷ raw per round", "rounds (jobs/s)"):
         table.add_column(column, justify="left" if column == "path" else "right")
     names = {"raw": "raw pipelined XADD + HSET (reference)",
              "producer": "aiq Producer.submit_training_batch",
@@ -181,7 +181,8 @@ def report(args: argparse.Namespace, version: str, rows: dict[str, list[float]])
              "single": f"aiq Producer.submit_training x{args.single_jobs} (64 at a time)"}
     for key, name in names.items():
         ratio = "1.00" if key == "raw" else f"{median[key] / raw:.2f}"
-        table.add_row(name, f"{median[key]:,.0f}", ratio,
+        per_round = " ".join(f"{v / r:.2f}" for v, r in zip(rows[key], rows["raw"], strict=True))
+        table.add_row(name, f"{median[key]:,.0f}", ratio, "" if key == "raw" else per_round,
                       " ".join(f"{v:,.0f}" for v in rows[key]))
     console.print(table)
     console.print(f"target (issue #15): batch submit >= {TARGET:.0%} of the raw loop; "
