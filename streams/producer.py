@@ -217,6 +217,8 @@ class Producer:
         written only when every slot accepts; the write pass then skips the queue-room check
         (admitted already) but still refuses a key that another request took in between: the
         one race that can leave such a batch partly queued (see docs/API.md)."""
+        if not jobs:  # e.g. every job of an inference batch matched an earlier key
+            return []
         groups: dict[str, list[int]] = {}
         for n, job in enumerate(jobs):
             groups.setdefault(job.worker_type, []).append(n)
@@ -231,30 +233,13 @@ class Producer:
             max_queued = NO_ROOM_CHECK
         calls = [script_call(self.keys(wt), self.limits, js, WRITE, max_queued)
                  for wt, js in per_type.items()]
-        acked: list[int] = []
-        if self.wait_replicas:
-            waited = await asyncio.gather(*(self._submit_and_wait(k, a) for k, a in calls))
-            replies: list[Any] = [reply for reply, _ in waited]
-            acked = [n for _, n in waited]
-        else:
-            replies = await scripts.execute(self.redis, [(scripts.SUBMIT, k, a) for k, a in calls])
+        replies, acked = await self._write_batch(calls)
         raise_refused(replies, per_type, where, written=True)
         for worker_type in groups:  # after the write: a refused batch leaves no empty stream
             if worker_type not in self._grouped:
                 await ensure_groups(self.redis, self.keys(worker_type))
                 self._grouped.add(worker_type)
-        out: list[JobSubmitted | None] = [None] * len(jobs)
-        dups: list[tuple[int, str]] = []
-        for (wt, ns), reply in zip(groups.items(), replies, strict=True):
-            keys = self.keys(wt)
-            for n, done in zip(ns, outcomes(reply), strict=True):
-                self._remember(done.job_id, wt)
-                if done.duplicate:
-                    dups.append((n, keys.job(done.job_id)))
-                out[n] = JobSubmitted(job_id=done.job_id, status=JobStatus.QUEUED,
-                                      worker_type=wt, kind=jobs[n].kind,
-                                      stream=keys.stream(jobs[n].kind),
-                                      duplicate=done.duplicate)
+        out = self._answers(jobs, groups, replies)
         if acked and min(acked) < self.wait_replicas:
             first = next(o for o in out if o is not None)
             raise NotReplicated(
@@ -262,8 +247,33 @@ class Producer:
                 f"{self.wait_replicas} replicas confirmed it within {self.wait_timeout_ms} ms; "
                 "submit it again with the same Idempotency-Keys", first.job_id, min(acked),
                 self.wait_replicas)
-        await self._duplicate_statuses(out, dups)
+        await self._duplicate_statuses(out, [(n, self.keys(o.worker_type).job(o.job_id))
+                                             for n, o in enumerate(out)
+                                             if o is not None and o.duplicate])
         return [o for o in out if o is not None]
+
+    async def _write_batch(self, calls: list[tuple[list[str], list[scripts.Arg]]]
+                           ) -> tuple[list[Any], list[int]]:
+        """The write pass, pipelined: the replies, and with durable submit how many replicas
+        confirmed each call (WAIT on the call's own connection)."""
+        if not self.wait_replicas:
+            replies = await scripts.execute(self.redis, [(scripts.SUBMIT, k, a) for k, a in calls])
+            return replies, []
+        waited = await asyncio.gather(*(self._submit_and_wait(k, a) for k, a in calls))
+        return [reply for reply, _ in waited], [n for _, n in waited]
+
+    def _answers(self, jobs: list[NewJob], groups: dict[str, list[int]], replies: list[Any]
+                 ) -> list[JobSubmitted | None]:
+        out: list[JobSubmitted | None] = [None] * len(jobs)
+        for (wt, ns), reply in zip(groups.items(), replies, strict=True):
+            keys = self.keys(wt)
+            for n, done in zip(ns, outcomes(reply), strict=True):
+                self._remember(done.job_id, wt)
+                out[n] = JobSubmitted(job_id=done.job_id, status=JobStatus.QUEUED,
+                                      worker_type=wt, kind=jobs[n].kind,
+                                      stream=keys.stream(jobs[n].kind),
+                                      duplicate=done.duplicate)
+        return out
 
     async def _duplicate_statuses(self, out: list[JobSubmitted | None],
                                   dups: list[tuple[int, str]]) -> None:
