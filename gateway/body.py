@@ -20,9 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from schemas.requests import IDEMPOTENCY_KEY_PATTERN
+
 M = TypeVar("M", bound=BaseModel)
-# Visible ASCII without spaces: safe inside a Redis key, in logs and in headers.
-IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,200}$"
 IDEMPOTENCY_KEY_DOC = ("retrying a submit with the same key returns the first job (200, "
                        "`duplicate: true`) instead of creating another; keys live "
                        "IDEMPOTENCY_TTL_S seconds; 1-200 visible ASCII characters")

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query, Request, Response
 from gateway import body
 from gateway.deps import JobIdDep, ProducerDep, WorkerTypeFilter, producer_of
 from gateway.errors import ApiError, responses
-from gateway.models import CancelResult, JobList
+from gateway.models import BatchJob, BatchSubmitted, CancelResult, JobList
 from schemas.records import JobStatusView, JobSubmitted, JobView, job_view, status_view
-from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.requests import InferenceBatch, InferenceRequest, TrainingBatch, TrainingRequest
 from schemas.status import JobStatus
-from streams.errors import JobNotFound
+from streams.errors import AiqError, IdempotencyConflict, JobNotFound, ModelNotReady
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -59,6 +59,69 @@ async def submit_inference(request: Request) -> Response:
         raise ApiError(422, "model_not_found", message, [
             {"field": "body.model_id", "message": message, "type": "model_not_found"}]) from exc
     return _accepted(submitted)
+
+
+_BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "every job is queued, or was already (`duplicate: true` per job)"},
+    200: {"model": BatchSubmitted,
+          "description": "every job's Idempotency-Key matched an earlier job: nothing queued"},
+}
+
+
+def _batch(response: Response, submitted: list[JobSubmitted]) -> BatchSubmitted:
+    jobs = [BatchJob(job_id=s.job_id, status=s.status, worker_type=s.worker_type,
+                     duplicate=s.duplicate) for s in submitted]
+    duplicates = sum(job.duplicate for job in jobs)
+    if duplicates == len(jobs):
+        response.status_code = 200
+    return BatchSubmitted(jobs=jobs, queued=len(jobs) - duplicates, duplicates=duplicates)
+
+
+def _refused(exc: AiqError, status: int, code: str, field: str) -> ApiError:
+    """A batch refused for some of its jobs: the error names each one's field."""
+    fields = [{"field": f"body.jobs[{i}].{field}", "message": str(exc), "type": code}
+              for i in exc.items]
+    return ApiError(status, code, str(exc), fields or None)
+
+
+@router.post("/training/batch", status_code=202, response_model=BatchSubmitted, responses={
+    **_BATCH_RESPONSES, **responses("validation_error", "idempotency_conflict",
+                                    "payload_too_large", "queue_full", "redis_unavailable",
+                                    "not_replicated")})
+async def submit_training_batch(
+    body: TrainingBatch, producer: ProducerDep, response: Response,
+) -> BatchSubmitted:
+    """Queue up to 1,000 training jobs at once, all or none: one invalid job is a 422 naming
+    its field (`body.jobs[3].model_type`) and nothing is queued. Each job may carry its own
+    `idempotency_key`; a batch sent again answers the same job ids (`duplicate: true`)."""
+    try:
+        submitted = await producer.submit_training_batch(
+            [(job, job.idempotency_key) for job in body.jobs])
+    except IdempotencyConflict as exc:
+        raise _refused(exc, 409, exc.code, "idempotency_key") from exc
+    return _batch(response, submitted)
+
+
+@router.post("/inference/batch", status_code=202, response_model=BatchSubmitted, responses={
+    **_BATCH_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
+                                    "idempotency_conflict", "payload_too_large", "queue_full",
+                                    "redis_unavailable", "not_replicated")})
+async def submit_inference_batch(
+    body: InferenceBatch, producer: ProducerDep, response: Response,
+) -> BatchSubmitted:
+    """Queue up to 1,000 inference jobs at once, all or none: every `model_id` must name a
+    succeeded training job (422 `model_not_found` / 409 `model_not_ready` naming each job that
+    does not, and nothing is queued)."""
+    try:
+        submitted = await producer.submit_inference_batch(
+            [(job, job.idempotency_key) for job in body.jobs])
+    except JobNotFound as exc:
+        raise _refused(exc, 422, "model_not_found", "model_id") from exc
+    except ModelNotReady as exc:
+        raise _refused(exc, 409, exc.code, "model_id") from exc
+    except IdempotencyConflict as exc:
+        raise _refused(exc, 409, exc.code, "idempotency_key") from exc
+    return _batch(response, submitted)
 
 
 @router.get("/{job_id}/status", response_model=JobStatusView,
