@@ -147,8 +147,10 @@ class Producer:
         status = JobStatus.QUEUED
         if done.duplicate:  # the earlier job may have run since: its status as it is now
             status = JobStatus(await self.redis.hget(keys.job(done.job_id), "status") or "queued")
-        return JobSubmitted(job_id=done.job_id, status=status, worker_type=job.worker_type,
-                            kind=job.kind, stream=keys.stream(job.kind), duplicate=done.duplicate)
+        # Every value is ours and already typed: no validation pass (one per submit).
+        return JobSubmitted.model_construct(
+            job_id=done.job_id, status=status, worker_type=job.worker_type, kind=job.kind,
+            stream=keys.stream(job.kind), duplicate=done.duplicate)
 
     async def _submit_and_wait(self, keys: list[str], args: list[scripts.Arg]
                                ) -> tuple[list[Any], int]:
