@@ -93,8 +93,10 @@ class WorkerProcess:
         workdir: Path,
         profiler: Profiler | None = None,
         profile_path: Path | None = None,
+        source: Path | None = None,
     ) -> None:
         self.url = url
+        self.source = source  # another checkout whose worker code runs (None: this one)
         self.concurrency = concurrency
         self.workdir = workdir
         self.profiler = profiler
@@ -105,8 +107,11 @@ class WorkerProcess:
         self.spy: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
+        source = {} if self.source is None else {
+            "PYTHONPATH": os.pathsep.join([str(self.source), os.environ.get("PYTHONPATH", "")])}
         return {
             **os.environ,
+            **source,
             "WORKER_TYPE": WORKER_TYPE,
             "MODEL_FRAMEWORK": "diagnostic",
             "REDIS_URL": self.url,
@@ -126,7 +131,7 @@ class WorkerProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, *module], env=self.env(), stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.source,
         )
 
     def attach_py_spy(self) -> None:

