@@ -4,12 +4,14 @@
 -- ARGV[4] job_id  ARGV[5] idempotency ttl s (0: no key)  ARGV[6] request fingerprint
 -- ARGV[7] group  ARGV[8] max queued (the stream's length past which a submit is refused)
 -- ARGV[9] n (entry field pairs)  ARGV[10 .. 9+2n] entry pairs  rest: record-only pairs
--- Returns {0, job_id, entry_id, queued event id} created | {1, job_id, ''} duplicate of an earlier submit (same
---         Idempotency-Key, or a retry of this call)
+-- Returns {0, job_id, entry_id, '0-1'} created ('0-1': the queued event's id, see emit_queued)
+--         {1, job_id, ''} duplicate of an earlier submit (same Idempotency-Key, or a retry of
+--         this call)
 --         {-6, job_id, ''} idempotency key reused with a different request
 --         {-7, length, ''} the stream holds max queued jobs already (acked entries are deleted,
 --         so its length is the jobs not finished): nothing written
--- Event: queued {position, worker_type}
+-- Event: queued {position, worker_type}, in the type's feed only: KEYS[3] (the job's own events
+-- stream) is not written here; the job's next event creates it. The record keeps `position`.
 local stream, record_key, job_events, type_events, index, idem_key, stats =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local job_id, idem_ttl, fingerprint, group = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -39,8 +41,13 @@ for i = 1, #extra, 2 do
   record[#record + 1] = extra[i + 1]
   if extra[i] == 'worker_type' then wt = extra[i + 1] end
 end
+-- Acked entries are deleted, so undelivered = length - pending.
+local pending = 0
+local summary = redis.pcall('XPENDING', stream, group)
+if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
+local position = redis.call('XLEN', stream) - pending
 for _, v in ipairs({'status', 'queued', 'created_at', ts, 'entry_id', entry_id,
-                    'deliveries', 0}) do
+                    'deliveries', 0, 'position', position}) do
   record[#record + 1] = v
 end
 redis.call('HSET', record_key, unpack(record))
@@ -50,11 +57,6 @@ if idem then
   redis.call('EXPIRE', idem_key, idem_ttl)
 end
 count(stats, stream, 'submitted', 1)
--- Acked entries are deleted, so undelivered = length - pending.
-local pending = 0
-local summary = redis.pcall('XPENDING', stream, group)
-if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
-local position = redis.call('XLEN', stream) - pending
-local event_id = emit(job_events, type_events, job_id, 'queued', 'queued',
+local event_id = emit_queued(type_events, job_id,
   cjson.encode({position = position, worker_type = wt}), ts)
 return {0, job_id, entry_id, event_id}
