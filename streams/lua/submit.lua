@@ -34,12 +34,17 @@ for i = 10, 9 + 2 * n do entry[#entry + 1] = ARGV[i] end
 for i = 10 + 2 * n, #ARGV do extra[#extra + 1] = ARGV[i] end
 local entry_id = redis.call('XADD', stream, '*', unpack(entry))
 local ts = now_ms()
-local record = entry
-local wt = ''
-for i = 1, #extra, 2 do
-  record[#record + 1] = extra[i]
-  record[#record + 1] = extra[i + 1]
-  if extra[i] == 'worker_type' then wt = extra[i + 1] end
+-- The record leaves out empty values (every reader takes a missing field as empty): a hash of
+-- fewer fields is smaller.
+local record, wt = {}, ''
+for _, kv in ipairs({entry, extra}) do
+  for i = 1, #kv, 2 do
+    if kv[i + 1] ~= '' then
+      record[#record + 1] = kv[i]
+      record[#record + 1] = kv[i + 1]
+    end
+    if kv[i] == 'worker_type' then wt = kv[i + 1] end
+  end
 end
 -- Acked entries are deleted, so undelivered = length - pending.
 local pending = 0
