@@ -1,5 +1,7 @@
 """``aiq submit training|inference``: build a job request from command-line options (or a JSON
 file), POST it, print the job's id, and with ``--watch`` follow it as ``aiq watch`` does.
+``aiq submit --from-file FILE``: many jobs (a JSON array, or JSON Lines) through the batch
+endpoint, 1,000 per call.
 
 Pure helpers plus one HTTP call, then the two commands (:data:`submit_app`). Errors are
 :class:`SubmitError` with the exit code: 3 for a request the gateway (or this module) refuses,
@@ -28,8 +30,10 @@ __all__ = [
     "build_training",
     "parse_assignments",
     "read_body",
+    "read_jobs",
     "submit",
     "submit_app",
+    "submit_batches",
 ]
 
 Kind = Literal["training", "inference"]
@@ -157,6 +161,96 @@ def submit(base_url: str, kind: Kind, body: dict[str, Any], idempotency_key: str
     raise SubmitError(f"rejected: {message}", code)
 
 
+BATCH_SIZE = 1_000  # the gateway's most jobs per batch call
+
+
+def read_jobs(path: Path) -> list[dict[str, Any]]:
+    """The job requests in ``path`` (``-``: stdin): a JSON array of objects, or JSON Lines (one
+    object a line; blank lines skipped)."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SubmitError(f"--from-file {path}: {exc.strerror or exc}") from exc
+    try:
+        if text.lstrip().startswith("["):
+            jobs = json.loads(text)
+        else:
+            jobs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        raise SubmitError(f"--from-file {path}: not a JSON array nor JSON Lines: {exc}") from exc
+    if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
+        raise SubmitError(f"--from-file {path}: expected JSON objects, one per job")
+    if not jobs:
+        raise SubmitError(f"--from-file {path}: no jobs in it")
+    return jobs
+
+
+def kind_of(jobs: list[dict[str, Any]]) -> Kind:
+    """Inference when every job names a model_id, training when none does."""
+    with_model = sum("model_id" in job for job in jobs)
+    if with_model == len(jobs):
+        return "inference"
+    if with_model == 0:
+        return "training"
+    raise SubmitError("--from-file mixes training and inference jobs (some name a model_id): "
+                      "put them in two files, or give --kind")
+
+
+def _post(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    headers = {"X-API-Key": os.environ["AIQ_API_KEY"]} if os.environ.get("AIQ_API_KEY") else {}
+    try:
+        response = client.post(url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise SubmitError(f"cannot reach the gateway at {url}: {exc or type(exc).__name__}",
+                          WatchExit.UNREACHABLE) from exc
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code in (200, 202) and isinstance(answer, dict) and "jobs" in answer:
+        return answer
+    raise _refusal(response, answer)
+
+
+def _refusal(response: httpx.Response, answer: Any) -> SubmitError:
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):
+        message = f"{error.get('code')}: {error.get('message')}"
+    else:
+        message = f"HTTP {response.status_code} {response.text[:200]}".strip()
+    code = WatchExit.UNREACHABLE if response.status_code >= 500 else WatchExit.USAGE
+    return SubmitError(f"rejected: {message}", code)
+
+
+def submit_batches(base_url: str, kind: Kind, jobs: list[dict[str, Any]],
+                   key_prefix: str | None = None, client: httpx.Client | None = None,
+                   timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """POST ``jobs`` to the batch endpoint, ``BATCH_SIZE`` per call (each call all or none);
+    every job's answer, in order. ``key_prefix``: jobs without an ``idempotency_key`` get
+    ``<prefix>-<n>`` (n: its place in ``jobs``), so submitting the same file again queues
+    nothing twice. A refused call raises; the calls before it stay queued."""
+    url = f"{base_url.rstrip('/')}/jobs/{kind}/batch"
+    if key_prefix:
+        jobs = [job if job.get("idempotency_key") else {**job, "idempotency_key":
+                f"{key_prefix}-{n}"} for n, job in enumerate(jobs)]
+    out: list[dict[str, Any]] = []
+    own = client is None
+    http = client or httpx.Client(timeout=timeout_s)
+    try:
+        for start in range(0, len(jobs), BATCH_SIZE):
+            try:
+                answer = _post(http, url, {"jobs": jobs[start:start + BATCH_SIZE]})
+            except SubmitError as exc:
+                done = f"; jobs 0-{start - 1} were queued before it" if start else ""
+                raise SubmitError(f"jobs {start}-{min(start + BATCH_SIZE, len(jobs)) - 1}: "
+                                  f"{exc}{done}", exc.code) from exc
+            out += answer["jobs"]
+    finally:
+        if own:
+            http.close()
+    return out
+
+
 # --- the commands --------------------------------------------------------------------------
 
 FileOption = Annotated[Path | None, typer.Option(
@@ -171,9 +265,51 @@ GpuMemOption = Annotated[int | None, typer.Option(help="GPU memory estimate (MiB
 
 submit_app = typer.Typer(
     help="Submit a training or inference job and print its id (exit 0; 3 refused, 4 gateway "
-         "unreachable). With --watch, follow it and exit as `aiq watch` does.",
+         "unreachable). With --watch, follow it and exit as `aiq watch` does. With "
+         "--from-file, submit many jobs through the batch endpoint.",
     no_args_is_help=True,
+    invoke_without_command=True,
 )
+
+
+@submit_app.callback()
+def submit_many(
+    ctx: typer.Context,
+    from_file: Annotated[Path | None, typer.Option(
+        "--from-file", help="Many jobs: a JSON array of request bodies, or JSON Lines (`-`: "
+        "stdin); each may carry its own idempotency_key. Sent 1,000 per call, each call all "
+        "or none; prints one job id a line, in order.")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="training or inference (default: inference when every job has a model_id).")
+    ] = None,
+    key_prefix: Annotated[str | None, typer.Option(
+        help="Give each job without an idempotency_key the key PREFIX-<n> (n: its line), so "
+        "running the same command again queues nothing twice.")] = None,
+    as_json: JsonFlag = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    if from_file is None:
+        if ctx.invoked_subcommand is None:
+            _fail(ctx.get_help(), 0)
+        return
+    if ctx.invoked_subcommand is not None:
+        _fail("aiq submit: --from-file takes no training/inference command (see --kind)", 3)
+    try:
+        jobs = read_jobs(from_file)
+        if kind not in (None, "training", "inference"):
+            raise SubmitError(f"--kind {kind!r}: give training or inference")
+        chosen: Kind = kind_of(jobs) if kind is None else \
+            ("training" if kind == "training" else "inference")
+        answers = submit_batches(url, chosen, jobs, key_prefix)
+    except SubmitError as exc:
+        _fail(f"aiq submit: {exc}", exc.code)
+    if as_json:
+        typer.echo(json.dumps(answers, indent=2))
+    else:
+        typer.echo("\n".join(str(a["job_id"]) for a in answers))
+    duplicates = sum(bool(a.get("duplicate")) for a in answers)
+    typer.echo(f"aiq submit: {len(answers) - duplicates} jobs queued, {duplicates} already "
+               "queued earlier (their Idempotency-Key matched)", err=True)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -18,7 +18,7 @@ from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit, TrustedHosts
 from gateway.openapi import install_openapi
 from gateway.promoter import Promoter
-from gateway.routes import api_router, dashboard, events, ws
+from gateway.routes import ROUTERS
 from gateway.settings import GatewaySettings
 from schemas import aiq_version
 from streams.connection import connect as connect_to
@@ -83,9 +83,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                            open_paths=open_paths(settings))
         redact_access_log()
     app.add_middleware(AccessLog)  # outermost: refusals by the host and key checks too
-    app.include_router(api_router)
-    app.include_router(events.router)
-    app.include_router(ws.router)
-    app.include_router(dashboard.router)
+    for router in ROUTERS:
+        app.include_router(router)
     install_openapi(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, cast
 
-from fastapi import Depends, Header, Path, Query
+from fastapi import Depends, Path, Query
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
@@ -16,29 +16,33 @@ from schemas.catalogue import CATALOGUE
 from schemas.requests import JOB_ID_PATTERN
 from streams.producer import Producer
 
-# Visible ASCII without spaces: safe inside a Redis key, in logs and in headers.
-IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,200}$"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
-# HTTPConnection, not Request: the same dependencies serve WebSocket routes.
-def get_settings(conn: HTTPConnection) -> GatewaySettings:
+# HTTPConnection, not Request: the same dependencies serve WebSocket routes. Every dependency is
+# `async def`: FastAPI runs a plain `def` one in the thread pool, a hop per request (issue #15).
+async def get_settings(conn: HTTPConnection) -> GatewaySettings:
     return cast(GatewaySettings, conn.app.state.settings)
 
 
-def get_redis(conn: HTTPConnection) -> Redis:
+async def get_redis(conn: HTTPConnection) -> Redis:
     return cast(Redis, conn.app.state.redis)
 
 
-def get_producer(conn: HTTPConnection) -> Producer:
+def producer_of(conn: HTTPConnection) -> Producer:
+    """The app's producer, for a route that reads its request itself (no dependency pass)."""
     return cast(Producer, conn.app.state.producer)
 
 
-def get_hub(conn: HTTPConnection) -> Hub:
+async def get_producer(conn: HTTPConnection) -> Producer:
+    return producer_of(conn)
+
+
+async def get_hub(conn: HTTPConnection) -> Hub:
     return cast(Hub, conn.app.state.hub)
 
 
-def job_id_path(
+async def job_id_path(
     job_id: Annotated[str, Path(description="a job id, `job_<uuid>`",
                                 examples=["job_12345678-1234-1234-1234-123456789012"])],
 ) -> str:
@@ -48,7 +52,7 @@ def job_id_path(
     return job_id
 
 
-def worker_type_filter(
+async def worker_type_filter(
     worker_type: Annotated[str | None, Query(description="only jobs of this worker type",
                                              examples=sorted(CATALOGUE),
                                              json_schema_extra={"enum": sorted(CATALOGUE)})
@@ -68,10 +72,3 @@ ProducerDep = Annotated[Producer, Depends(get_producer)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 JobIdDep = Annotated[str, Depends(job_id_path)]
 WorkerTypeFilter = Annotated[str | None, Depends(worker_type_filter)]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN,
-           description="retrying a submit with the same key returns the first job (200, "
-                       "`duplicate: true`) instead of creating another; keys live "
-                       "IDEMPOTENCY_TTL_S seconds; 1-200 visible ASCII characters"),
-]

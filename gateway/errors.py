@@ -99,11 +99,19 @@ def error_response(status_code: int, code: str, message: str, details: Any = Non
     return JSONResponse(body.model_dump(mode="json"), status_code, headers=headers)
 
 
+def field_path(loc: Any) -> str:
+    """``("body", "jobs", 3, "model_type")`` → ``body.jobs[3].model_type``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def field_errors(errors: Any) -> list[dict[str, str]]:
     """Pydantic/FastAPI errors as ``{field, message, type}`` (no echoed input, no ctx)."""
     out = []
     for err in errors:
-        field = ".".join(str(part) for part in err.get("loc", ()))
+        field = field_path(err.get("loc", ()))
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         out.append({"field": field, "message": message, "type": str(err.get("type", ""))})
     return out

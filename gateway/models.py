@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from schemas.records import JobStatusView
+from schemas.status import JobStatus
 from schemas.workers import WorkerInfo
 
 
@@ -30,3 +31,21 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     redis: Literal["ok", "unavailable"]
     redis_version: str | None = None
+
+
+class BatchJob(BaseModel):
+    """One job of a batch submit's answer."""
+
+    job_id: str
+    status: JobStatus
+    worker_type: str
+    duplicate: bool = Field(description="true when its Idempotency-Key matched an earlier job "
+                            "(or a job earlier in this batch): no new job was queued for it")
+
+
+class BatchSubmitted(BaseModel):
+    """Answer to a batch submit: every job in the order of the request."""
+
+    jobs: list[BatchJob]
+    queued: int = Field(description="jobs newly queued by this call")
+    duplicates: int = Field(description="jobs whose Idempotency-Key matched an earlier job")

@@ -22,10 +22,15 @@ from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
 from schemas.events import JobEvent
+from schemas.requests import InferenceRequest, TrainingRequest
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 # Named component -> its model: what ``{"$ref": "#/components/schemas/<name>"}`` may point at.
 _COMPONENTS: dict[str, TypeAdapter[Any]] = {"JobEvent": TypeAdapter(JobEvent)}
+# Bodies that routes parse themselves (gateway/body.py) and name in their ``openapi_extra``.
+_REQUEST_BODIES: dict[str, TypeAdapter[Any]] = {
+    "TrainingRequest": TypeAdapter(TrainingRequest),
+    "InferenceRequest": TypeAdapter(InferenceRequest)}
 
 _DEFAULT_422 = "#/components/schemas/HTTPValidationError"
 _OURS = f"#/components/schemas/{ErrorResponse.__name__}"
@@ -106,8 +111,10 @@ def _document_trusted_hosts(spec: dict[str, Any]) -> None:
 def _add_components(schemas: dict[str, Any]) -> None:
     schemas.setdefault(ErrorResponse.__name__, ErrorResponse.model_json_schema(
         ref_template=_REF_TEMPLATE))
-    for name, adapter in _COMPONENTS.items():
-        schema = adapter.json_schema(mode="serialization", ref_template=_REF_TEMPLATE)
+    named = [(name, adapter, "serialization") for name, adapter in _COMPONENTS.items()]
+    named += [(name, adapter, "validation") for name, adapter in _REQUEST_BODIES.items()]
+    for name, adapter, mode in named:
+        schema = adapter.json_schema(mode=mode, ref_template=_REF_TEMPLATE)  # type: ignore[arg-type]
         for def_name, definition in schema.pop("$defs", {}).items():
             schemas.setdefault(def_name, definition)
         schemas.setdefault(name, schema)

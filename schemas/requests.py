@@ -16,8 +16,11 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.catalogue import CATALOGUE, DATA_FREE_MODELS, KNOWN_MODEL_TYPES
+from schemas.catalogue import CATALOGUE, DATA_FREE_MODELS, KNOWN_MODEL_TYPES, RoutingError, route
 
+MAX_BATCH_JOBS = 1_000  # jobs one batch submit may hold
+# Visible ASCII without spaces: safe inside a Redis key, in logs and in headers.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,200}$"
 JOB_ID_PATTERN = r"^job_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 MAX_INLINE_ROWS = 10_000
@@ -142,6 +145,50 @@ class InferenceRequest(BaseModel):
         if self.inputs is not None and len(self.inputs) == 0:
             raise ValueError("inputs must hold at least one row")
         return self
+
+
+_KEY_DOC = ("this job's Idempotency-Key: submitting a batch again returns the same job for it "
+            "(`duplicate: true`); 1-200 visible ASCII characters")
+
+
+def _routable(item: TrainingRequest) -> None:
+    try:
+        route(item.model_type, item.requires_gpu, item.framework_override)
+    except RoutingError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class TrainingBatchItem(TrainingRequest):
+    """One job of a batch: a training request and its own Idempotency-Key."""
+
+    idempotency_key: str | None = Field(default=None, max_length=200,
+                                        pattern=IDEMPOTENCY_KEY_PATTERN, description=_KEY_DOC)
+
+    @model_validator(mode="after")
+    def _routes(self) -> TrainingBatchItem:  # a batch names the job that cannot be routed
+        _routable(self)
+        return self
+
+
+class InferenceBatchItem(InferenceRequest):
+    """One job of a batch: an inference request and its own Idempotency-Key."""
+
+    idempotency_key: str | None = Field(default=None, max_length=200,
+                                        pattern=IDEMPOTENCY_KEY_PATTERN, description=_KEY_DOC)
+
+
+class TrainingBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[TrainingBatchItem] = Field(min_length=1, max_length=MAX_BATCH_JOBS,
+                                          description=f"1 to {MAX_BATCH_JOBS} training jobs")
+
+
+class InferenceBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[InferenceBatchItem] = Field(min_length=1, max_length=MAX_BATCH_JOBS,
+                                           description=f"1 to {MAX_BATCH_JOBS} inference jobs")
 
 
 def dump_json_safe(value: Any) -> Any:

@@ -30,6 +30,8 @@ class AiqError(Exception):
     """Base of every domain error. ``code`` is stable; the message is for people."""
 
     code = "aiq_error"
+    # A batch's jobs that the error is about, by their place in the request (0-based).
+    items: tuple[int, ...] = ()
 
 
 class JobNotFound(AiqError):

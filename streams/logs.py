@@ -8,13 +8,20 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
+
+
+def _orjson(value: object, **_: object) -> str:
+    """JSONRenderer's serializer: orjson, a third of the standard library's cost per line (the
+    gateway writes one access line per request); anything it cannot encode goes as str()."""
+    return orjson.dumps(value, default=str).decode()
 
 
 def configure(level: str = "INFO", json: bool = True) -> None:
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+        structlog.processors.JSONRenderer(serializer=_orjson) if json
+        else structlog.dev.ConsoleRenderer())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -14,28 +14,43 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from schemas.catalogue import CATALOGUE, route
+from schemas.catalogue import CATALOGUE, RoutingError, route
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
-from schemas.records import ENTRY_FIELDS, JobRecord, JobSubmitted
+from schemas.records import JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
 from schemas.status import JobKind, JobStatus
 from streams import scripts
 from streams.connection import connection_options, on_one_connection
 from streams.errors import (
-    QUEUE_FULL,
     IdempotencyConflict,
     JobCancelled,
     JobFailed,
     JobNotFound,
     ModelNotReady,
     NotReplicated,
-    QueueFull,
     raise_for,
 )
 from streams.events import replay
 from streams.groups import ensure_groups
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
+from streams.submission import (
+    CHECK,
+    NO_ROOM_CHECK,
+    WRITE,
+    NewJob,
+    check_size,
+    digest,
+    inference_fingerprint,
+    inference_job,
+    model_ready,
+    outcomes,
+    raise_refused,
+    refusal,
+    same_key_same_request,
+    script_call,
+    training_job,
+)
 
 _TYPE_CACHE = 10_000
 LIST_SCAN = 2_000  # newest jobs a listing reads at most (GET /jobs)
@@ -47,10 +62,6 @@ _BLOCK_SLICE_MS = 2_000
 
 def new_job_id() -> str:
     return f"job_{uuid.uuid4()}"
-
-
-def _dumps(value: Any) -> str:
-    return "" if value is None else orjson.dumps(value).decode()
 
 
 class Producer:
@@ -69,6 +80,7 @@ class Producer:
         self.limits = limits or StreamLimits()
         self.prefix = prefix
         self._grouped: set[str] = set()
+        self._keys: dict[str, QueueKeys] = {}
         self._types: OrderedDict[str, str] = OrderedDict()  # job id -> worker type (LRU)
         self._seen: dict[str, str] = {}  # job id -> its queued event's id
         timeout = connection_options(redis).get("socket_timeout", 5.0)
@@ -76,23 +88,16 @@ class Producer:
             max(10, min(_BLOCK_SLICE_MS, int(timeout * 500)))
 
     def keys(self, worker_type: str) -> QueueKeys:
-        return QueueKeys(worker_type, self.prefix)
+        keys = self._keys.get(worker_type)
+        if keys is None:
+            keys = self._keys[worker_type] = QueueKeys(worker_type, self.prefix)
+        return keys
 
     async def submit_training(
         self, req: TrainingRequest, idempotency_key: str | None = None
     ) -> JobSubmitted:
         worker_type = route(req.model_type, req.requires_gpu, req.framework_override)
-        entry = {
-            "model_type": req.model_type,
-            "gpu_mem_mb": req.gpu_mem_mb or "",
-            "data_path": req.data_path or "",
-            "hyperparameters": _dumps(req.hyperparameters.model_dump(mode="json")),
-            "timeout_s": req.timeout_s or "",
-        }
-        record = {"description": req.description, "requires_gpu": int(req.requires_gpu)}
-        fingerprint = req.model_dump_json() if idempotency_key else ""
-        return await self._submit(JobKind.TRAINING, worker_type, entry, record, fingerprint,
-                                  idempotency_key)
+        return await self._submit(training_job(req, worker_type, new_job_id(), idempotency_key))
 
     async def submit_inference(
         self, req: InferenceRequest, idempotency_key: str | None = None
@@ -108,71 +113,43 @@ class Producer:
             raise ModelNotReady(f"{req.model_id} is an inference job, not a trained model")
         if model.status is not JobStatus.SUCCEEDED:
             raise ModelNotReady(f"model {req.model_id} is {model.status.value}, not succeeded")
-        entry = {
-            "model_type": model.model_type,
-            "gpu_mem_mb": req.gpu_mem_mb or "",
-            "data_path": req.data_path or "",
-            "model_id": req.model_id,
-            "parameters": _dumps(req.parameters),
-            "timeout_s": req.timeout_s or "",
-        }
-        record = {"description": req.description,
-                  "requires_gpu": int(model.requires_gpu),
-                  "inputs": _dumps(req.inputs)}  # stored once: in the record, not the entry
-        return await self._submit(JobKind.INFERENCE, model.worker_type, entry, record,
-                                  req.model_dump_json(), idempotency_key)
+        fields = {"model_type": model.model_type, "worker_type": model.worker_type,
+                  "requires_gpu": str(int(model.requires_gpu))}
+        return await self._submit(inference_job(req, fields, new_job_id(), idempotency_key))
 
-    async def _submit(
-        self,
-        kind: JobKind,
-        worker_type: str,
-        entry: dict[str, Any],
-        record: dict[str, Any],
-        fingerprint: str,
-        idempotency_key: str | None,
-    ) -> JobSubmitted:
-        keys = self.keys(worker_type)
-        if worker_type not in self._grouped:
+    async def _submit(self, job: NewJob) -> JobSubmitted:
+        keys = self.keys(job.worker_type)
+        if job.worker_type not in self._grouped:
             await ensure_groups(self.redis, keys)
-            self._grouped.add(worker_type)
-        job_id = new_job_id()
-        fields = {"job_id": job_id, "kind": kind.value, "attempt": 1, **entry}
-        pairs = [x for name in ENTRY_FIELDS for x in (name, fields.get(name, ""))]
-        extra = [x for kv in {**record, "worker_type": worker_type}.items() for x in kv]
-        idem_key = keys.idempotency(idempotency_key or "-")
-        digest = self._digest(kind, fingerprint) if fingerprint else ""
-        ttl = self.limits.idempotency_ttl_s if idempotency_key else 0
-        stream = keys.stream(kind)
-        script_keys = [stream, keys.job(job_id), keys.job_events(job_id), keys.events,
-                       keys.jobs, idem_key, keys.stats]
-        script_args: list[scripts.Arg] = [
-            *self.limits.common_args(), job_id, ttl, digest, GROUP, self.limits.max_queued,
-            len(ENTRY_FIELDS), *pairs, *extra]
+            self._grouped.add(job.worker_type)
+        script_keys, script_args = script_call(keys, self.limits, [job], WRITE,
+                                               self.limits.max_queued)
         acked = None
         if self.wait_replicas:
             reply, acked = await self._submit_and_wait(script_keys, script_args)
         else:
             reply = await scripts.SUBMIT(self.redis, script_keys, script_args)
-        code, got_id, *rest = reply
-        if code == QUEUE_FULL:
-            raise QueueFull(f"{worker_type} holds {got_id} {kind.value} jobs not finished, "
-                            f"its limit (MAX_QUEUED); submit again later")
-        raise_for(code, "", f"Idempotency-Key {idempotency_key!r} was used for another request")
+        error = refusal(reply, [job], [0])
+        if error is not None:
+            error.items = ()
+            raise error
+        (done,) = outcomes(reply)
         if acked is not None and acked < self.wait_replicas:
             raise NotReplicated(
-                f"job {got_id} was written to the master, but {acked} of {self.wait_replicas} "
-                f"replicas confirmed it within {self.wait_timeout_ms} ms; submit again with "
-                "the same Idempotency-Key", got_id, acked, self.wait_replicas)
-        self._remember(got_id, worker_type)
-        if code == 0:
-            self._seen[got_id] = rest[1]  # wait() blocks right after the queued event
+                f"job {done.job_id} was written to the master, but {acked} of "
+                f"{self.wait_replicas} replicas confirmed it within {self.wait_timeout_ms} ms; "
+                "submit again with the same Idempotency-Key", done.job_id, acked,
+                self.wait_replicas)
+        self._remember(done.job_id, job.worker_type)
+        if not done.duplicate:
+            self._seen[done.job_id] = done.event_id  # wait() blocks right after the queued event
             if len(self._seen) > _TYPE_CACHE:
                 self._seen.pop(next(iter(self._seen)))
         status = JobStatus.QUEUED
-        if code == 1:  # the earlier job may have run since: its status as it is now
-            status = JobStatus(await self.redis.hget(keys.job(got_id), "status") or "queued")
-        return JobSubmitted(job_id=got_id, status=status, worker_type=worker_type, kind=kind,
-                            stream=stream, duplicate=code == 1)
+        if done.duplicate:  # the earlier job may have run since: its status as it is now
+            status = JobStatus(await self.redis.hget(keys.job(done.job_id), "status") or "queued")
+        return JobSubmitted(job_id=done.job_id, status=status, worker_type=job.worker_type,
+                            kind=job.kind, stream=keys.stream(job.kind), duplicate=done.duplicate)
 
     async def _submit_and_wait(self, keys: list[str], args: list[scripts.Arg]
                                ) -> tuple[list[Any], int]:
@@ -188,9 +165,193 @@ class Producer:
                 raise result
         return list(reply), int(acked)
 
+    # --- batches: many jobs in one call, all or none ----------------------------------------
+
+    async def submit_training_batch(
+        self, items: Sequence[tuple[TrainingRequest, str | None]]
+    ) -> list[JobSubmitted]:
+        """Queue up to MAX_BATCH_JOBS training jobs, each with its own Idempotency-Key (or
+        None), all or none (see ``_submit_batch``); the answers in the order of ``items``."""
+        check_size(items)
+        jobs = []
+        for i, (req, key) in enumerate(items):
+            try:
+                worker_type = route(req.model_type, req.requires_gpu, req.framework_override)
+            except RoutingError as exc:
+                raise RoutingError(f"jobs[{i}]: {exc}") from None
+            jobs.append(training_job(req, worker_type, new_job_id(), key))
+        same_key_same_request([(job.idempotency_key, job.fingerprint) for job in jobs])
+        return await self._submit_batch(jobs, list(range(len(jobs))))
+
+    async def submit_inference_batch(
+        self, items: Sequence[tuple[InferenceRequest, str | None]]
+    ) -> list[JobSubmitted]:
+        """Queue up to MAX_BATCH_JOBS inference jobs, all or none. Every model is looked up
+        first: ``JobNotFound`` / ``ModelNotReady`` carry the positions (``items``) of every job
+        whose model is unknown / not a succeeded training job, and nothing is queued."""
+        check_size(items)
+        prints = [inference_fingerprint(req) if key else "" for req, key in items]
+        same_key_same_request([(key, fp) for (_, key), fp in zip(items, prints, strict=True)])
+        earlier = await self._earlier_batch(
+            JobKind.INFERENCE, [(key, fp) for (_, key), fp in zip(items, prints, strict=True)])
+        todo = [i for i in range(len(items)) if i not in earlier]
+        models = await self._models({items[i][0].model_id for i in todo})
+        missing = [i for i in todo if models.get(items[i][0].model_id) is None]
+        if missing:
+            error: JobNotFound | ModelNotReady = JobNotFound(
+                f"model_id names no training job (unknown or expired) in jobs{missing[:10]}")
+            error.items = tuple(missing)
+            raise error
+        refused = [i for i in todo if not model_ready(models[items[i][0].model_id])]
+        if refused:
+            error = ModelNotReady(f"the model is not a succeeded training job in "
+                                  f"jobs{refused[:10]}")
+            error.items = tuple(refused)
+            raise error
+        found = {model_id: m for model_id, m in models.items() if m is not None}
+        jobs = [inference_job(items[i][0], found[items[i][0].model_id], new_job_id(),
+                              items[i][1]) for i in todo]
+        done = iter(await self._submit_batch(jobs, todo))
+        return [earlier[i] if i in earlier else next(done) for i in range(len(items))]
+
+    async def _submit_batch(self, jobs: list[NewJob], positions: list[int]
+                            ) -> list[JobSubmitted]:
+        """One submit call per worker type (one hash slot each), pipelined. A batch of one type
+        is one script: checked whole, then written, atomically. A batch of several types is
+        first checked in every slot by the same script in check mode (writes nothing), and
+        written only when every slot accepts; the write pass then skips the queue-room check
+        (admitted already) but still refuses a key that another request took in between: the
+        one race that can leave such a batch partly queued (see docs/API.md)."""
+        if not jobs:  # e.g. every job of an inference batch matched an earlier key
+            return []
+        groups: dict[str, list[int]] = {}
+        for n, job in enumerate(jobs):
+            groups.setdefault(job.worker_type, []).append(n)
+        per_type = {wt: [jobs[n] for n in ns] for wt, ns in groups.items()}
+        where = {wt: [positions[n] for n in ns] for wt, ns in groups.items()}
+        max_queued = self.limits.max_queued
+        if len(groups) > 1:
+            checks = await scripts.execute(self.redis, [
+                (scripts.SUBMIT, *script_call(self.keys(wt), self.limits, js, CHECK, max_queued))
+                for wt, js in per_type.items()])
+            raise_refused(checks, per_type, where, written=False)
+            max_queued = NO_ROOM_CHECK
+        calls = [script_call(self.keys(wt), self.limits, js, WRITE, max_queued)
+                 for wt, js in per_type.items()]
+        replies, acked = await self._write_batch(calls)
+        raise_refused(replies, per_type, where, written=True)
+        for worker_type in groups:  # after the write: a refused batch leaves no empty stream
+            if worker_type not in self._grouped:
+                await ensure_groups(self.redis, self.keys(worker_type))
+                self._grouped.add(worker_type)
+        out = self._answers(jobs, groups, replies)
+        if acked and min(acked) < self.wait_replicas:
+            first = next(o for o in out if o is not None)
+            raise NotReplicated(
+                f"the batch was written to the master, but only {min(acked)} of "
+                f"{self.wait_replicas} replicas confirmed it within {self.wait_timeout_ms} ms; "
+                "submit it again with the same Idempotency-Keys", first.job_id, min(acked),
+                self.wait_replicas)
+        await self._duplicate_statuses(out, [(n, self.keys(o.worker_type).job(o.job_id))
+                                             for n, o in enumerate(out)
+                                             if o is not None and o.duplicate])
+        return [o for o in out if o is not None]
+
+    async def _write_batch(self, calls: list[tuple[list[str], list[scripts.Arg]]]
+                           ) -> tuple[list[Any], list[int]]:
+        """The write pass, pipelined: the replies, and with durable submit how many replicas
+        confirmed each call (WAIT on the call's own connection)."""
+        if not self.wait_replicas:
+            replies = await scripts.execute(self.redis, [(scripts.SUBMIT, k, a) for k, a in calls])
+            return replies, []
+        waited = await asyncio.gather(*(self._submit_and_wait(k, a) for k, a in calls))
+        return [reply for reply, _ in waited], [n for _, n in waited]
+
+    def _answers(self, jobs: list[NewJob], groups: dict[str, list[int]], replies: list[Any]
+                 ) -> list[JobSubmitted | None]:
+        out: list[JobSubmitted | None] = [None] * len(jobs)
+        for (wt, ns), reply in zip(groups.items(), replies, strict=True):
+            keys = self.keys(wt)
+            for n, done in zip(ns, outcomes(reply), strict=True):
+                self._remember(done.job_id, wt)
+                out[n] = JobSubmitted(job_id=done.job_id, status=JobStatus.QUEUED,
+                                      worker_type=wt, kind=jobs[n].kind,
+                                      stream=keys.stream(jobs[n].kind),
+                                      duplicate=done.duplicate)
+        return out
+
+    async def _duplicate_statuses(self, out: list[JobSubmitted | None],
+                                  dups: list[tuple[int, str]]) -> None:
+        """Duplicates answer their earlier job's status as it is now (one pipelined read)."""
+        if not dups:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, record in dups:
+                pipe.hget(record, "status")
+            statuses = await pipe.execute()
+        for (n, _), status in zip(dups, statuses, strict=True):
+            job = out[n]
+            assert job is not None
+            out[n] = job.model_copy(update={"status": JobStatus(status or "queued")})
+
+    async def _earlier_batch(self, kind: JobKind, keyed: list[tuple[str | None, str]]
+                             ) -> dict[int, JobSubmitted]:
+        """``_earlier`` for many (key, fingerprint digest) at once: position -> the job an
+        earlier submit with that key made; IdempotencyConflict (with ``items``) when one was
+        used for another request."""
+        asked = [(i, key, fp) for i, (key, fp) in enumerate(keyed) if key]
+        if not asked:
+            return {}
+        names = list(CATALOGUE)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, key, _ in asked:
+                for name in names:
+                    pipe.hmget(self.keys(name).idempotency(key), "job_id", "fingerprint")
+            found = iter(await pipe.execute())
+        hits: list[tuple[int, str, str]] = []  # position, worker type, job id
+        for i, key, fp in asked:
+            for name in names:
+                job_id, stored = next(found)
+                if job_id is None:
+                    continue
+                if stored != fp:
+                    error = IdempotencyConflict(
+                        f"jobs[{i}]: Idempotency-Key {key!r} was used for another request")
+                    error.items = (i,)
+                    raise error
+                hits.append((i, name, job_id))
+        out: list[JobSubmitted | None] = [None] * len(keyed)
+        for i, name, job_id in hits:
+            keys = self.keys(name)
+            self._remember(job_id, name)
+            out[i] = JobSubmitted(job_id=job_id, status=JobStatus.QUEUED, worker_type=name,
+                                  kind=kind, stream=keys.stream(kind), duplicate=True)
+        await self._duplicate_statuses(out, [(i, self.keys(name).job(job_id))
+                                             for i, name, job_id in hits])
+        return {i: job for i, job in enumerate(out) if job is not None}
+
+    async def _models(self, model_ids: set[str]) -> dict[str, dict[str, str] | None]:
+        """The record fields an inference job needs of each model (None: no such job): one
+        pipelined look-up across the catalogue."""
+        ids, names = sorted(model_ids), list(CATALOGUE)
+        fields = ("kind", "status", "model_type", "worker_type", "requires_gpu")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in ids:
+                for name in names:
+                    pipe.hmget(self.keys(name).job(model_id), *fields)
+            found = iter(await pipe.execute())
+        out: dict[str, dict[str, str] | None] = {}
+        for model_id in ids:
+            out[model_id] = None
+            for _ in names:
+                values = next(found)
+                if values[0] is not None and values[3] is not None:
+                    out[model_id] = dict(zip(fields, values, strict=True))
+        return out
+
     @staticmethod
     def _digest(kind: JobKind, fingerprint: str) -> str:
-        return hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest()
+        return digest(kind, fingerprint)
 
     async def _earlier(self, kind: JobKind, fingerprint: str, idempotency_key: str
                        ) -> JobSubmitted | None:
@@ -201,10 +362,10 @@ class Producer:
             for name in names:
                 pipe.hmget(self.keys(name).idempotency(idempotency_key), "job_id", "fingerprint")
             found = await pipe.execute()
-        for name, (job_id, digest) in zip(names, found, strict=True):
+        for name, (job_id, stored) in zip(names, found, strict=True):
             if job_id is None:
                 continue
-            if digest != self._digest(kind, fingerprint):
+            if stored != self._digest(kind, fingerprint):
                 raise IdempotencyConflict(
                     f"Idempotency-Key {idempotency_key!r} was used for another request")
             keys = self.keys(name)
@@ -374,3 +535,4 @@ class Producer:
         error = data.get("error") or {}
         raise JobFailed(f"job {job_id} failed: {error.get('code')}: {error.get('message')}",
                         error)
+

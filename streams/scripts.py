@@ -36,11 +36,12 @@ class Script:
         return cls(name, text, hashlib.sha1(text.encode()).hexdigest())
 
     async def __call__(self, redis: Redis, keys: list[str], args: list[Arg]) -> Any:
+        # The command itself, not ``redis.evalsha``: two wrappers fewer on every submit.
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await redis.script_load(self.text)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Pipeline, keys: list[str], args: list[Arg]) -> None:
         # Not ``pipe.evalsha``: redis-py's cluster pipeline refuses that method, yet routes

@@ -249,6 +249,38 @@ def test_submit_json_idempotency_and_file(stack: Stack, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_submit_from_file_uses_the_batch_endpoint_in_chunks_of_1000(
+        stack: Stack, tmp_path: Path) -> None:
+    """JSON Lines of 1,001 jobs: two batch calls; with --key-prefix the same command again
+    queues nothing twice. A JSON array with one bad job queues none of its chunk (exit 3)."""
+    lines = tmp_path / "sweep.jsonl"
+    lines.write_text("\n".join(json.dumps({"model_type": "noop", "hyperparameters": {"i": i}})
+                               for i in range(1001)) + "\n\n")
+    first = aiq("submit", "--from-file", str(lines), "--key-prefix", "cli-sweep",
+                "--url", stack.url)
+    assert first.returncode == 0, first.stderr
+    ids = first.stdout.split()
+    assert len(ids) == len(set(ids)) == 1001
+    assert "1001 jobs queued, 0 already queued" in first.stderr
+    again = aiq("submit", "--from-file", str(lines), "--key-prefix", "cli-sweep", "--json",
+                "--url", stack.url)
+    assert again.returncode == 0, again.stderr
+    answers = json.loads(again.stdout)
+    assert [a["job_id"] for a in answers] == ids and all(a["duplicate"] for a in answers)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"model_type": "noop"}, {"model_type": "nope"}]))
+    with redis_sync.Redis.from_url(stack.redis_url, decode_responses=True) as client:
+        submitted = client.hget(KEYS.stats, "submitted")
+        refused = aiq("submit", "--from-file", str(bad), "--url", stack.url)
+        assert refused.returncode == 3
+        assert "body.jobs[1].model_type" in refused.stderr
+        assert client.hget(KEYS.stats, "submitted") == submitted
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([{"model_type": "noop"}, {"model_id": ids[0]}]))
+    assert aiq("submit", "--from-file", str(mixed), "--url", stack.url).returncode == 3
+
+
+@pytest.mark.slow
 def test_submit_refused_exits_3_and_unreachable_exits_4(stack: Stack) -> None:
     refused = aiq("submit", "training", "--model-type", "nope", "--url", stack.url)
     assert refused.returncode == 3

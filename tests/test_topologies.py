@@ -23,6 +23,9 @@ from httpx import AsyncClient
 from websockets.asyncio.client import connect
 
 from consumers.runtime import Worker
+from schemas.status import JobKind
+from streams.connection import connect as redis_client
+from streams.keys import QueueKeys
 from tests.conftest import TOPOLOGIES, topology_url
 from tests.gateway.live import LiveGateway, live_gateway, read_events
 from tests.gateway.payloads import in_status, submit
@@ -127,6 +130,38 @@ async def test_idempotent_submit(stack: Stack) -> None:
     other = await stack.http.post("/jobs/training", json={**body, "description": "x"},
                                   headers=headers)
     assert other.status_code == 409
+
+
+async def test_batch_submit_over_several_slots(stack: Stack) -> None:
+    """Three worker types, so three hash slots (on the cluster, masters): every slot is checked
+    before any is written, a retry answers the same jobs, a conflict in one slot writes none."""
+    tag = f"batch-{stack.topology}"
+    bodies = [{"model_type": "noop", "idempotency_key": f"{tag}-0"},
+              {"model_type": "random_forest", "data_path": "builtin:digits",
+               "idempotency_key": f"{tag}-1"},
+              {"model_type": "bert", "data_path": "/data/s.csv", "idempotency_key": f"{tag}-2"}]
+    first = await stack.http.post("/jobs/training/batch", json={"jobs": bodies})
+    assert first.status_code == 202, first.text
+    assert [j["worker_type"] for j in first.json()["jobs"]] == ["diagnostic", "sklearn",
+                                                                "pytorch-2.1"]
+    again = await stack.http.post("/jobs/training/batch", json={"jobs": bodies})
+    assert again.status_code == 200
+    assert again.json()["jobs"] == [{**j, "duplicate": True, "status": again.json()["jobs"][i][
+        "status"]} for i, j in enumerate(first.json()["jobs"])]
+    redis = redis_client(stack.url)
+    try:
+        streams = [QueueKeys(t).stream(JobKind.TRAINING) for t in ("sklearn", "pytorch-2.1")]
+        before = [await redis.xlen(s) for s in streams]
+        conflict = [{"model_type": "random_forest", "data_path": "builtin:digits"},
+                    {"model_type": "bert", "data_path": "/data/s.csv"},
+                    {**bodies[0], "description": "another job"}]
+        r = await stack.http.post("/jobs/training/batch", json={"jobs": conflict})
+        assert r.status_code == 409, r.text
+        assert [d["field"] for d in r.json()["error"]["details"]] == \
+            ["body.jobs[2].idempotency_key"]
+        assert [await redis.xlen(s) for s in streams] == before
+    finally:
+        await redis.aclose()
 
 
 async def test_queues_and_workers(stack: Stack) -> None:

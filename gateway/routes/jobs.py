@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from gateway.deps import IdempotencyKeyHeader, JobIdDep, ProducerDep, WorkerTypeFilter
+from gateway import body
+from gateway.deps import JobIdDep, ProducerDep, WorkerTypeFilter, producer_of
 from gateway.errors import ApiError, responses
-from gateway.models import CancelResult, JobList
+from gateway.models import BatchJob, BatchSubmitted, CancelResult, JobList
 from schemas.records import JobStatusView, JobSubmitted, JobView, job_view, status_view
-from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.requests import InferenceBatch, InferenceRequest, TrainingBatch, TrainingRequest
 from schemas.status import JobStatus
-from streams.errors import JobNotFound
+from streams.errors import AiqError, IdempotencyConflict, JobNotFound, ModelNotReady
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -23,40 +24,104 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _accepted(response: Response, submitted: JobSubmitted) -> JobSubmitted:
-    response.headers["Location"] = submitted.status_url
-    if submitted.duplicate:
-        response.status_code = 200
-    return submitted
+def _accepted(submitted: JobSubmitted) -> Response:
+    """202 (200 for a duplicate) with ``Location``. The response is built here rather than by
+    FastAPI's response_model pass (the model stays declared, for the spec): issue #15."""
+    return Response(submitted.model_dump_json(), media_type="application/json",
+                    status_code=200 if submitted.duplicate else 202,
+                    headers={"Location": submitted.status_url})
 
 
 @router.post("/training", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "routing_error", "idempotency_conflict",
-                                     "payload_too_large", "queue_full", "redis_unavailable")})
-async def submit_training(
-    body: TrainingRequest, producer: ProducerDep, response: Response,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JobSubmitted:
+                                     "payload_too_large", "queue_full", "redis_unavailable")},
+    openapi_extra=body.submit_spec(TrainingRequest))
+async def submit_training(request: Request) -> Response:
     """Queue a training job on the worker type its model type routes to."""
-    return _accepted(response, await producer.submit_training(body, idempotency_key))
+    key = body.idempotency_key(request)
+    req = await body.parse(request, TrainingRequest)
+    return _accepted(await producer_of(request).submit_training(req, key))
 
 
 @router.post("/inference", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
                                      "idempotency_conflict", "payload_too_large",
-                                     "queue_full", "redis_unavailable")})
-async def submit_inference(
-    body: InferenceRequest, producer: ProducerDep, response: Response,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JobSubmitted:
+                                     "queue_full", "redis_unavailable")},
+    openapi_extra=body.submit_spec(InferenceRequest))
+async def submit_inference(request: Request) -> Response:
     """Queue an inference job on the model of a succeeded training job (`model_id`)."""
+    key = body.idempotency_key(request)
+    req = await body.parse(request, InferenceRequest)
     try:
-        submitted = await producer.submit_inference(body, idempotency_key)
+        submitted = await producer_of(request).submit_inference(req, key)
     except JobNotFound as exc:
-        message = f"model_id {body.model_id} names no training job (unknown or expired)"
+        message = f"model_id {req.model_id} names no training job (unknown or expired)"
         raise ApiError(422, "model_not_found", message, [
             {"field": "body.model_id", "message": message, "type": "model_not_found"}]) from exc
-    return _accepted(response, submitted)
+    return _accepted(submitted)
+
+
+_BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "every job is queued, or was already (`duplicate: true` per job)"},
+    200: {"model": BatchSubmitted,
+          "description": "every job's Idempotency-Key matched an earlier job: nothing queued"},
+}
+
+
+def _batch(response: Response, submitted: list[JobSubmitted]) -> BatchSubmitted:
+    jobs = [BatchJob(job_id=s.job_id, status=s.status, worker_type=s.worker_type,
+                     duplicate=s.duplicate) for s in submitted]
+    duplicates = sum(job.duplicate for job in jobs)
+    if duplicates == len(jobs):
+        response.status_code = 200
+    return BatchSubmitted(jobs=jobs, queued=len(jobs) - duplicates, duplicates=duplicates)
+
+
+def _refused(exc: AiqError, status: int, code: str, field: str) -> ApiError:
+    """A batch refused for some of its jobs: the error names each one's field."""
+    fields = [{"field": f"body.jobs[{i}].{field}", "message": str(exc), "type": code}
+              for i in exc.items]
+    return ApiError(status, code, str(exc), fields or None)
+
+
+@router.post("/training/batch", status_code=202, response_model=BatchSubmitted, responses={
+    **_BATCH_RESPONSES, **responses("validation_error", "idempotency_conflict",
+                                    "payload_too_large", "queue_full", "redis_unavailable",
+                                    "not_replicated")})
+async def submit_training_batch(
+    body: TrainingBatch, producer: ProducerDep, response: Response,
+) -> BatchSubmitted:
+    """Queue up to 1,000 training jobs at once, all or none: one invalid job is a 422 naming
+    its field (`body.jobs[3].model_type`) and nothing is queued. Each job may carry its own
+    `idempotency_key`; a batch sent again answers the same job ids (`duplicate: true`)."""
+    try:
+        submitted = await producer.submit_training_batch(
+            [(job, job.idempotency_key) for job in body.jobs])
+    except IdempotencyConflict as exc:
+        raise _refused(exc, 409, exc.code, "idempotency_key") from exc
+    return _batch(response, submitted)
+
+
+@router.post("/inference/batch", status_code=202, response_model=BatchSubmitted, responses={
+    **_BATCH_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
+                                    "idempotency_conflict", "payload_too_large", "queue_full",
+                                    "redis_unavailable", "not_replicated")})
+async def submit_inference_batch(
+    body: InferenceBatch, producer: ProducerDep, response: Response,
+) -> BatchSubmitted:
+    """Queue up to 1,000 inference jobs at once, all or none: every `model_id` must name a
+    succeeded training job (422 `model_not_found` / 409 `model_not_ready` naming each job that
+    does not, and nothing is queued)."""
+    try:
+        submitted = await producer.submit_inference_batch(
+            [(job, job.idempotency_key) for job in body.jobs])
+    except JobNotFound as exc:
+        raise _refused(exc, 422, "model_not_found", "model_id") from exc
+    except ModelNotReady as exc:
+        raise _refused(exc, 409, exc.code, "model_id") from exc
+    except IdempotencyConflict as exc:
+        raise _refused(exc, 409, exc.code, "idempotency_key") from exc
+    return _batch(response, submitted)
 
 
 @router.get("/{job_id}/status", response_model=JobStatusView,

@@ -141,9 +141,9 @@ MODEL_ID = "job_00000000-0000-0000-0000-000000000000"
     ("/jobs/training", '{"model_type": "noop", "description": "\\udfff"}',
      "body.description", "valid string"),
     ("/jobs/inference", '{"model_id": "' + MODEL_ID + '", "inputs": [[1, Infinity]]}',
-     "body.inputs.0.1", "numbers must be finite"),
+     "body.inputs[0][1]", "numbers must be finite"),
     ("/jobs/inference", '{"model_id": "' + MODEL_ID + '", "inputs": [[-99999999999999999999]]}',
-     "body.inputs.0.0", "integers must fit in 64 bits"),
+     "body.inputs[0][0]", "integers must fit in 64 bits"),
     ("/jobs/inference", '{"model_id": "' + MODEL_ID + '", "inputs": [[1]], '
      '"parameters": {"t": -Infinity}}', "body.parameters.t", "numbers must be finite"),
 ])
