@@ -26,6 +26,8 @@ ENTRY_FIELDS: tuple[str, ...] = (
 # A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
 # worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
 REQUEUE_FIELDS: tuple[str, ...] = (*ENTRY_FIELDS, "overrides")
+# A finished job's status -> the field its result key holds (JSON).
+OUTCOME_FIELDS = {"succeeded": "result", "failed": "error"}
 _JSON_FIELDS = ("hyperparameters", "inputs", "parameters", "result", "error", "progress",
                 "overrides", "waiting")
 
@@ -139,8 +141,13 @@ class JobRecord(BaseModel):
     waiting: dict[str, Any] | None = None  # why a queued job waits (GPU admission), latest
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
+    def from_hash(cls, raw: dict[str, str], outcome: str | None = None) -> JobRecord:
+        """``outcome``: the job's result key (its result when it succeeded, its error when it
+        failed), kept out of the hash so that the hash stays small (see streams/keys.py)."""
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
+        field = OUTCOME_FIELDS.get(data.get("status", ""))
+        if outcome and field:
+            data[field] = outcome
         for name in _JSON_FIELDS:
             if name in data:
                 data[name] = _loads(data[name], None)

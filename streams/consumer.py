@@ -289,7 +289,8 @@ class QueueConsumer:
         args: list[Arg] = [*self._common, GROUP, self.name]
         for e in items:
             d = e.delivery
-            keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id)]
+            keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id),
+                     self.keys.job_result(d.job_id)]
             args += [d.job_id, d.entry_id, e.payload]
         return script, keys, args
 

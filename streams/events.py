@@ -5,6 +5,16 @@ Every event is written twice by the scripts (``_common.lua`` ``emit``): to the j
 ``ai:{type}:events`` with one extra field, ``event_id``: the id of the same event in the job's
 stream. Live readers follow the feeds; anyone who may have missed something replays the job's
 stream after the last id they saw. The client must decode responses (``decode_responses=True``).
+
+Two events are not always in the job's stream, and a replay rebuilds them from the job's record
+(so a job costs no stream while it waits, and none after ``EVENTS_TTL_S``):
+
+* ``queued`` is written to the feed only (``emit_queued``), under the id ``0-1`` that sorts before
+  every real one; the record keeps its ``created_at``, ``worker_type`` and ``position``.
+* the final event (``succeeded``, ``failed``, ``cancelled``), once the job's stream expired: it
+  comes back under its own id (the record's ``final_event_id``) with the job's result or error
+  (its result key).
+  The events in between (started, progress, ...) are gone with the stream.
 """
 
 from __future__ import annotations
@@ -13,9 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from schemas.catalogue import CATALOGUE
+from schemas.records import OUTCOME_FIELDS
 from schemas.status import TERMINAL_STATUSES
 from streams.keys import DEFAULT_PREFIX, QueueKeys
 
@@ -25,6 +37,9 @@ StreamId = tuple[int, int]
 _ID = re.compile(r"^(\d+)(?:-(\d+))?$")
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 REPLAY_PAGE = 500
+QUEUED_EVENT_ID = "0-1"  # the queued event's id (streams/lua/_common.lua, emit_queued)
+# Record fields a replay reads besides the events (the final event's payload only when needed).
+_HEAD = ("status", "created_at", "worker_type", "position", "finished_at", "final_event_id")
 
 
 MAX_ID_PART = 2**64 - 1  # both parts of a Redis stream id are unsigned 64-bit integers
@@ -76,19 +91,54 @@ async def _page(redis: Redis, stream: str, after: str) -> list[Entry]:
 
 
 async def replay(redis: Redis, keys: QueueKeys, job_id: str, after: str = "0-0") -> Replay:
-    """The job's events after ``after`` (exclusive), oldest first, and the job's status."""
-    stream = keys.job_events(job_id)
-    if parse_id(after) == MAX_ID:  # nothing can come after it (and XRANGE refuses "(max")
-        return Replay(entries=[], status=await redis.hget(keys.job(job_id), "status"))
+    """The job's events after ``after`` (exclusive), oldest first, and the job's status; the
+    queued and final events rebuilt from the record where the job's stream lacks them."""
+    stream, record = keys.job_events(job_id), keys.job(job_id)
+    entries: list[Entry] = []
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(keys.job(job_id), "status")  # before the range: see Replay
-        pipe.xrange(stream, f"({normalize_id(after)}", "+", count=REPLAY_PAGE)
-        status, entries = await pipe.execute()
-    page = entries
+        pipe.hmget(record, _HEAD)  # before the range: see Replay
+        if parse_id(after) != MAX_ID:  # nothing can come after it (and XRANGE refuses "(max")
+            pipe.xrange(stream, f"({normalize_id(after)}", "+", count=REPLAY_PAGE)
+        head_values, *ranged = await pipe.execute()
+    head = dict(zip(_HEAD, head_values, strict=True))
+    page = entries = ranged[0] if ranged else []
     while len(page) == REPLAY_PAGE:
         page = await _page(redis, stream, entries[-1][0])
         entries += page
+    status = head["status"]
+    if status is None:
+        return Replay(entries=entries, status=None)
+    if parse_id(after) < parse_id(QUEUED_EVENT_ID) and not (
+            entries and entries[0][1].get("type") == "queued"):  # jobs from before 0-1
+        entries.insert(0, _queued(job_id, head))
+    if status in _TERMINAL and not any(f.get("type") in _TERMINAL for _, f in entries):
+        final_id = head["final_event_id"] or f"{head['finished_at'] or 0}-0"
+        if id_after(final_id, after):  # not seen yet, and its stream expired: from the record
+            entries.append(await _final(redis, keys, job_id, status, final_id, head))
     return Replay(entries=entries, status=status)
+
+
+def _queued(job_id: str, head: dict[str, str | None]) -> Entry:
+    data = orjson.dumps({"position": int(head["position"] or 0),
+                         "worker_type": head["worker_type"] or ""}).decode()
+    return QUEUED_EVENT_ID, {"type": "queued", "job_id": job_id, "ts": head["created_at"] or "0",
+                             "status": "queued", "data": data}
+
+
+async def _final(redis: Redis, keys: QueueKeys, job_id: str, status: str, final_id: str,
+                 head: dict[str, str | None]) -> Entry:
+    """The final event as the job's stream held it (the scripts' write_final): its result or
+    error from the job's result key (from the record for jobs stored before that key)."""
+    field = OUTCOME_FIELDS.get(status)
+    data = "{}"
+    if field is not None:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.job_result(job_id))
+            pipe.hget(keys.job(job_id), field)
+            outcome, inline = await pipe.execute()
+        data = f'{{"{field}":{outcome or inline or "null"}}}'
+    return final_id, {"type": status, "job_id": job_id, "ts": head["finished_at"] or "0",
+                      "status": status, "data": data}
 
 
 def feed_streams(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:

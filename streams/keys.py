@@ -7,7 +7,11 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:inference:{pytorch-2.1}:queue     stream of inference jobs
     ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue
     ai:{pytorch-2.1}:job:<job_id>        job record (hash)
-    ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it)
+    ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it; made by
+                                         its first event after queued, kept EVENTS_TTL_S
+                                         once it ended)
+    ai:{pytorch-2.1}:job:<job_id>:result a finished job's result (succeeded) or error (failed),
+                                         JSON (string; expires with the record)
     ai:{pytorch-2.1}:events              events of all jobs of the type (capped stream)
     ai:{pytorch-2.1}:jobs                job ids by creation time (sorted set)
     ai:{pytorch-2.1}:delayed             jobs waiting out a retry backoff (sorted set, due ms)
@@ -74,6 +78,9 @@ class QueueKeys:
 
     def job_events(self, job_id: str) -> str:
         return f"{self._base}:job:{job_id}:events"
+
+    def job_result(self, job_id: str) -> str:
+        return f"{self._base}:job:{job_id}:result"
 
     def worker(self, worker_id: str) -> str:
         return f"{self._base}:worker:{worker_id}"

@@ -30,6 +30,7 @@ from streams.errors import (
     NotReplicated,
     raise_for,
 )
+from streams.events import replay
 from streams.groups import ensure_groups
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.limits import StreamLimits
@@ -400,13 +401,16 @@ class Producer:
         raise JobNotFound(f"no job {job_id}")
 
     async def get(self, job_id: str) -> JobRecord:
-        worker_type = await self.worker_type_of(job_id)
-        raw = await self.redis.hgetall(self.keys(worker_type).job(job_id))
+        keys = self.keys(await self.worker_type_of(job_id))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.job(job_id))
+            pipe.get(keys.job_result(job_id))
+            raw, outcome = await pipe.execute()
         if not raw:
             self._types.pop(job_id, None)
             raise JobNotFound(f"no job {job_id}")
         try:
-            return JobRecord.from_hash(raw)
+            return JobRecord.from_hash(raw, outcome)
         except ValidationError:  # a partial record (written by hand, or half expired)
             raise JobNotFound(f"no job {job_id} (its record is incomplete)") from None
 
@@ -448,11 +452,12 @@ class Producer:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for _, name, job_id in chunk:
                     pipe.hgetall(self.keys(name).job(job_id))
-                raws = await pipe.execute()
-            for raw in raws:
+                    pipe.get(self.keys(name).job_result(job_id))
+                replies = await pipe.execute()
+            for raw, outcome in zip(replies[::2], replies[1::2], strict=True):
                 if raw and (status is None or raw.get("status") == status.value):
                     try:
-                        out.append(JobRecord.from_hash(raw))
+                        out.append(JobRecord.from_hash(raw, outcome))
                     except ValidationError:  # one unreadable record must not fail the list
                         continue
                     if len(out) >= limit:
@@ -466,7 +471,16 @@ class Producer:
         while blocked; the gateway shares one reader instead (hub)."""
         keys = self.keys(await self.worker_type_of(job_id))
         stream = keys.job_events(job_id)
+        history = await replay(self.redis, keys, job_id, after)  # + queued/final from the record
         last = after
+        for entry_id, fields in history.entries:
+            last = entry_id
+            event = parse_event(entry_id, fields)
+            yield event
+            if event.type in TERMINAL_EVENTS:
+                return
+        if history.finished:
+            return
         while True:
             got = await self.redis.xread({stream: last}, count=100,
                                          block=min(block_ms, self._slice_ms))

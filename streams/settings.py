@@ -6,7 +6,7 @@ point and passes it down; no module imports a global settings object.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.connection import RedisTarget, parse_target
@@ -29,8 +29,14 @@ class RedisSettings(BaseSettings):
     redis_port: int = Field(default=6379, ge=1, le=65535)
     redis_prefix: str = Field(default="ai", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
 
-    job_retention_s: int = Field(default=7 * 24 * 3600, ge=1, description="finished job "
-                                 "records and their events expire after this")
+    result_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=1,
+        validation_alias=AliasChoices("result_ttl_s", "job_retention_s"),
+        description="a finished job's record (status, result, error) expires after this; "
+                    "JOB_RETENTION_S is its deprecated alias (RESULT_TTL_S wins when both are set)")
+    events_ttl_s: int = Field(default=3600, ge=1, description="a finished job's events stream "
+                              "expires after this (at most RESULT_TTL_S); after it, a replay "
+                              "rebuilds the queued and final events from the record")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     job_events_maxlen: int = Field(default=1000, ge=10)
     type_events_maxlen: int = Field(default=10_000, ge=100)
@@ -65,7 +71,8 @@ class RedisSettings(BaseSettings):
             job_events_maxlen=self.job_events_maxlen,
             type_events_maxlen=self.type_events_maxlen,
             dead_maxlen=self.dead_letter_maxlen,
-            retention_s=self.job_retention_s,
+            retention_s=self.result_ttl_s,
+            events_ttl_s=self.events_ttl_s,
             idempotency_ttl_s=self.idempotency_ttl_s,
             max_queued=self.max_queued,
         )

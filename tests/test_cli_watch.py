@@ -163,8 +163,10 @@ def lifecycle(output: str) -> list[str]:
 
 
 def stream_ids(stack: Stack, job_id: str) -> list[str]:
+    """The SSE ids of the job's events: the queued event's 0-1 (it is kept in the type's feed
+    and the record), then its stream's."""
     with redis_sync.Redis.from_url(stack.redis_url, decode_responses=True) as client:
-        return [entry_id for entry_id, _ in client.xrange(KEYS.job_events(job_id))]
+        return ["0-1", *[entry_id for entry_id, _ in client.xrange(KEYS.job_events(job_id))]]
 
 
 @pytest.mark.slow

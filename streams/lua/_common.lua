@@ -1,7 +1,12 @@
 -- Shared helpers, prepended to every script by streams/scripts.py.
 -- Every script's ARGV starts with the same three values:
---   ARGV[1] job_events_maxlen   ARGV[2] type_events_maxlen   ARGV[3] retention_s
-local JOB_MAXLEN, TYPE_MAXLEN, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3])
+--   ARGV[1] job_events_maxlen   ARGV[2] type_events_maxlen
+--   ARGV[3] retention: '<result ttl s>:<events ttl s>' (a finished job's record, and its events
+--           stream, expire after these; a bare number is both, as before EVENTS_TTL_S existed)
+local JOB_MAXLEN, TYPE_MAXLEN = ARGV[1], ARGV[2]
+local RETENTION, EVENTS_TTL = string.match(ARGV[3], '^(%d+):?(%d*)$')
+RETENTION = tonumber(RETENTION)
+EVENTS_TTL = math.min(tonumber(EVENTS_TTL) or RETENTION, RETENTION)
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -21,6 +26,8 @@ end
 -- bounds bytes: an event's data larger than FEED_DATA_MAX goes there as {} with truncated=1
 -- (readers that need it, e.g. SSE, read the whole event from the job's stream by event_id).
 -- Returns the job stream's entry id.
+-- A job's stream is created by its first event after `queued` (see emit_queued), so a job that
+-- waits in the queue costs no stream of its own (a stream costs ~4.8 KB however short it is).
 local FEED_DATA_MAX = 4096
 local function emit(job_events, type_events, job_id, etype, status, data, ts)
   local id = redis.call('XADD', job_events, 'MAXLEN', '~', JOB_MAXLEN, '*',
@@ -34,6 +41,17 @@ local function emit(job_events, type_events, job_id, etype, status, data, ts)
       'type', etype, 'job_id', job_id, 'ts', ts, 'status', status, 'data', data, 'event_id', id)
   end
   return id
+end
+
+-- The `queued` event of a submit goes to the type's feed only, under this id: no job stream
+-- entry has a lower one, so an SSE replay puts the event (rebuilt from the record's created_at,
+-- worker_type and position: streams/events.py) first, and Last-Event-ID 0-1 resumes after it.
+local QUEUED_EVENT_ID = '0-1'
+local function emit_queued(type_events, job_id, data, ts)
+  redis.call('XADD', type_events, 'MAXLEN', '~', TYPE_MAXLEN, '*',
+    'type', 'queued', 'job_id', job_id, 'ts', ts, 'status', 'queued', 'data', data,
+    'event_id', QUEUED_EVENT_ID)
+  return QUEUED_EVENT_ID
 end
 
 -- The lowest and highest of stream entry ids ('-', '+' when one is not an id): the range an
@@ -82,13 +100,16 @@ local function prune_index(index, ts)
   redis.call('ZREMRANGEBYSCORE', index, '-inf', ts - RETENTION * 1000)
 end
 
--- The one terminal write of a job: status, finished_at and `fields` ({name, value, ...}) in
--- its record, its final event with `data`, both kept for the retention from now.
+-- The one terminal write of a job: status, finished_at, the final event's id and `fields`
+-- ({name, value, ...}) in its record, its final event with `data`. The record is kept for the
+-- result TTL from now, the events stream for the (shorter) events TTL; once that expired, a
+-- replay rebuilds the final event from the record, under its own id (final_event_id).
 local function write_final(record, job_events, type_events, job_id, status, fields, data, ts)
-  redis.call('HSET', record, 'status', status, 'finished_at', ts, unpack(fields))
+  local id = emit(job_events, type_events, job_id, status, status, data, ts)
+  redis.call('HSET', record, 'status', status, 'finished_at', ts, 'final_event_id', id,
+    unpack(fields))
   redis.call('EXPIRE', record, RETENTION)
-  emit(job_events, type_events, job_id, status, status, data, ts)
-  redis.call('EXPIRE', job_events, RETENTION)
+  redis.call('EXPIRE', job_events, EVENTS_TTL)
 end
 
 -- The stats hash counts each outcome per worker type (`succeeded`) and per kind of job as
@@ -146,31 +167,35 @@ local function release_entry(stream, group, entry_id, consumer, record, stats)
   return nil
 end
 
--- complete and fail: many jobs of one stream in one call.
+-- complete and fail: many jobs of one stream in one call. The result (or error) goes to the
+-- job's result key, not to its record: a hash with any value over 64 bytes is stored as a
+-- hashtable (hash-max-listpack-value), several times the size of the listpack it is otherwise.
 -- KEYS[1] stream  KEYS[2] type events  KEYS[3] stats  KEYS[4] jobs index
--- KEYS[3+2i] record of job i  KEYS[4+2i] its events
+-- KEYS[2+3i] record of job i  KEYS[3+3i] its events  KEYS[4+3i] its result key
 -- ARGV[4] group  ARGV[5] consumer  ARGV[3+3i] job_id  ARGV[4+3i] entry id  ARGV[5+3i] payload
 -- Returns per job: 0 accepted | -1 fenced (not this consumer's entry: rejected, counted)
 --   | -5 the job's record is gone: its entry is acked and deleted, nothing written
 local function finish_batch(status, field)
   local stream, type_events, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local group, consumer = ARGV[4], ARGV[5]
-  local n, ts = (#KEYS - 4) / 2, now_ms()
+  local n, ts = (#KEYS - 4) / 3, now_ms()
   local batch_ids = {}
   for i = 1, n do batch_ids[i] = ARGV[4 + 3 * i] end
   local owned = owned_by(stream, group, consumer, batch_ids)
   local out, ids = {}, {}
   for i = 1, n do
     local job_id, entry_id, payload = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-    if owned[entry_id] and record_gone(KEYS[3 + 2 * i]) then
+    local record = KEYS[2 + 3 * i]
+    if owned[entry_id] and record_gone(record) then
       owned[entry_id] = nil
       ack_delete(stream, group, entry_id)
       out[i] = -5
     elseif owned[entry_id] then
       owned[entry_id] = nil  -- the same entry twice in one batch: only the first counts
       ids[#ids + 1] = entry_id
-      write_final(KEYS[3 + 2 * i], KEYS[4 + 2 * i], type_events, job_id, status,
-        {field, payload}, '{"' .. field .. '":' .. payload .. '}', ts)
+      write_final(record, KEYS[3 + 3 * i], type_events, job_id, status, {},
+        '{"' .. field .. '":' .. payload .. '}', ts)
+      redis.call('SET', KEYS[4 + 3 * i], payload, 'EX', RETENTION)
       out[i] = 0
     else
       out[i] = -1

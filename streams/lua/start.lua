@@ -39,7 +39,7 @@ local function start_one(record, job_events, job_id, entry_id)
     'inputs')
   if not st[1] then  -- the record was deleted (or expired): what is left of the job goes too
     dead_letter(job_id, entry_id, deliveries, 'record_missing')
-    redis.call('EXPIRE', job_events, RETENTION)
+    redis.call('EXPIRE', job_events, EVENTS_TTL)
     redis.call('ZREM', index, job_id)
     return {-5, deliveries, 0}
   end

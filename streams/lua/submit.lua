@@ -13,13 +13,15 @@
 -- then per job a block of 2+e+r values: job_id, request fingerprint ('' = no key), values
 -- Returns {code, detail, detail2, then per job: flag, job_id, status, queued event id}
 --   code 0: every job written (check: would be). flag 0 new (status queued; its event id,
---     '' in check mode) | 1 duplicate: job_id of the earlier job (same Idempotency-Key and
---     request, earlier or in this batch, or a retry of this very call); the caller reads
---     its status (its record's key is not one of KEYS)
+--     '0-1' (see emit_queued), '' in check mode) | 1 duplicate: job_id of the earlier job
+--     (same Idempotency-Key and request, earlier or in this batch, or a retry of this very
+--     call); the caller reads its status (its record's key is not one of KEYS)
 --   {-6, i, job_id} job i's key was used for another request (job_id): nothing written
 --   {-7, length, new} the stream holds `length` jobs not finished (acked entries are deleted)
 --     and `new` more would pass max queued: nothing written
--- Event: queued {position, worker_type} per new job
+-- Event: queued {position, worker_type} per new job, in the type's feed only: a job's own
+-- events stream (KEYS[3+3i], named so that every key is declared) is not written here; the
+-- job's next event creates it. The record keeps `position` (a replay rebuilds the event).
 local stream, type_events, index, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, max_queued, mode = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local idem_ttl, e, r = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -51,7 +53,8 @@ local function classify(i, seen)
   return 'new', job_id
 end
 
--- The one place a new job is written: its entry, its record, its queued event.
+-- The one place a new job is written: its entry, its record, its queued event (feed only).
+-- `position`: the job's place among the undelivered entries, itself included.
 local function write_job(i, ts, position)
   local at = first + (i - 1) * block
   local job_id = ARGV[at]
@@ -61,18 +64,22 @@ local function write_job(i, ts, position)
     entry[#entry + 1] = ARGV[at + 1 + k]
   end
   local entry_id = redis.call('XADD', stream, '*', unpack(entry))
+  -- The record leaves out empty values (every reader takes a missing field as empty): a hash
+  -- of fewer fields is smaller.
   for k = 1, e + r do
-    local name = ARGV[names_at + k - 1]
-    record[#record + 1] = name
-    record[#record + 1] = ARGV[at + 1 + k]
-    if name == 'worker_type' then wt = ARGV[at + 1 + k] end
+    local name, value = ARGV[names_at + k - 1], ARGV[at + 1 + k]
+    if value ~= '' then
+      record[#record + 1] = name
+      record[#record + 1] = value
+    end
+    if name == 'worker_type' then wt = value end
   end
   for _, v in ipairs({'status', 'queued', 'created_at', ts, 'entry_id', entry_id,
-                      'deliveries', 0}) do
+                      'deliveries', 0, 'position', position}) do
     record[#record + 1] = v
   end
   redis.call('HSET', KEYS[2 + 3 * i], unpack(record))
-  return emit(KEYS[3 + 3 * i], type_events, job_id, 'queued', 'queued',
+  return emit_queued(type_events, job_id,
     cjson.encode({position = position, worker_type = wt}), ts)
 end
 

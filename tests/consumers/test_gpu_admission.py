@@ -31,6 +31,7 @@ from schemas.events import EventType, WaitingEvent, parse_event
 from schemas.records import status_view
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind, JobStatus
+from streams.events import replay
 from streams.keys import GROUP, QueueKeys
 from streams.producer import Producer
 from tests.support import eventually, running_worker, settings_for, spawn_worker
@@ -55,7 +56,8 @@ def one_gpu(free_mb: int, total_mb: int = 1000) -> ScriptedDevices:
 
 
 async def events(redis: Redis, job_id: str) -> list[Any]:
-    return [parse_event(i, f) for i, f in await redis.xrange(KEYS.job_events(job_id))]
+    """The job's events as a replay gives them (queued is rebuilt from the record)."""
+    return [parse_event(i, f) for i, f in (await replay(redis, KEYS, job_id)).entries]
 
 
 async def waiting_events(redis: Redis, job_id: str) -> list[WaitingEvent]:

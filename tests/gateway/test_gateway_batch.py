@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from aiq.redis_server import RedisServer
 from schemas.status import JobKind
+from streams.events import QUEUED_EVENT_ID, replay
 from streams.keys import QueueKeys
 from tests.support import run_burst, settings_for
 
@@ -61,8 +62,10 @@ async def test_a_batch_of_several_worker_types_queues_every_job_in_order(
     first = answer["jobs"][3]  # the jobs are the ones asked for, each readable as usual
     view = (await client.get(f"/jobs/{first['job_id']}")).json()
     assert view["model_type"] == "noop" and view["hyperparameters"]["steps"] == 3
-    events = await redis.xrange(QueueKeys("diagnostic").job_events(first["job_id"]))
-    assert [e[1]["type"] for e in events] == ["queued"]
+    # Its queued event: in the type's feed and the record only (no job stream while queued).
+    events = (await replay(redis, QueueKeys("diagnostic"), first["job_id"])).entries
+    assert [(i, e["type"]) for i, e in events] == [(QUEUED_EVENT_ID, "queued")]
+    assert not await redis.exists(QueueKeys("diagnostic").job_events(first["job_id"]))
 
 
 @pytest.mark.parametrize("where", [0, 3, 999])

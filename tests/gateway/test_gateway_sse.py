@@ -42,7 +42,9 @@ async def http(gateway: LiveGateway) -> AsyncIterator[AsyncClient]:
 
 
 async def stored_ids(redis: Redis, job_id: str) -> list[str]:
-    return [entry_id for entry_id, _ in await redis.xrange(DIAG.job_events(job_id))]
+    """The ids of the job's events: its stream's, after the queued event's 0-1 (the queued
+    event lives in the type's feed and the record, not in the job's stream)."""
+    return ["0-1", *[entry_id for entry_id, _ in await redis.xrange(DIAG.job_events(job_id))]]
 
 
 def check_frames(got: list[Frame], job_id: str) -> None:
@@ -341,3 +343,29 @@ async def test_a_large_result_stays_out_of_the_type_feed_and_still_reaches_sse(
     assert feed["truncated"] == "1" and feed["data"] == "{}"
     own = [f for _, f in await redis.xrange(keys.job_events(job_id)) if f["type"] == "succeeded"]
     assert len(own[0]["data"]) > 20_000
+
+
+async def test_replay_of_a_queued_job_and_of_one_whose_events_expired(redis_url: str,
+                                                                    redis: Redis) -> None:
+    """A queued job has no events stream: its replay is its queued event (id 0-1, rebuilt from
+    the record). Once a finished job's events expired (EVENTS_TTL_S), its replay is the queued
+    event and then the final one under its own id, with the result or error; a client that saw
+    the final event gets an empty stream."""
+    async with live_gateway(redis_url, events_ttl_s=1) as gw, \
+            AsyncClient(base_url=gw.url, timeout=10) as client:
+        job_id = await submit(client)
+        got, _ = await read_events(client, f"/jobs/{job_id}/events", limit=1)
+        assert [(f.id, f.event, f.json["position"]) for f in got] == [("0-1", "queued", 1)]
+        assert (await client.post(f"/jobs/{job_id}/cancel")).status_code == 200
+        [final_id] = [i for i, _ in await redis.xrange(DIAG.job_events(job_id))]
+
+        async def expired() -> bool:
+            return not await redis.exists(DIAG.job_events(job_id))
+        await eventually(expired, timeout=30, what="the job's events expired")
+        got, ended = await read_events(client, f"/jobs/{job_id}/events")
+        assert ended and [(f.id, f.event) for f in got] == [("0-1", "queued"),
+                                                           (final_id, "cancelled")]
+        check_frames(got, job_id)
+        got, ended = await read_events(client, f"/jobs/{job_id}/events",
+                                       **{"Last-Event-ID": final_id})
+        assert ended and got == []

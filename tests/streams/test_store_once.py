@@ -41,6 +41,7 @@ async def test_inputs_are_stored_once_and_reach_the_worker(redis: Redis, redis_u
         assert rec.status is JobStatus.SUCCEEDED, rec.error
         assert rec.result is not None and rec.result["n"] == 100 * (n + 1)
         assert rec.result["predictions"] == [len(r) for r in rows[: 100 * (n + 1)]]
-    status, error = await redis.hmget(KEYS.job(bad.job_id), "status", "error")
+    status = await redis.hget(KEYS.job(bad.job_id), "status")
+    error = await redis.get(KEYS.job_result(bad.job_id))  # a failed job's error is kept there
     assert status == "failed" and error is not None
     assert '"record_malformed"' in error and "not a list of rows" in error

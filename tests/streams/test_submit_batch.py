@@ -12,7 +12,8 @@ from schemas.requests import TrainingRequest
 from schemas.status import JobKind
 from streams import scripts
 from streams.errors import IDEMPOTENCY_CONFLICT, QUEUE_FULL, IdempotencyConflict, QueueFull
-from streams.keys import QueueKeys
+from streams.events import QUEUED_EVENT_ID, replay
+from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
 from streams.producer import Producer, new_job_id
 from streams.submission import CHECK, NO_ROOM_CHECK, WRITE, outcomes, script_call, training_job
@@ -103,13 +104,31 @@ async def test_room_is_checked_for_the_new_jobs_only_unless_admitted(redis: Redi
 
 
 async def test_queued_events_count_positions_across_the_batch(redis: Redis) -> None:
-    got = outcomes(await call(redis, jobs(*[(None, i) for i in range(3)])))
-    positions = []
-    for o in got:
-        (_, fields), = await redis.xrange(KEYS.job_events(o.job_id))
-        positions.append(orjson.loads(fields["data"]))
-    assert positions == [{"position": i, "worker_type": "diagnostic"} for i in (1, 2, 3)]
-    assert len(await redis.xrange(KEYS.events)) == 3
+    """Each new job's position (the undelivered entries, itself included) is in its queued
+    event (the type's feed only, id 0-1) and in its record; no job stream is made. A second call
+    mixes a duplicate with new jobs, after one job was delivered (pending: not counted)."""
+    first = jobs(("a", 0), (None, 1), (None, 2))
+    got = outcomes(await call(redis, first))
+    await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=1)  # job 1 is delivered
+    second = jobs((None, 3), ("a", 0), (None, 4))
+    got += outcomes(await call(redis, second))
+    new = [o for o in got if not o.duplicate]
+    assert [o.job_id for o in new] == [j.job_id for j in (*first, second[0], second[2])]
+    assert {o.event_id for o in new} == {QUEUED_EVENT_ID}
+    positions = {f["job_id"]: orjson.loads(f["data"]) for _, f in await redis.xrange(KEYS.events)}
+    expected = [1, 2, 3, 3, 4]  # the delivered first job no longer counts
+    assert [positions[o.job_id] for o in new] == [
+        {"position": p, "worker_type": "diagnostic"} for p in expected]
+    for o, p in zip(new, expected, strict=True):
+        assert await redis.hget(KEYS.job(o.job_id), "position") == str(p)
+        assert not await redis.exists(KEYS.job_events(o.job_id))
+        [(event_id, fields)] = (await replay(redis, KEYS, o.job_id)).entries
+        assert event_id == QUEUED_EVENT_ID and fields["type"] == "queued"
+        assert orjson.loads(fields["data"]) == {"position": p, "worker_type": "diagnostic"}
+    # Empty values are left out of the record (no data_path, gpu_mem_mb, timeout_s here).
+    record = await redis.hgetall(KEYS.job(new[0].job_id))
+    assert "" not in record.values() and "data_path" not in record
 
 
 async def test_producer_batch_over_several_types_refuses_all_when_one_slot_refuses(
