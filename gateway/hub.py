@@ -151,15 +151,17 @@ class Subscription(Generic[T]):
     async def get(self, timeout: float | None = None) -> T | None:
         """The oldest item; None after ``timeout`` s, on ``poke``, when closed, or on
         ``mark_stale``. Without a timeout no timer is armed per wait (SSE streams rely on the
-        hub's heartbeat pokes instead)."""
-        if not self.items and not self.closed:
-            self._wake.clear()
+        hub's heartbeat pokes instead). A wake-up that came while the client was busy (between
+        two gets) is not lost: it was a lost ``mark_stale`` that left an SSE client without its
+        job's large final event until the next heartbeat."""
+        if not self.items and not self.closed and not self._wake.is_set():
             if timeout is None:
                 await self._wake.wait()
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
+        self._wake.clear()
         return self.items.popleft() if self.items else None
 
 
