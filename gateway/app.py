@@ -14,11 +14,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.access_log import AccessLog
 from gateway.auth import ApiKeyAuth, open_paths, redact_access_log
 from gateway.errors import install_error_handlers
+from gateway.fast_submit import FastSubmit
 from gateway.hub import Hub
 from gateway.middleware import BodySizeLimit, TrustedHosts
 from gateway.openapi import install_openapi
 from gateway.promoter import Promoter
-from gateway.routes import ROUTERS
+from gateway.routes import ROUTERS, jobs
 from gateway.settings import GatewaySettings
 from schemas import aiq_version
 from streams.connection import connect as connect_to
@@ -75,6 +76,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Innermost: the submit paths answered without the routing pass (same endpoints, handlers).
+    app.add_middleware(FastSubmit, endpoints=jobs.FAST_ENDPOINTS,
+                       handlers=app.exception_handlers)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.hosts:
         app.add_middleware(TrustedHosts, hosts=settings.hosts)
