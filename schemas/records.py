@@ -21,7 +21,7 @@ from schemas.status import JobKind, JobStatus
 # hands them to the worker that starts the job.
 ENTRY_FIELDS: tuple[str, ...] = (
     "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "data_path",
-    "hyperparameters", "model_id", "parameters", "timeout_s",
+    "hyperparameters", "model_id", "parameters", "timeout_s", "max_retries",
 )
 # A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
 # worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
@@ -52,6 +52,7 @@ class JobMessage(BaseModel):
     inputs: list[list[Any]] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)  # the job's own; '' (absent): unset
     # Set by a worker for the next attempt, e.g. after CUDA OOM:
     # {"hyperparameters": {"batch_size": 16}, "oom_retries": [{"batch_size": 64, ...}, ...]}
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -126,6 +127,7 @@ class JobRecord(BaseModel):
     requires_gpu: bool = False
     gpu_mem_mb: int | None = None
     timeout_s: float | None = None
+    max_retries: int | None = None
     attempt: int = 1
     deliveries: int = 0
     worker: str | None = None
@@ -225,6 +227,9 @@ class JobView(JobStatusView):
     gpu_mem_mb: int | None = None
     timeout_s: float | None = Field(default=None, description="as submitted (absent: the "
                                     "worker type's JOB_TIMEOUT_S)")
+    max_retries: int | None = Field(default=None, description="as submitted (absent: the "
+                                    "worker type's MAX_RETRIES); the job is retried at most "
+                                    "min(this, MAX_RETRIES) times")
     deliveries: int = 0
     worker: str | None = None
     cancel_requested: bool = False

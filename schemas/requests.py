@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StringConstraints,
     field_validator,
     model_validator,
@@ -30,6 +31,12 @@ MAX_TIMEOUT_S = 30 * 24 * 3600  # the largest timeout_s a request may ask; worke
 _TIMEOUT_DOC = ("seconds the job's code may run (each attempt); past it the job fails with "
                 "code timeout. Default: the worker type's JOB_TIMEOUT_S; at most its "
                 "MAX_JOB_TIMEOUT_S")
+MAX_JOB_RETRIES = 1_000  # the largest max_retries a request may ask
+_RETRIES_DOC = ("how many times a retryable failure of the job is retried (0: never run "
+                "twice); at most the worker type's MAX_RETRIES, which is also the default")
+
+# A job's own retry budget: an integer 0 to MAX_JOB_RETRIES (no bool, float or string).
+MaxRetries = Annotated[StrictInt | None, Field(ge=0, le=MAX_JOB_RETRIES, description=_RETRIES_DOC)]
 
 
 def json_safe(value: Any) -> Any:
@@ -108,6 +115,7 @@ class TrainingRequest(BaseModel):
     gpu_mem_mb: int | None = Field(default=None, gt=0, le=16_777_216,
                                    description="GPU memory estimate (MiB)")
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
+    max_retries: MaxRetries = None
 
     _model_type = field_validator("model_type")(_check_model_type)
 
@@ -137,6 +145,7 @@ class InferenceRequest(BaseModel):
     description: Text = Field(default="", max_length=2000)
     gpu_mem_mb: int | None = Field(default=None, gt=0, le=16_777_216)
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
+    max_retries: MaxRetries = None
 
     @model_validator(mode="after")
     def _one_source(self) -> InferenceRequest:

@@ -37,6 +37,11 @@ def _dumps(value: Any) -> str:
     return "" if value is None else orjson.dumps(value).decode()
 
 
+def _blank(value: int | None) -> int | str:
+    """An optional number as an entry value: '' when unset (0 is a value, not unset)."""
+    return "" if value is None else value
+
+
 def digest(kind: JobKind, fingerprint: str) -> str:
     """What an idempotency key stores of its request: a hash of the kind and the request."""
     return hashlib.sha256(f"{kind}:{fingerprint}".encode()).hexdigest()
@@ -68,6 +73,7 @@ def training_job(req: TrainingRequest, worker_type: str, job_id: str,
         "data_path": req.data_path or "",
         "hyperparameters": req.hyperparameters.model_dump_json(),
         "timeout_s": req.timeout_s or "",
+        "max_retries": _blank(req.max_retries),
     }
     record = {"description": req.description, "requires_gpu": int(req.requires_gpu),
               "worker_type": worker_type}
@@ -87,6 +93,7 @@ def inference_job(req: InferenceRequest, model: dict[str, str], job_id: str,
         "model_id": req.model_id,
         "parameters": _dumps(req.parameters),
         "timeout_s": req.timeout_s or "",
+        "max_retries": _blank(req.max_retries),
     }
     record = {"description": req.description,
               "requires_gpu": int(model.get("requires_gpu") or 0),
