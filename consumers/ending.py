@@ -9,6 +9,10 @@
 | `lost`        | nothing: another worker owns the job now, this run's result is dropped |
 | `failed`      | CUDA OOM with batch size left to halve: `Retry` with it halved;       |
 |               | retryable with attempts left: `Retry` after a backoff; else `Fail`     |
+
+Attempts left: a job is retried at most min(its own ``max_retries``, the worker's MAX_RETRIES)
+times (MAX_RETRIES alone when it set none); its own ``max_retries`` bounds CUDA OOM halvings
+too, and retry.lua enforces it again (a retry past it fails the job).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def ending_for(d: Delivery, outcome: Outcome, settings: WorkerSettings) -> Endin
 def _failed(d: Delivery, outcome: Outcome, settings: WorkerSettings) -> Ending:
     if oom.applies(d.message, outcome.error):
         return _oom(d, outcome, settings)
-    if outcome.retryable and d.attempt < settings.max_retries + 1:
+    if outcome.retryable and d.attempt < retry_budget(d, settings) + 1:
         return Retry.of(d, outcome.error, backoff_ms(settings, d.attempt))
     if outcome.retryable:
         outcome.error["message"] += f" (gave up after {d.attempt} attempts)"
@@ -44,9 +48,16 @@ def _oom(d: Delivery, outcome: Outcome, settings: WorkerSettings) -> Ending:
     """CUDA OOM: again with batch_size halved, within its own bound (consumers/oom.py)."""
     assert d.message is not None
     overrides = oom.next_overrides(d.message, settings.oom_max_halvings)
-    if overrides is None:
+    own = d.message.max_retries
+    if overrides is None or (own is not None and d.attempt >= own + 1):
         return Fail.of(d, oom.final_error(d.message, outcome.error))
     return Retry.of(d, outcome.error, backoff_ms(settings, 1), overrides)
+
+
+def retry_budget(d: Delivery, settings: WorkerSettings) -> int:
+    """How many times the job may be retried: its own ``max_retries`` within the worker's."""
+    own = d.message.max_retries if d.message is not None else None
+    return settings.max_retries if own is None else min(own, settings.max_retries)
 
 
 def backoff_ms(settings: WorkerSettings, attempt: int) -> int:

@@ -21,7 +21,8 @@ class WorkerSettings(RedisSettings):
                                    "reclaimed after this long")
     reclaim_interval_s: float | None = Field(default=None, gt=0)
     max_deliveries: int = Field(default=5, ge=1)
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(default=3, ge=0, description="MAX_RETRIES: retries of retryable "
+                             "errors; the default and the maximum of a job's own max_retries")
     retry_backoff_s: float = Field(default=1.0, gt=0)
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
     job_timeout_s: float = Field(default=24 * 3600, gt=0, description="JOB_TIMEOUT_S: how long "

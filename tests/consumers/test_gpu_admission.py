@@ -369,3 +369,17 @@ def test_scripted_devices_and_the_nvml_boundary(tmp_path: Path) -> None:
     if visible_gpu_count() == 0:  # this machine: no GPU (or no NVML bindings)
         with pytest.raises(GpuUnavailable):
             open_devices(None)
+
+
+async def test_a_jobs_own_max_retries_bounds_its_cuda_oom_halvings(
+        redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    """Each halving is an attempt: a job with ``max_retries: 1`` is halved once, then fails
+    with the OOM error (the worker's OOM_MAX_HALVINGS would allow 3)."""
+    producer = Producer(redis)
+    req = gpu_job(batch_size=64, oom_above=1).model_copy(update={"max_retries": 1})
+    async with running_worker(gpu_settings(redis_url, tmp_path, oom_max_halvings=3)):
+        sub = await producer.submit_training(req)
+        rec = await producer.wait(sub.job_id, timeout=15)
+    assert rec.status is JobStatus.FAILED and rec.attempt == 2
+    assert rec.error is not None and rec.error.code == "cuda_oom" and not rec.error.retryable
+    assert "64 → 32" in rec.error.message and "16" not in rec.error.message

@@ -58,6 +58,27 @@ async def test_retries_exhausted_fail(redis: Redis, redis_url: str, tmp_path: Pa
     assert rec.error is not None and "gave up after 2 attempts" in rec.error.message
 
 
+def flaky(max_retries: int | None) -> TrainingRequest:
+    return TrainingRequest(model_type="fail", hyperparameters={"error": "retryable"},
+                           max_retries=max_retries)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("own", "worker_max", "retries"), [(0, 3, 0), (1, 3, 1), (10, 1, 1)])
+async def test_a_jobs_own_max_retries_bounds_its_retries_within_the_workers(
+        redis: Redis, redis_url: str, tmp_path: Path, own: int, worker_max: int,
+        retries: int) -> None:
+    """Per-job ``max_retries``: 0 fails at once after one attempt, 1 retries once; a job asking
+    for more than the worker's MAX_RETRIES gets MAX_RETRIES."""
+    producer = Producer(redis)
+    async with running_worker(settings_for(redis_url, tmp_path, max_retries=worker_max)):
+        sub = await producer.submit_training(flaky(own))
+        rec = await producer.wait(sub.job_id, timeout=15)
+    assert rec.status is JobStatus.FAILED and rec.attempt == retries + 1
+    assert rec.max_retries == own
+    assert rec.error is not None and f"gave up after {retries + 1} attempts" in rec.error.message
+    assert (await events(redis, sub.job_id)).count("retrying") == retries
+
+
 async def test_malformed_entry_is_dead_lettered_and_worker_goes_on(
         redis: Redis, redis_url: str, tmp_path: Path) -> None:
     producer = Producer(redis)
