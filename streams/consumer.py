@@ -266,7 +266,8 @@ class QueueConsumer:
             case ConfirmCancel():
                 return scripts.CONFIRM_CANCEL, [*keys, self.keys.stats, self.keys.jobs], args
             case Retry():
-                return (scripts.RETRY, [*keys, self.keys.delayed, self.keys.stats],
+                return (scripts.RETRY, [*keys, self.keys.delayed, self.keys.stats,
+                                        self.keys.job_result(d.job_id), self.keys.jobs],
                         [*args, e.error, e.delay_ms, e.overrides])
             case Handback():
                 return (scripts.HANDBACK, [*keys, self.keys.stats],

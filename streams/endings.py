@@ -9,6 +9,9 @@ its ``.lua`` file is. ``QueueConsumer.write_endings`` writes a list of them in o
 | `Retry`         | `retry.lua`          | `retrying`, due again after ``delay_ms``           |
 | `Handback`      | `handback.lua`       | `queued` again, not counted as an attempt          |
 
+A `Retry` past the job's own ``max_retries`` (record field) is refused by ``retry.lua``: the job
+is `failed` instead (the retry's error, not retryable), so no worker can exceed that budget.
+
 Lease renewal (``renew.lua``) answers a `RenewCode` per entry.
 """
 
