@@ -136,29 +136,14 @@ def submit(base_url: str, kind: Kind, body: dict[str, Any], idempotency_key: str
     """POST the job; the gateway's error code and message become a :class:`SubmitError`."""
     url = f"{base_url.rstrip('/')}/jobs/{kind}"
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    if os.environ.get("AIQ_API_KEY"):
-        headers["X-API-Key"] = os.environ["AIQ_API_KEY"]
-    try:
-        if client is None:
-            response = httpx.post(url, json=body, headers=headers, timeout=timeout_s)
-        else:
-            response = client.post(url, json=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise SubmitError(f"cannot reach the gateway at {url}: {exc or type(exc).__name__}",
-                          WatchExit.UNREACHABLE) from exc
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = {}
+    if client is None:
+        with httpx.Client(timeout=timeout_s) as own:
+            response, answer = _send(own, url, body, headers)
+    else:
+        response, answer = _send(client, url, body, headers)
     if response.status_code in (200, 202) and isinstance(answer, dict) and "job_id" in answer:
         return Submitted(str(answer["job_id"]), bool(answer.get("duplicate")), answer)
-    error = answer.get("error") if isinstance(answer, dict) else None
-    if isinstance(error, dict):
-        message = f"{error.get('code')}: {error.get('message')}"
-    else:
-        message = f"HTTP {response.status_code} {response.text[:200]}".strip()
-    code = WatchExit.UNREACHABLE if response.status_code >= 500 else WatchExit.USAGE
-    raise SubmitError(f"rejected: {message}", code)
+    raise _refusal(response, answer)
 
 
 BATCH_SIZE = 1_000  # the gateway's most jobs per batch call
@@ -196,17 +181,25 @@ def kind_of(jobs: list[dict[str, Any]]) -> Kind:
                       "put them in two files, or give --kind")
 
 
-def _post(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    headers = {"X-API-Key": os.environ["AIQ_API_KEY"]} if os.environ.get("AIQ_API_KEY") else {}
+def _send(client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str]
+          ) -> tuple[httpx.Response, Any]:
+    """POST ``body`` (with the API key from ``AIQ_API_KEY``): the response and its JSON ({} when
+    it has none); the gateway out of reach is a SubmitError."""
+    if os.environ.get("AIQ_API_KEY"):
+        headers = {**headers, "X-API-Key": os.environ["AIQ_API_KEY"]}
     try:
         response = client.post(url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         raise SubmitError(f"cannot reach the gateway at {url}: {exc or type(exc).__name__}",
                           WatchExit.UNREACHABLE) from exc
     try:
-        answer = response.json()
+        return response, response.json()
     except ValueError:
-        answer = {}
+        return response, {}
+
+
+def _post(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    response, answer = _send(client, url, body, {})
     if response.status_code in (200, 202) and isinstance(answer, dict) and "jobs" in answer:
         return answer
     raise _refusal(response, answer)
