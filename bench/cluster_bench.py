@@ -392,6 +392,12 @@ def _n(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _ratio(num: float, den: float) -> str:
+    """num / den, or "n/a" when the reference measured nothing (CPU times tick in 10 ms steps,
+    so a short run can read 0 s for a whole process)."""
+    return f"{num / den:.2f}" if den > 0 else "n/a"
+
+
 def _ms(x: float) -> str:
     return f"{x:.3f}" if x < 1 else f"{x:.2f}"
 
@@ -414,12 +420,12 @@ def render_throughput(single: list[Drain], cluster: list[Drain], types: Sequence
     table.add_column("single", justify="right")
     table.add_column("cluster", justify="right")
     table.add_column("cluster / single", justify="right")
-    table.add_row("drain throughput (jobs/s)", _n(s_rate), _n(c_rate), f"{c_rate / s_rate:.2f}")
-    table.add_row("submit rate (submits/s)", _n(s_sub), _n(c_sub), f"{c_sub / s_sub:.2f}")
+    table.add_row("drain throughput (jobs/s)", _n(s_rate), _n(c_rate), _ratio(c_rate, s_rate))
+    table.add_row("submit rate (submits/s)", _n(s_sub), _n(c_sub), _ratio(c_sub, s_sub))
     s_w, c_w = sm.worker_cpu_s * 1e6 / sm.jobs, cm.worker_cpu_s * 1e6 / cm.jobs
-    table.add_row("worker CPU per job (us)", _n(s_w), _n(c_w), f"{c_w / s_w:.2f}")
+    table.add_row("worker CPU per job (us)", _n(s_w), _n(c_w), _ratio(c_w, s_w))
     s_r, c_r = sm.redis_cpu_s * 1e6 / sm.jobs, cm.redis_cpu_s * 1e6 / cm.jobs
-    table.add_row("redis CPU per job (us, all nodes)", _n(s_r), _n(c_r), f"{c_r / s_r:.2f}")
+    table.add_row("redis CPU per job (us, all nodes)", _n(s_r), _n(c_r), _ratio(c_r, s_r))
     console.print(table)
     details = Table(show_header=False, box=None, padding=(0, 1))
     details.add_column(style="dim")
@@ -460,9 +466,9 @@ def render_durable(costs: dict[tuple[str, str], SubmitCost], topologies: Sequenc
         for mode in MODES:
             c = costs[name, mode]
             table.add_row(name, mode if mode != MODES[2] else f"diag: {mode}", _n(c.rate),
-                          f"{c.rate / base.rate:.2f}", _ms(c.p(50)),
-                          f"{c.p(50) / base.p(50):.2f}", _ms(c.p(90)), _ms(c.p(99)),
-                          f"{c.p(99) / base.p(99):.2f}")
+                          _ratio(c.rate, base.rate), _ms(c.p(50)),
+                          _ratio(c.p(50), base.p(50)), _ms(c.p(90)), _ms(c.p(99)),
+                          _ratio(c.p(99), base.p(99)))
     console.print(table)
     details = Table(show_header=False, box=None, padding=(0, 1))
     details.add_column(style="dim")
