@@ -6,7 +6,8 @@ once, and no job was started again while the worker running it was alive.
     uv run python -m bench.soak --rounds 2 --kills 3     # quick look
 
 Every round: short ``sleep`` jobs are submitted over HTTP (``POST /jobs/training`` to one
-gateway process) at ``--rate`` per second and ``--long`` jobs longer than the lease at its
+gateway process) at ``--rate`` per second (``--high-share`` of them with priority high, so both
+lanes go through the storm) and ``--long`` jobs longer than the lease at its
 start; ``--victims`` workers are SIGKILLed one at a time, ``--kills`` times, 1-3 s apart, each
 replaced at once by a new process; half-way through the storm Redis itself is SIGKILLed, kept
 down ``--redis-down`` seconds, and restarted on its AOF. ``--steady`` more workers are never
@@ -42,12 +43,13 @@ from rich.table import Table
 from aiq.redis_server import RedisServer
 from bench._redis import KEYS, WorkerProcess, client, workdir
 from bench.sse_fanout import GatewayProcess
+from consumers.runtime import READ_AHEAD
 from schemas.status import JobKind
 from streams.errors import UNAVAILABLE
 from streams.keys import GROUP
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
-STREAM = KEYS.stream(JobKind.TRAINING)
+LANES = KEYS.lanes(JobKind.TRAINING)  # the normal and the high-priority lane
 PID_IN_NAME = re.compile(r"-(\d+)-[^-]+$")  # consumer names are host-pid-random
 
 
@@ -105,6 +107,7 @@ class Verdict:
     restarts_while_alive: list[str] = field(default_factory=list)  # the checked property
     long_restarts: int = 0
     max_deliveries: int = 0
+    read_ahead_handbacks: int = 0  # jobs read ahead, handed back before their code began
 
     def failures(self) -> list[str]:
         out = []
@@ -181,9 +184,11 @@ class Soak:
                             ) -> None:
         body = {"model_type": "sleep",
                 "hyperparameters": {"seconds": self.args.short_seconds, "steps": 1}}
+        high = {**body, "priority": "high"}  # both lanes go through the crashes
         interval, due = 1 / self.args.rate, time.monotonic()
         while not stop.is_set():
-            await self._submit(r, http, body, r.accepted)
+            lane = high if self.rng.random() < self.args.high_share else body
+            await self._submit(r, http, lane, r.accepted)
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
@@ -256,9 +261,7 @@ class Soak:
             histories = await pipe.execute()
         for job_id, events in zip(all_ids, histories, strict=True):
             v.success_events[sum(1 for _, e in events if e["type"] == "succeeded")] += 1
-            starts = [(int(e["ts"]) / 1000, json.loads(e["data"])["worker"])
-                      for _, e in events if e["type"] == "started"]
-            for (t1, w1), (t2, _) in itertools.pairwise(starts):
+            for (t1, w1), (t2, _) in itertools.pairwise(self._runs(events, v)):
                 if job_id in long_ids:
                     v.long_restarts += 1
                 if self._killed_between(w1, t1, t2):
@@ -267,9 +270,23 @@ class Soak:
                     v.restarts_while_alive.append(f"{job_id} ({w1} at {t1:.3f}, again {t2:.3f})")
         v.stats = await self.redis.hgetall(KEYS.stats)
         v.dead_letters = sum([await self.redis.xlen(KEYS.dead(kind)) for kind in JobKind])
-        v.pending = int((await self.redis.xpending(STREAM, GROUP))["pending"])
-        v.stream_len = int(await self.redis.xlen(STREAM))
+        v.pending = sum([int((await self.redis.xpending(s, GROUP))["pending"]) for s in LANES])
+        v.stream_len = sum([int(await self.redis.xlen(s)) for s in LANES])
         return v
+
+    @staticmethod
+    def _runs(events: list[tuple[str, dict[str, str]]], v: Verdict) -> list[tuple[float, str]]:
+        """(time, worker) of each start whose code may have run: a start read ahead and
+        handed back before its code began (a ``requeued`` event saying so) is left out."""
+        starts: list[tuple[float, str]] = []
+        for _, e in events:
+            if e["type"] == "started":
+                starts.append((int(e["ts"]) / 1000, json.loads(e["data"])["worker"]))
+            elif e["type"] == "requeued" and starts \
+                    and json.loads(e["data"]).get("reason") == READ_AHEAD:
+                starts.pop()
+                v.read_ahead_handbacks += 1
+        return starts
 
     def _killed_between(self, worker: str, t1: float, t2: float) -> bool:
         m = PID_IN_NAME.search(worker)
@@ -279,9 +296,12 @@ class Soak:
     # ---- helpers --------------------------------------------------------------------------
 
     async def _pending_of(self, pid: int) -> int:
-        summary = await self.redis.xpending(STREAM, GROUP)
-        return sum(int(c["pending"]) for c in summary["consumers"] or []
-                   if f"-{pid}-" in c["name"])
+        held = 0
+        for stream in LANES:
+            summary = await self.redis.xpending(stream, GROUP)
+            held += sum(int(c["pending"]) for c in summary["consumers"] or []
+                        if f"-{pid}-" in c["name"])
+        return held
 
     async def _registered(self, n: int) -> bool:
         return int(await self.redis.scard(KEYS.workers)) >= n
@@ -368,6 +388,7 @@ def report(soak: Soak, v: Verdict, elapsed_s: float) -> dict[str, Any]:
         ("restarts after the worker's SIGKILL (long jobs)",
          f"{v.restarts_after_kill} ({v.long_restarts})"),
         ("restarts while the worker lived", str(len(v.restarts_while_alive))),
+        ("read-ahead jobs handed back before they began", str(v.read_ahead_handbacks)),
         ("most deliveries of one job", str(v.max_deliveries)),
     ]
     for row in rows:
@@ -410,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=80.0, help="short jobs submitted per second")
     p.add_argument("--short-seconds", type=float, default=0.05)
     p.add_argument("--long", type=int, default=4, help="long jobs per round")
+    p.add_argument("--high-share", type=float, default=0.25,
+                   help="share of the short jobs submitted with priority high")
     p.add_argument("--long-seconds", type=float, default=8.0)
     p.add_argument("--redis-down", type=float, default=1.0, help="seconds Redis stays dead")
     p.add_argument("--drain-timeout", type=float, default=180.0)

@@ -53,8 +53,17 @@ class Outcome:
 
 def run_framework(framework: Framework, ctx: JobContext, progress: Progress) -> dict[str, Any]:
     """Executor-thread entry point."""
-    if isinstance(progress, JobRun):
+    if not isinstance(progress, JobRun):
+        return _run(framework, ctx, progress)
+    progress.begin()  # the timeout starts now; a job taken back meanwhile stops here
+    try:
         progress.check()  # cancelled or interrupted while waiting for the thread
+        return _run(framework, ctx, progress)
+    finally:
+        progress.end()
+
+
+def _run(framework: Framework, ctx: JobContext, progress: Progress) -> dict[str, Any]:
     if ctx.message.kind is _INFERENCE:
         return framework.infer(ctx, progress)
     return framework.train(ctx, progress)

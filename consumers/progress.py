@@ -31,6 +31,9 @@ class JobRun:
         self.cancel_requested = False
         self.interrupted = False  # worker draining: hand the job back
         self.lost = False  # lease lost: another worker owns the job now
+        self.begun = False  # its thread started the job's code (see ``begin``)
+        self.ended_at: float | None = None  # when its code returned (``end``)
+        self.handed_back = False  # read ahead, waited too long, handed back (``take_back``)
         self._loop = loop
         self._publish = publish
         self._interval = min_interval_s
@@ -40,8 +43,37 @@ class JobRun:
         self._sent_stage = ""
         self._task: asyncio.Task[None] | None = None
         self._last_sent = 0.0
-        self._started = time.monotonic()
-        self.deadline = None if timeout_s is None else self._started + timeout_s
+        self.queued_at = self.began_at = self._started = time.monotonic()
+        self.deadline: float | None = None  # set by ``begin``: the timeout counts from there
+
+    def begin(self) -> None:
+        """Called by the job's thread as it starts the job's code: the timeout counts from
+        here, not from the start transition (a job read ahead waits for a thread first).
+        Raises StopRequested when the loop took the job back meanwhile (``take_back``)."""
+        with self._lock:
+            if self.handed_back:
+                raise StopRequested
+            self.begun = True
+            self.began_at = self._started = time.monotonic()
+            if self.timeout_s is not None:
+                self.deadline = self._started + self.timeout_s
+
+    def end(self) -> None:
+        """Called by the job's thread as the job's code returns or raises."""
+        self.ended_at = time.monotonic()
+
+    def ran_s(self) -> float:
+        """Seconds the job's code ran (0 when it never began)."""
+        return (self.ended_at or time.monotonic()) - self.began_at if self.begun else 0.0
+
+    def take_back(self) -> bool:
+        """The loop's claim on a job read ahead that still waits for a thread: True when its
+        thread has not begun it (and now never will), False once it has."""
+        with self._lock:
+            if self.begun:
+                return False
+            self.handed_back = True
+            return True
 
     def check(self) -> None:
         """Raise at a step boundary when the job must stop."""

@@ -3,7 +3,11 @@ beside that path, lease renewal and retry promotion, heartbeats, and the gracefu
 (docs/ARCHITECTURE.md, "Life of a job"). Reads and reclaims ask for at most the free slots;
 expired entries of dead workers are swept back before new ones are read (consumers/reclaim.py).
 At most twice ``max_concurrent_jobs`` entries are this worker's at once (``capacity``): what a
-SIGKILL can strand. Every loop survives what Redis does to it (consumers/loops.py).
+SIGKILL can strand. Short jobs are read ahead: while the recent jobs' run time says a slot frees
+within ``READ_AHEAD_S``, up to ``max_concurrent_jobs`` more jobs are started and queued for the
+job threads (within the same bound), so a thread that ends a job takes the next one at once,
+without a round trip through the loop and Redis; a job read ahead that waits too long is handed
+back (``_take_back_stale``). Every loop survives what Redis does to it (consumers/loops.py).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
 from streams.consumer import QueueConsumer, StartOutcome
 from streams.delivery import Delivery
-from streams.endings import Fail, RenewCode
+from streams.endings import Fail, Handback, RenewCode
 from streams.errors import UNAVAILABLE
 from streams.keys import QueueKeys
 
@@ -50,6 +54,8 @@ log = structlog.get_logger("aiq.worker")
 # Entries read (and started) per round trip at most: smaller batches keep several round trips
 # in flight under load, so Redis runs one batch's scripts while this process launches another.
 READ_CHUNK = 64
+RUN_TIME_WEIGHT = 0.2  # weight of the newest job in the moving average of run times
+READ_AHEAD = "read ahead, not started in time"  # the reason of a stale read-ahead's hand-back
 
 
 def consumer_name() -> str:
@@ -79,7 +85,8 @@ class Worker:
                                    settings.max_deliveries, settings.priority_weight)
         self.slots = settings.max_concurrent_jobs
         self.runs: dict[str, JobRun] = {}  # entry id -> job in flight (running or finishing)
-        self.executing = 0  # jobs whose code runs now: what MAX_CONCURRENT_JOBS bounds
+        self.executing = 0  # jobs handed to the job threads: running, or read ahead (queued)
+        self._run_s: float | None = None  # moving average of recent jobs' run times
         self._launching = 0  # started jobs whose launch is scheduled on the loop (_launch_all)
         self.gpus = gpus or []
         self.model_types = CATALOGUE[settings.worker_type].model_types
@@ -150,8 +157,19 @@ class Worker:
     @property
     def free_slots(self) -> int:
         """A slot frees when the job's code returns; its final write is then in flight (its
-        entry stays leased until that write lands), so reading goes on meanwhile."""
-        return self.slots - self.executing - self._launching
+        entry stays leased until that write lands), so reading goes on meanwhile. Read-ahead
+        adds room for jobs that wait in the threads' queue."""
+        return self.slots + self.read_ahead - self.executing - self._launching
+
+    @property
+    def read_ahead(self) -> int:
+        """How many jobs may wait for a thread: as many as the slots free within
+        ``READ_AHEAD_S`` at the recent jobs' run time, at most one per slot; none before a
+        job has run, with GPU admission (memory is reserved per running job), or when off."""
+        window = self.settings.read_ahead_s
+        if not window or self._run_s is None or not isinstance(self.admission, NoAdmission):
+            return 0
+        return min(self.slots, int(self.slots * window / max(self._run_s, 1e-6)))
 
     @property
     def capacity(self) -> int:
@@ -300,21 +318,23 @@ class Worker:
             refusal = FailJob(d.input_error, code="record_malformed")
         if refusal is not None:
             self.executing += 1
-            self._job_done(run, 0.0, None, refusal)
+            self._job_done(run, None, refusal)
             return
         extra = {"device": self.device, **self.admission.context(d.entry_id)}  # its GPU
         ctx = JobContext(d.message.with_overrides(), self.settings.data_root,
                          self.settings.artifact_root, d.deliveries, d.attempt, extra=extra,
                          store=self.artifacts)
         self.executing += 1
-        started = time.monotonic()
         self._threads.submit(run_framework, (self.framework, ctx, run),
-                             lambda result, exc: self._job_done(run, started, result, exc))
+                             lambda result, exc: self._job_done(run, result, exc))
 
-    def _job_done(self, run: JobRun, started: float, result: Any,
-                  exc: BaseException | None) -> None:
+    def _job_done(self, run: JobRun, result: Any, exc: BaseException | None) -> None:
         """The job's code returned (or raised): free its slot and queue its final write."""
         self.executing -= 1
+        ran = run.ran_s()
+        if run.begun:  # what read-ahead goes by
+            self._run_s = ran if self._run_s is None else \
+                self._run_s + RUN_TIME_WEIGHT * (ran - self._run_s)
         self._slot_freed.set()
         if self.executing == 0:
             self._idle.set()
@@ -322,14 +342,14 @@ class Worker:
         try:
             outcome = classify(exc, run) if exc is not None else succeeded(run, result, {
                 "framework": self.framework.name, "framework_version": self.framework_version,
-                "duration_s": round(time.monotonic() - started, 3), "worker": self.name})
+                "duration_s": round(ran, 3), "worker": self.name})
         except Exception as err:  # a bug of the worker's, not the job's: the job fails
             self.log.exception("could not tell how the job ended", job_id=run.delivery.job_id)
             outcome = Outcome.failure("worker_error", f"{type(err).__name__}: {err}")
         except BaseException:  # KeyboardInterrupt & co. from the job: the worker stops
             self.runs.pop(run.delivery.entry_id, None)
             raise
-        outcome.run_s = time.monotonic() - started if started else 0.0
+        outcome.run_s = ran
         if run.has_pending_report():
             task = asyncio.create_task(self._after_report(run, outcome))
             self._tasks.add(task)
@@ -356,9 +376,9 @@ class Worker:
             self.runs.pop(d.entry_id, None)
             self.metrics.ended(d, "lost", outcome.run_s)
             return
-        if outcome.kind == "interrupted" and d.entry_id not in self.runs:
+        if outcome.kind == "interrupted" and (run.handed_back or d.entry_id not in self.runs):
             self.metrics.ended(d, "handed_back", outcome.run_s)
-            return  # already handed back by the drain
+            return  # already handed back (by the drain, or as a stale read-ahead)
         try:
             ending = ending_for(d, outcome, self.settings)
         except TypeError as exc:  # orjson's JSONEncodeError: a result JSON cannot hold
@@ -385,11 +405,24 @@ class Worker:
     async def _heartbeat(self) -> None:
         await sleep_unless(self.stopping, self.settings.heartbeat_interval_s)
         await self._heartbeat_once()
+        self._take_back_stale()
+
+    def _take_back_stale(self) -> None:
+        """Hand back the jobs read ahead that still wait for a thread after
+        ``read_ahead_stale_s`` (the jobs before them turned out long): another worker may run
+        them now. A job whose thread has begun it stays."""
+        limit = time.monotonic() - self.settings.read_ahead_stale_s
+        for run in list(self.runs.values()):
+            if not run.begun and run.queued_at < limit and not run.handed_back \
+                    and run.take_back():
+                self.log.info("read-ahead job handed back", job_id=run.delivery.job_id)
+                self.final_writes.add(Handback(run.delivery, READ_AHEAD), Outcome("interrupted"))
 
     def _metrics_state(self) -> WorkerState:
         """The gauges of a scrape (called in the metrics server's thread: plain reads)."""
-        return WorkerState(running=self.executing, slots=self.slots,
-                           free=max(self.free_slots, 0), gpus=self._gpus_seen)
+        return WorkerState(running=min(self.executing, self.slots), slots=self.slots,
+                           free=max(self.slots - self.executing - self._launching, 0),
+                           gpus=self._gpus_seen)
 
     async def _heartbeat_once(self) -> None:
         self._gpus_seen = gpus = self.admission.inventory()

@@ -38,6 +38,13 @@ class WorkerSettings(RedisSettings):
     priority_weight: int = Field(default=DEFAULT_PRIORITY_WEIGHT, ge=1, le=1000,
                                  description="PRIORITY_WEIGHT: while both lanes have a backlog, "
                                  "this many high-priority jobs are started per normal one")
+    read_ahead_s: float = Field(default=0.05, ge=0, le=60, description="READ_AHEAD_S: short "
+                                "jobs are read ahead: up to MAX_CONCURRENT_JOBS more are started "
+                                "and wait for a thread, as many as the slots free within this "
+                                "long at the recent jobs' run time (0: off)")
+    read_ahead_stale_s: float = Field(default=2.0, gt=0, description="READ_AHEAD_STALE_S: a "
+                                      "job read ahead still waiting for a thread after this "
+                                      "long is handed back for another worker")
     cancel_check_s: float = Field(default=1.0, gt=0, description="CANCEL_CHECK_S: how often "
                                   "running jobs' cancel requests are looked up (a job that "
                                   "reports progress learns of one at its next report anyway)")
