@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 
-from schemas.catalogue import CATALOGUE
+from schemas.catalogue import CATALOGUE, STATE
 from streams.settings import RedisSettings
 
 
@@ -89,7 +89,11 @@ class WorkerSettings(RedisSettings):
         wt = CATALOGUE.get(self.worker_type)
         if wt is None:
             known = ", ".join(sorted(CATALOGUE))
-            raise ValueError(f"unknown WORKER_TYPE {self.worker_type!r}; known: {known}")
+            broken = "".join(f"; {problem}" for problem in STATE.problems)
+            raise ValueError(f"unknown WORKER_TYPE {self.worker_type!r}: no framework plugin "
+                             "installed in this environment declares it (install the plugin "
+                             f"package that provides it, e.g. uv pip install <plugin>); known: "
+                             f"{known}{broken}")
         if self.model_framework != wt.framework:
             raise ValueError(
                 f"MODEL_FRAMEWORK={self.model_framework!r} does not match WORKER_TYPE="

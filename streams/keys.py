@@ -19,6 +19,10 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:{pytorch-2.1}:stats               counters (hash): submitted, succeeded, fenced, …
     ai:{pytorch-2.1}:idem:<key>          Idempotency-Key of a submit (hash, expires)
     ai:{pytorch-2.1}:gpu_peaks           peak GPU MiB seen per <model_type>:<kind>:<batch_size>
+    ai:{pytorch-2.1}:declaration         what the type's workers announce (hash: its plugin's
+                                         declaration as JSON, source, digest; no TTL)
+    ai:worker_types                      names of the types with a declaration (set; the one
+                                         key outside any type's hash tag)
 """
 
 from __future__ import annotations
@@ -89,8 +93,17 @@ class QueueKeys:
     def gpu_peaks(self) -> str:
         return f"{self._base}:gpu_peaks"
 
+    @property
+    def declaration(self) -> str:
+        return f"{self._base}:declaration"
+
     def idempotency(self, key: str) -> str:
         return f"{self._base}:idem:{key}"
 
     def kind_of_stream(self, stream: str) -> JobKind:
         return _TRAINING if stream == self.stream(_TRAINING) else _INFERENCE
+
+
+def announced_types(prefix: str = DEFAULT_PREFIX) -> str:
+    """The set of worker types whose workers announced their declaration (``declaration``)."""
+    return f"{prefix}:worker_types"
