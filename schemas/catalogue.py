@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from schemas.plugins import (
     Device,
@@ -29,7 +29,7 @@ from schemas.status import JobKind
 
 __all__ = ["CATALOGUE", "DATA_FREE_MODELS", "DEFAULT_WORKER_TYPE", "KNOWN_MODEL_TYPES",
            "MODEL_TYPES", "ROUTES", "STATE", "Catalogue", "Device", "RoutingError", "WorkerType",
-           "route"]
+           "model_type", "route", "serves"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +193,9 @@ class TableView(Mapping[str, V]):
     def __getitem__(self, key: str) -> V:
         return self._items()[key]
 
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._items().get(key, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._items())
 
@@ -244,9 +247,15 @@ KNOWN_MODEL_TYPES: Set[str] = MODEL_TYPES.keys()
 DATA_FREE_MODELS: Set[str] = DataFree(MODEL_TYPES)
 
 
-def serves(model_type: str, kind: JobKind) -> bool:
-    """Whether ``model_type`` takes jobs of ``kind`` (an unknown one: False)."""
-    m = MODEL_TYPES.get(model_type)
+def model_type(name: str) -> ModelType | None:
+    """The declaration of model type ``name`` (None: unknown). One dict look-up: what request
+    validation asks on every submit."""
+    return STATE.tables.models.get(name)
+
+
+def serves(name: str, kind: JobKind) -> bool:
+    """Whether model type ``name`` takes jobs of ``kind`` (an unknown one: False)."""
+    m = model_type(name)
     return m is not None and kind in m.kinds
 
 

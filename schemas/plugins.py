@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
 
@@ -82,19 +83,21 @@ class Parameter(BaseModel):
         return None if self._accepts(value) else self.rule()
 
     def _accepts(self, value: Any) -> bool:
-        if any(_same(value, choice) for choice in self.choices):
+        if self.choices and any(_same(value, choice) for choice in self.choices):
             return True
-        if self.type == "bool":
+        kind = self.type
+        if kind == "bool":
             return isinstance(value, bool)
-        if self.type == "str":
+        if kind == "str":
             return isinstance(value, str) and not self.choices
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value):
+        if type(value) is int:  # the common case first (no bool: its type is bool)
+            pass
+        elif type(value) is not float or not math.isfinite(value) \
+                or (kind == "int" and not value.is_integer()):
             return False
-        if self.type == "int" and isinstance(value, float) and not value.is_integer():
-            return False
-        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
-                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+        gt, ge, lt, le = self.gt, self.ge, self.lt, self.le
+        return ((gt is None or value > gt) and (ge is None or value >= ge)
+                and (lt is None or value < lt) and (le is None or value <= le))
 
     def rule(self) -> str:
         """What the parameter accepts, in words: ``an integer between 1 and 5000``."""
@@ -148,8 +151,13 @@ class ModelType(BaseModel):
                 f"model type {self.name}: inference parameter")
         return self
 
+    @cached_property
+    def by_name(self) -> dict[str, Parameter]:
+        """The training parameters by name."""
+        return {p.name: p for p in self.parameters}
+
     def parameter(self, name: str) -> Parameter | None:
-        return next((p for p in self.parameters if p.name == name), None)
+        return self.by_name.get(name)
 
 
 class WorkerTypeSpec(BaseModel):

@@ -23,8 +23,8 @@ from schemas.catalogue import (
     CATALOGUE,
     DATA_FREE_MODELS,
     KNOWN_MODEL_TYPES,
-    MODEL_TYPES,
     RoutingError,
+    model_type,
     route,
 )
 from schemas.status import JobKind
@@ -106,7 +106,7 @@ _MODEL_TYPE_DOC = ("a model type of an installed framework plugin, or of one a w
 
 
 def _check_model_type(value: str) -> str:
-    m = MODEL_TYPES.get(value)
+    m = model_type(value)
     if m is None:
         known = ", ".join(sorted(KNOWN_MODEL_TYPES))
         raise PydanticCustomError(UNKNOWN_MODEL_TYPE, "unknown model type {model_type}; known: "
@@ -116,22 +116,24 @@ def _check_model_type(value: str) -> str:
     return value
 
 
-def _hyperparameter_errors(model_type: str, given: dict[str, Any]) -> list[InitErrorDetails]:
-    """The declared parameters of ``model_type`` that ``given`` breaks, as pydantic errors on
-    ``hyperparameters.<name>``. Undeclared extras pass through (the framework reads them)."""
-    m = MODEL_TYPES.get(model_type)
+def _hyperparameter_errors(name: str, hp: Hyperparameters) -> list[InitErrorDetails]:
+    """The declared parameters of model type ``name`` that ``hp`` breaks (those it gives), as
+    pydantic errors on ``hyperparameters.<parameter>``. Undeclared extras pass through (the
+    framework reads them)."""
+    m = model_type(name)
     errors: list[InitErrorDetails] = []
-    if m is None:
+    if m is None or not m.parameters:
         return errors
-    for name, value in given.items():
-        declared = m.parameter(name)
-        rule = declared.problem(value) if declared is not None else None
+    declared, extra = m.by_name, hp.model_extra or {}
+    given = [(p, getattr(hp, p)) for p in hp.model_fields_set if p not in extra and p in declared]
+    for parameter, value in [*given, *extra.items()]:
+        rule = declared[parameter].problem(value) if parameter in declared else None
         if rule is not None:
             errors.append(InitErrorDetails(
                 type=PydanticCustomError("invalid_hyperparameter",
                                          "should be {rule} for model type {model_type}",
-                                         {"rule": rule, "model_type": model_type}),
-                loc=("hyperparameters", name), input=value))
+                                         {"rule": rule, "model_type": name}),
+                loc=("hyperparameters", parameter), input=value))
     return errors
 
 
@@ -175,7 +177,8 @@ class TrainingRequest(BaseModel):
 
     @model_validator(mode="after")
     def _data_needed(self) -> TrainingRequest:
-        if self.data_path is None and self.model_type not in DATA_FREE_MODELS:
+        m = model_type(self.model_type)
+        if self.data_path is None and (m is None or m.needs_data):
             raise ValueError(f"data_path is required for model type {self.model_type!r}")
         return self
 
@@ -183,9 +186,7 @@ class TrainingRequest(BaseModel):
     def _declared_bounds(self) -> TrainingRequest:
         """Each hyperparameter the request gives within the bounds its model type declares:
         a 422 naming ``hyperparameters.<name>`` otherwise."""
-        hp = self.hyperparameters
-        given = {name: getattr(hp, name) for name in hp.model_fields_set}
-        errors = _hyperparameter_errors(self.model_type, {**given, **(hp.model_extra or {})})
+        errors = _hyperparameter_errors(self.model_type, self.hyperparameters)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self

@@ -121,6 +121,7 @@ def test_the_builtins_bounds_are_checked_at_submit() -> None:
         TrainingRequest.model_validate({**body, "hyperparameters": {"n_estimators": 0,
                                                                     "n_jobs": 0}})
     errors = {e["loc"]: e for e in info.value.errors()}
+    assert len(info.value.errors()) == 2  # one per parameter
     assert set(errors) == {("hyperparameters", "n_estimators"), ("hyperparameters", "n_jobs")}
     assert errors[("hyperparameters", "n_estimators")]["msg"] == (
         "should be an integer between 1 and 5000 for model type random_forest")
