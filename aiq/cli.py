@@ -81,9 +81,9 @@ def worker(
     wt = CATALOGUE.get(name)
     if wt is None:
         broken = "".join(f"; {problem}" for problem in STATE.problems)
-        _fail(f"aiq worker: unknown worker type {name!r}: no framework plugin installed here "
-              f"declares it (a plugin's type needs its package in this environment: uv pip "
-              f"install <plugin>); known types: {known}{broken}", 2)
+        _fail(f"aiq worker: unknown worker type {name!r}; known types: {known} (a framework "
+              f"plugin's type needs its package installed here: uv pip install <plugin>)"
+              f"{broken}", 2)
     overrides: dict[str, object] = {"worker_type": name}
     if worker_type is not None or "MODEL_FRAMEWORK" not in os.environ:
         overrides["model_framework"] = wt.framework

@@ -90,10 +90,10 @@ class WorkerSettings(RedisSettings):
         if wt is None:
             known = ", ".join(sorted(CATALOGUE))
             broken = "".join(f"; {problem}" for problem in STATE.problems)
-            raise ValueError(f"unknown WORKER_TYPE {self.worker_type!r}: no framework plugin "
-                             "installed in this environment declares it (install the plugin "
-                             f"package that provides it, e.g. uv pip install <plugin>); known: "
-                             f"{known}{broken}")
+            raise ValueError(f"unknown WORKER_TYPE {self.worker_type!r}; known: {known}; no "
+                             "framework plugin installed in this environment declares it "
+                             "(install the plugin package that provides it, e.g. uv pip "
+                             f"install <plugin>){broken}")
         if self.model_framework != wt.framework:
             raise ValueError(
                 f"MODEL_FRAMEWORK={self.model_framework!r} does not match WORKER_TYPE="
