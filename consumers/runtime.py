@@ -76,7 +76,7 @@ class Worker:
         self.name = name or consumer_name()
         self.keys = QueueKeys(settings.worker_type, settings.redis_prefix)
         self.queue = QueueConsumer(redis, self.keys, self.name, settings.limits,
-                                   settings.max_deliveries)
+                                   settings.max_deliveries, settings.priority_weight)
         self.slots = settings.max_concurrent_jobs
         self.runs: dict[str, JobRun] = {}  # entry id -> job in flight (running or finishing)
         self.executing = 0  # jobs whose code runs now: what MAX_CONCURRENT_JOBS bounds
@@ -120,6 +120,8 @@ class Worker:
         self._threads = JobThreads(asyncio.get_running_loop(), self.slots)
         await until_done(self.log, "create groups", self.queue.ensure_groups)
         await until_done(self.log, "register", self._heartbeat_once)
+        await until_done(self.log, "publish limits", lambda: registry.publish_limits(
+            self.redis, self.keys, self.settings.type_limits))
         self.log.info("worker started", framework=self.framework.name,
                       framework_version=self.framework_version, slots=self.slots)
         loops = [self._forever("read", self._read_step),

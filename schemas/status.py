@@ -8,6 +8,14 @@ class JobKind(StrEnum):
     INFERENCE = "inference"
 
 
+class Priority(StrEnum):
+    """A job's lane: workers read the high lane first, with a share kept for the normal lane
+    while both have work (PRIORITY_WEIGHT), so normal jobs are never starved."""
+
+    NORMAL = "normal"
+    HIGH = "high"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"  # entry in the stream, waiting for a worker
     RUNNING = "running"  # a worker owns the entry and runs the job

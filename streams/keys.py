@@ -5,6 +5,8 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
 
     ai:training:{pytorch-2.1}:queue      stream of training jobs (consumer group "workers")
     ai:inference:{pytorch-2.1}:queue     stream of inference jobs
+    ai:training:{pytorch-2.1}:queue:high the high-priority lane of training jobs (and
+    ai:inference:{pytorch-2.1}:queue:high  of inference jobs): read before the normal lane
     ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue
     ai:{pytorch-2.1}:job:<job_id>        job record (hash)
     ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it; made by
@@ -19,6 +21,8 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:{pytorch-2.1}:stats               counters (hash): submitted, succeeded, fenced, …
     ai:{pytorch-2.1}:idem:<key>          Idempotency-Key of a submit (hash, expires)
     ai:{pytorch-2.1}:gpu_peaks           peak GPU MiB seen per <model_type>:<kind>:<batch_size>
+    ai:{pytorch-2.1}:limits              the type's maxima for a job's own max_retries,
+                                         timeout_s and priority (hash, set by its workers)
     ai:{pytorch-2.1}:declaration         what the type's workers announce (hash: its plugin's
                                          declaration as JSON, source, digest; no TTL)
     ai:worker_types                      names of the types with a declaration (set; the one
@@ -29,11 +33,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.status import JobKind
+from schemas.status import JobKind, Priority
 
 GROUP = "workers"
-_TRAINING, _INFERENCE = JobKind.TRAINING, JobKind.INFERENCE
 DEFAULT_PREFIX = "ai"
+HIGH_LANE_SUFFIX = ":high"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +51,31 @@ class QueueKeys:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_base", f"{self.prefix}:{{{self.worker_type}}}")
 
-    def stream(self, kind: JobKind) -> str:
-        return f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:queue"
+    def stream(self, kind: JobKind, priority: Priority = Priority.NORMAL) -> str:
+        """The stream of ``kind`` jobs of one priority lane (``:queue``, ``:queue:high``)."""
+        base = f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:queue"
+        return base + HIGH_LANE_SUFFIX if priority is Priority.HIGH else base
 
     def dead(self, kind: JobKind) -> str:
         return f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:dead"
 
     @property
-    def streams(self) -> tuple[str, str]:
-        return self.stream(JobKind.TRAINING), self.stream(JobKind.INFERENCE)
+    def streams(self) -> tuple[str, ...]:
+        """Every stream a worker of the type reads: the high lanes first, then the normal ones
+        (the order of reads, reclaim sweeps and orphan claims)."""
+        return (*self.high_streams, *self.normal_streams)
+
+    @property
+    def high_streams(self) -> tuple[str, ...]:
+        return tuple(self.stream(kind, Priority.HIGH) for kind in JobKind)
+
+    @property
+    def normal_streams(self) -> tuple[str, ...]:
+        return tuple(self.stream(kind) for kind in JobKind)
+
+    def lanes(self, kind: JobKind) -> tuple[str, str]:
+        """The normal and the high lane of ``kind``."""
+        return self.stream(kind), self.stream(kind, Priority.HIGH)
 
     @property
     def events(self) -> str:
@@ -100,8 +120,17 @@ class QueueKeys:
     def idempotency(self, key: str) -> str:
         return f"{self._base}:idem:{key}"
 
+    @property
+    def limits(self) -> str:
+        return f"{self._base}:limits"
+
     def kind_of_stream(self, stream: str) -> JobKind:
-        return _TRAINING if stream == self.stream(_TRAINING) else _INFERENCE
+        """The kind of jobs ``stream`` (either lane) holds."""
+        return JobKind(stream[len(self.prefix) + 1:].split(":", 1)[0])
+
+    @staticmethod
+    def priority_of_stream(stream: str) -> Priority:
+        return Priority.HIGH if stream.endswith(HIGH_LANE_SUFFIX) else Priority.NORMAL
 
 
 def announced_types(prefix: str = DEFAULT_PREFIX) -> str:
