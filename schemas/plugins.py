@@ -255,4 +255,8 @@ def installed_plugins() -> tuple[list[LoadedPlugin], list[str]]:
             dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist is not None else ""
             problems.append(f"plugin {ep.name}{dist} did not load: {ep.value}: "
                             f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500])
+    if not any(lp.source.startswith(f"{AIQ_DISTRIBUTION} ") for lp in loaded):
+        problems.append("aiq's own frameworks are not registered in this environment (its "
+                        f"{ENTRY_POINT_GROUP} entry points are missing): install aiq with "
+                        "`uv sync`, or `uv pip install -e <aiq checkout>`")
     return loaded, problems
