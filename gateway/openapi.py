@@ -21,8 +21,9 @@ from pydantic import TypeAdapter
 from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
+from schemas.catalogue import STATE
 from schemas.events import JobEvent
-from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.requests import InferenceRequest, TrainingBatch, TrainingRequest
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 # Named component -> its model: what ``{"$ref": "#/components/schemas/<name>"}`` may point at.
@@ -30,7 +31,8 @@ _COMPONENTS: dict[str, TypeAdapter[Any]] = {"JobEvent": TypeAdapter(JobEvent)}
 # Bodies that routes parse themselves (gateway/body.py) and name in their ``openapi_extra``.
 _REQUEST_BODIES: dict[str, TypeAdapter[Any]] = {
     "TrainingRequest": TypeAdapter(TrainingRequest),
-    "InferenceRequest": TypeAdapter(InferenceRequest)}
+    "InferenceRequest": TypeAdapter(InferenceRequest),
+    "TrainingBatch": TypeAdapter(TrainingBatch)}
 
 _DEFAULT_422 = "#/components/schemas/HTTPValidationError"
 _OURS = f"#/components/schemas/{ErrorResponse.__name__}"
@@ -136,8 +138,14 @@ def build_openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI) -> None:
+    """The spec is made once per version of the catalogue: a model type the gateway learns
+    shows in the next one (its ``examples``, the data-free enum)."""
+    made_for = -1
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        nonlocal made_for
+        if app.openapi_schema is None or made_for != STATE.version:
+            made_for = STATE.version
             app.openapi_schema = build_openapi(app, app.state.settings)
         return app.openapi_schema
 

@@ -68,6 +68,11 @@ class GatewaySettings(RedisSettings):
                                      "every worker type back into their stream, so a type "
                                      "scaled to zero is woken for them (XLEN counts them); "
                                      "0 = off, only workers promote")
+    catalogue_refresh_s: float = Field(default=5.0, ge=0, description="CATALOGUE_REFRESH_S: "
+                                       "every this many seconds the gateway reads the worker "
+                                       "types that workers announced in Redis (their model "
+                                       "types, parameters and routes); it also reads them "
+                                       "before refusing an unknown model type; 0 = only then")
 
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> GatewaySettings:

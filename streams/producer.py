@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from schemas.catalogue import CATALOGUE, RoutingError, route
+from schemas.catalogue import CATALOGUE, MODEL_TYPES, RoutingError, route, serves
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from schemas.records import JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
@@ -113,6 +113,8 @@ class Producer:
             raise ModelNotReady(f"{req.model_id} is an inference job, not a trained model")
         if model.status is not JobStatus.SUCCEEDED:
             raise ModelNotReady(f"model {req.model_id} is {model.status.value}, not succeeded")
+        if model.model_type in MODEL_TYPES and not serves(model.model_type, JobKind.INFERENCE):
+            raise RoutingError(f"model type {model.model_type!r} serves no inference jobs")
         fields = {"model_type": model.model_type, "worker_type": model.worker_type,
                   "requires_gpu": str(int(model.requires_gpu))}
         return await self._submit(inference_job(req, fields, new_job_id(), idempotency_key))

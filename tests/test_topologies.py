@@ -176,6 +176,41 @@ async def test_queues_and_workers(stack: Stack) -> None:
     assert health["status"] == "ok" and health["redis_version"]
 
 
+async def test_a_type_announced_by_a_worker_is_learned_and_followed(stack: Stack) -> None:
+    """A declaration announced in Redis (another slot than the set of names, on a cluster) is
+    read by the gateway before it refuses the type; the hub then follows the type's feed (its
+    own reader per slot on a cluster): a job of it runs and its events arrive over SSE."""
+    from schemas.catalogue import STATE
+    from streams import registry
+    from streams.consumer import QueueConsumer
+    from streams.endings import Complete
+    from streams.limits import StreamLimits
+    from tests.gateway.test_gateway_plugins import BODY, KEYS, TEAM
+
+    redis = redis_client(stack.url)
+    try:
+        await registry.announce(redis, KEYS, TEAM, "w1", force=True)
+        assert await registry.announce(redis, KEYS, TEAM, "w1") is False
+        r = await stack.http.post("/jobs/training", json=BODY)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        reading = asyncio.create_task(read_events(stack.http, f"/jobs/{job_id}/events"))
+        worker = QueueConsumer(redis, KEYS, "w1", StreamLimits(), 5)
+        await worker.ensure_groups()
+        [d] = await worker.read(redis, 1, 1000)
+        await worker.start([d])
+        assert await worker.write_endings([Complete.of(d, {"ok": True})]) == [None]
+        got, ended = await asyncio.wait_for(reading, timeout=60)
+        assert ended and got[-1].event == "succeeded"
+    finally:  # retired: the module's gateway (it lives on) and this process forget it
+        await redis.delete(KEYS.declaration)
+        await redis.srem("ai:worker_types", KEYS.worker_type)
+        for _ in range(2):  # the second read starts after any read in flight before the DEL
+            await stack.gateway.app.state.catalogue.refresh()
+        STATE.learn([])
+        await redis.aclose()
+
+
 async def test_reclaim_after_sigkill(stack: Stack) -> None:
     """A worker process of a queue of its own is SIGKILLed mid-job; another worker reclaims the
     entry once the lease runs out and runs the job to its end, once."""
