@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from schemas.records import REQUEUE_FIELDS, JobMessage
+from schemas.records import JobMessage, requeue_fields_of
 from streams import scripts
 from streams.delivery import Delivery
 from streams.endings import (
@@ -75,7 +75,9 @@ class StartOutcome:
 
 
 class QueueConsumer:
-    """Stream operations of consumer ``name`` on one worker type's streams."""
+    """Stream operations of consumer ``name`` on the streams it serves of one worker type:
+    ``streams`` (default: training and inference; a worker with command jobs on adds the
+    command stream). It never reads, reclaims, claims or hands back an entry of another."""
 
     def __init__(
         self,
@@ -84,16 +86,18 @@ class QueueConsumer:
         name: str,
         limits: StreamLimits,
         max_deliveries: int = 5,
+        streams: tuple[str, ...] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.name = name
         self.limits = limits
         self.max_deliveries = max_deliveries
+        self.streams: tuple[str, ...] = keys.streams if streams is None else streams
         self._common = limits.common_args()
 
     async def ensure_groups(self) -> None:
-        await ensure_groups(self.redis, self.keys)
+        await ensure_groups(self.redis, self.keys, self.streams)
 
     def _delivery(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> Delivery:
         d = Delivery(stream, self.keys.kind_of_stream(stream), entry_id, fields or {})
@@ -104,9 +108,10 @@ class QueueConsumer:
         return d
 
     async def read(self, conn: Redis, count: int, block_ms: int) -> list[Delivery]:
-        """XREADGROUP new entries from both streams on the caller's dedicated connection."""
+        """XREADGROUP new entries from the served streams on the caller's dedicated
+        connection."""
         got = await conn.xreadgroup(
-            GROUP, self.name, dict.fromkeys(self.keys.streams, ">"), count=count, block=block_ms
+            GROUP, self.name, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
         )
         return self._parse_read(got)
 
@@ -119,7 +124,7 @@ class QueueConsumer:
 
     def sweep(self) -> ReclaimSweep:
         """A new pass over the pending lists of this type's streams (see ``reclaim``)."""
-        return ReclaimSweep(self.keys.streams)
+        return ReclaimSweep(self.streams)
 
     async def reclaim(self, count: int, min_idle_ms: int, sweep: ReclaimSweep | None = None
                       ) -> list[Delivery]:
@@ -147,7 +152,7 @@ class QueueConsumer:
         dead after all has its late writes refused. A live worker keeps its hash fresh from
         its event loop whatever its jobs do, so healthy long jobs are never taken."""
         out: list[Delivery] = []
-        for stream in self.keys.streams:
+        for stream in self.streams:
             if len(out) >= count:
                 break
             summary = await self.redis.xpending(stream, GROUP)
@@ -232,7 +237,7 @@ class QueueConsumer:
         streams, calls = self._start_calls(batch)
 
         def read_more(pipe: Pipeline) -> None:
-            pipe.xreadgroup(GROUP, self.name, dict.fromkeys(self.keys.streams, ">"),
+            pipe.xreadgroup(GROUP, self.name, dict.fromkeys(self.streams, ">"),
                             count=count)
 
         results = await scripts.execute(conn, calls, read_more if count > 0 else None)
@@ -264,14 +269,16 @@ class QueueConsumer:
         args: list[Arg] = [*self._common, d.job_id, d.entry_id, GROUP, self.name]
         match e:
             case ConfirmCancel():
-                return scripts.CONFIRM_CANCEL, [*keys, self.keys.stats, self.keys.jobs], args
+                return scripts.CONFIRM_CANCEL, [*keys, self.keys.stats, self.keys.jobs,
+                                                self.keys.job_logs(d.job_id)], args
             case Retry():
                 return (scripts.RETRY, [*keys, self.keys.delayed, self.keys.stats,
-                                        self.keys.job_result(d.job_id), self.keys.jobs],
+                                        self.keys.job_result(d.job_id), self.keys.jobs,
+                                        self.keys.job_logs(d.job_id)],
                         [*args, e.error, e.delay_ms, e.overrides])
             case Handback():
                 return (scripts.HANDBACK, [*keys, self.keys.stats],
-                        [*args, e.reason, *REQUEUE_FIELDS])
+                        [*args, e.reason, *requeue_fields_of(d.kind)])
 
     async def progress(self, d: Delivery, data: dict[str, Any]) -> bool:
         """Publish progress; True when a cancel was requested. Raises NotOwner when fenced."""
@@ -283,6 +290,20 @@ class QueueConsumer:
         raise_for(code, str(detail), f"progress of {d.job_id}")
         return int(detail) == 1
 
+    async def append_log(self, d: Delivery, lines: list[tuple[str, str]], maxlen: int
+                         ) -> tuple[str, str]:
+        """Append a command job's output lines (``(stream, text)``, in order) to its log
+        stream, capped at ``maxlen`` (``append_log.lua``); the first and last ids written.
+        Raises NotOwner when fenced (another worker owns the job now)."""
+        args: list[Arg] = [*self._common, d.job_id, d.entry_id, GROUP, self.name, maxlen]
+        for name, text in lines:
+            args += [name, text]
+        reply = await scripts.APPEND_LOG(
+            self.redis, [d.stream, self.keys.job_logs(d.job_id), self.keys.events,
+                         self.keys.stats], args)
+        raise_for(int(reply[0]), str(reply[1]), f"log of {d.job_id}")
+        return str(reply[1]), str(reply[2])
+
     def _batched_call(self, script: scripts.Script, items: list[Complete] | list[Fail]
                       ) -> tuple[scripts.Script, list[str], list[Arg]]:
         """complete/fail of many jobs of one stream in one script call."""
@@ -291,7 +312,7 @@ class QueueConsumer:
         for e in items:
             d = e.delivery
             keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id),
-                     self.keys.job_result(d.job_id)]
+                     self.keys.job_result(d.job_id), self.keys.job_logs(d.job_id)]
             args += [d.job_id, d.entry_id, e.payload]
         return script, keys, args
 
@@ -343,7 +364,7 @@ class QueueConsumer:
     async def renew(self, batch: list[Delivery]) -> dict[str, RenewCode]:
         """Renew the leases of in-flight entries: entry id -> what ``renew.lua`` answered."""
         out: dict[str, RenewCode] = {}
-        for stream in self.keys.streams:
+        for stream in self.streams:
             mine = [d for d in batch if d.stream == stream]
             if not mine:
                 continue
@@ -372,7 +393,7 @@ class QueueConsumer:
         worker has no live heartbeat: workers that stopped or died. A live worker reads at
         least every BLOCK_MS, so its idle time stays small."""
         names: set[str] = set()
-        for stream in self.keys.streams:
+        for stream in self.streams:
             try:
                 infos = await self.redis.xinfo_consumers(stream, GROUP)
             except ResponseError:  # no stream or group yet
@@ -392,7 +413,7 @@ class QueueConsumer:
         if not names:
             return 0
         removed = 0
-        for stream in self.keys.streams:
+        for stream in self.streams:
             with contextlib.suppress(ResponseError):  # no stream or group yet
                 res = await scripts.FORGET_CONSUMER(self.redis, [stream],
                                                     [*self._common, GROUP, *names])
@@ -403,7 +424,7 @@ class QueueConsumer:
         """No entry in the type's streams (waiting or pending: acked entries are deleted) and
         no job waiting out a retry backoff."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in self.keys.streams:
+            for stream in self.streams:
                 pipe.xlen(stream)
             pipe.zcard(self.keys.delayed)
             counts = await pipe.execute()

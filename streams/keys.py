@@ -5,13 +5,17 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
 
     ai:training:{pytorch-2.1}:queue      stream of training jobs (consumer group "workers")
     ai:inference:{pytorch-2.1}:queue     stream of inference jobs
-    ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue
+    ai:command:{pytorch-2.1}:queue       stream of command jobs (read only by workers with
+                                         COMMAND_JOBS on)
+    ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue (one per kind)
     ai:{pytorch-2.1}:job:<job_id>        job record (hash)
     ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it; made by
                                          its first event after queued, kept EVENTS_TTL_S
                                          once it ended)
     ai:{pytorch-2.1}:job:<job_id>:result a finished job's result (succeeded) or error (failed),
                                          JSON (string; expires with the record)
+    ai:{pytorch-2.1}:job:<job_id>:logs   a command job's stdout/stderr lines (stream, capped at
+                                         LOG_MAX_LINES; expires with the job's events)
     ai:{pytorch-2.1}:events              events of all jobs of the type (capped stream)
     ai:{pytorch-2.1}:jobs                job ids by creation time (sorted set)
     ai:{pytorch-2.1}:delayed             jobs waiting out a retry backoff (sorted set, due ms)
@@ -28,8 +32,10 @@ from dataclasses import dataclass, field
 from schemas.status import JobKind
 
 GROUP = "workers"
-_TRAINING, _INFERENCE = JobKind.TRAINING, JobKind.INFERENCE
+_TRAINING, _INFERENCE, _COMMAND = JobKind.TRAINING, JobKind.INFERENCE, JobKind.COMMAND
 DEFAULT_PREFIX = "ai"
+# The kinds every worker serves; command jobs only where COMMAND_JOBS is on.
+MODEL_KINDS: tuple[JobKind, ...] = (_TRAINING, _INFERENCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,12 @@ class QueueKeys:
 
     @property
     def streams(self) -> tuple[str, str]:
+        """The training and inference streams (what every worker of the type reads)."""
         return self.stream(JobKind.TRAINING), self.stream(JobKind.INFERENCE)
+
+    def streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
+        """The streams of ``kinds``, in that order: the set a worker serves."""
+        return tuple(self.stream(kind) for kind in kinds)
 
     @property
     def events(self) -> str:
@@ -82,6 +93,9 @@ class QueueKeys:
     def job_result(self, job_id: str) -> str:
         return f"{self._base}:job:{job_id}:result"
 
+    def job_logs(self, job_id: str) -> str:
+        return f"{self._base}:job:{job_id}:logs"
+
     def worker(self, worker_id: str) -> str:
         return f"{self._base}:worker:{worker_id}"
 
@@ -93,4 +107,6 @@ class QueueKeys:
         return f"{self._base}:idem:{key}"
 
     def kind_of_stream(self, stream: str) -> JobKind:
-        return _TRAINING if stream == self.stream(_TRAINING) else _INFERENCE
+        if stream == self.stream(_TRAINING):
+            return _TRAINING
+        return _COMMAND if stream == self.stream(_COMMAND) else _INFERENCE

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from schemas.records import REQUEUE_FIELDS
+from schemas.records import requeue_fields_of
 from schemas.status import JobKind
 from streams import scripts
 from streams.keys import QueueKeys
@@ -56,7 +56,7 @@ async def _promote(redis: Redis, keys: QueueKeys, limits: StreamLimits, due: lis
         (scripts.PROMOTE,
          [keys.delayed, keys.stream(kind), keys.job(job_id), keys.job_events(job_id),
           keys.events],
-         [*common, job_id, *REQUEUE_FIELDS])
+         [*common, job_id, *requeue_fields_of(kind)])
         for job_id, kind in zip(due, kinds, strict=True)
     ]
     results = await scripts.execute(redis, calls)
@@ -68,4 +68,7 @@ async def _kinds(redis: Redis, keys: QueueKeys, job_ids: list[str]) -> list[JobK
         for job_id in job_ids:
             pipe.hget(keys.job(job_id), "kind")
         raw = await pipe.execute()
-    return [JobKind.INFERENCE if k == "inference" else JobKind.TRAINING for k in raw]
+    return [JobKind(k) if k in _KINDS else JobKind.TRAINING for k in raw]
+
+
+_KINDS = frozenset(kind.value for kind in JobKind)

@@ -2,6 +2,8 @@
 -- and its worker stops it at the next step boundary (confirm_cancel).
 -- KEYS[1] training stream  KEYS[2] inference stream  KEYS[3] record  KEYS[4] job events
 -- KEYS[5] type events  KEYS[6] delayed zset  KEYS[7] stats  KEYS[8] jobs index
+-- KEYS[9] command stream  KEYS[10] the job's log stream (a command job's: expires with its
+-- events)
 -- ARGV[4] job_id  ARGV[5] group
 -- Returns {0, 'cancelled'} | {1, 'cancel_requested'} | {-4, status} already final
 --         {-5, ''} no such job
@@ -22,12 +24,13 @@ if status == 'running' then
 end
 local stream = training
 if kind == 'inference' then stream = inference end
+if kind == 'command' then stream = KEYS[9] end
 -- Never delivered: remove the entry. Delivered but not started: start acks it.
 if status == 'queued' and entry_id and not owner_of(stream, group, entry_id) then
   redis.call('XDEL', stream, entry_id)
 end
 redis.call('ZREM', delayed, job_id)
 write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
-  '{}', ts)
+  '{}', ts, logs_of(stream, KEYS[10]))
 count_final(stats, stream, index, 'cancelled', 1, ts)
 return {0, 'cancelled'}
