@@ -22,6 +22,7 @@ from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
 from schemas.events import JobEvent
+from schemas.commands import CommandRequest
 from schemas.requests import InferenceRequest, TrainingRequest
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
@@ -30,7 +31,8 @@ _COMPONENTS: dict[str, TypeAdapter[Any]] = {"JobEvent": TypeAdapter(JobEvent)}
 # Bodies that routes parse themselves (gateway/body.py) and name in their ``openapi_extra``.
 _REQUEST_BODIES: dict[str, TypeAdapter[Any]] = {
     "TrainingRequest": TypeAdapter(TrainingRequest),
-    "InferenceRequest": TypeAdapter(InferenceRequest)}
+    "InferenceRequest": TypeAdapter(InferenceRequest),
+    "CommandRequest": TypeAdapter(CommandRequest)}
 
 _DEFAULT_422 = "#/components/schemas/HTTPValidationError"
 _OURS = f"#/components/schemas/{ErrorResponse.__name__}"

@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from schemas.catalogue import CATALOGUE
 from streams.settings import RedisSettings
 
 MIB = 1024 * 1024
@@ -63,6 +64,12 @@ class GatewaySettings(RedisSettings):
                                 "queues messages on /ws")
     hub_block_ms: int = Field(default=5000, ge=10, description="XREAD BLOCK of the hub's reader")
 
+    command_worker_types: str = Field(default="", description="COMMAND_WORKER_TYPES: "
+                                      "comma-separated worker types that take command jobs "
+                                      "(POST /jobs/command: a team's own program, run as the "
+                                      "worker's user), in routing order; empty: off. Needs "
+                                      "API_KEY, and workers of the type with COMMAND_JOBS=true")
+
     promote_retries_s: float = Field(default=1.0, ge=0, description="PROMOTE_RETRIES_S: every "
                                      "this many seconds the gateway moves the due retries of "
                                      "every worker type back into their stream, so a type "
@@ -76,6 +83,15 @@ class GatewaySettings(RedisSettings):
             raise ValueError("SUBMIT_WAIT_TIMEOUT_MS must be below REDIS_SOCKET_TIMEOUT_S "
                              "(the WAIT would outlast the socket's read timeout)")
         return self
+
+    @field_validator("command_worker_types")
+    @classmethod
+    def _known_command_types(cls, value: str) -> str:
+        unknown = [n for n in _names(value) if n not in CATALOGUE]
+        if unknown:
+            raise ValueError(f"unknown worker type {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(CATALOGUE))}")
+        return value
 
     @field_validator("api_key")
     @classmethod
@@ -92,5 +108,14 @@ class GatewaySettings(RedisSettings):
                          if o.strip())
 
     @property
+    def command_types(self) -> tuple[str, ...]:
+        """The worker types command jobs may go to, in routing order."""
+        return tuple(dict.fromkeys(_names(self.command_worker_types)))
+
+    @property
     def hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.trusted_hosts.split(",") if h.strip())
+
+
+def _names(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]
