@@ -68,15 +68,24 @@ def classify(exc: BaseException, run: JobRun) -> Outcome:
     if isinstance(exc, StopRequested):
         return Outcome("lost" if run.lost else "interrupted")
     if isinstance(exc, FailJob):
-        return Outcome.failure(exc.code, str(exc))
+        return _detailed(Outcome.failure(exc.code, str(exc)), exc)
     if isinstance(exc, FileNotFoundError):
         return Outcome.failure("file_not_found", str(exc))
     if isinstance(exc, TRANSIENT):
         code = getattr(exc, "code", type(exc).__name__)
-        return Outcome.failure(code, str(exc) or type(exc).__name__, retryable=True)
+        return _detailed(Outcome.failure(code, str(exc) or type(exc).__name__, retryable=True),
+                         exc)
     if isinstance(exc, Exception):
         return Outcome.failure("job_error", f"{type(exc).__name__}: {exc}")
     raise exc  # KeyboardInterrupt, SystemExit, CancelledError
+
+
+def _detailed(outcome: Outcome, exc: BaseException) -> Outcome:
+    """The error with the exception's ``details`` (a command job's exit code, stderr tail)."""
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict):
+        outcome.error.update({k: v for k, v in details.items() if k not in outcome.error})
+    return outcome
 
 
 def succeeded(run: JobRun, result: Any, provenance: dict[str, Any]) -> Outcome:

@@ -43,6 +43,11 @@ class JobRun:
         self._started = time.monotonic()
         self.deadline = None if timeout_s is None else self._started + timeout_s
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop (code in the job's thread schedules Redis writes on it)."""
+        return self._loop
+
     def check(self) -> None:
         """Raise at a step boundary when the job must stop."""
         if self.cancel_requested:

@@ -21,8 +21,8 @@ from pydantic import TypeAdapter
 from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
-from schemas.events import JobEvent
 from schemas.commands import CommandRequest
+from schemas.events import JobEvent
 from schemas.requests import InferenceRequest, TrainingRequest
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
