@@ -13,6 +13,12 @@ A periodic task also sends dashboards the workers and queues (through the pooled
 while a dashboard is connected). So thousands of clients cost no Redis connection each: the
 gateway holds its request pool plus this one.
 
+A command job's output lines are not events: its worker writes them to the job's log stream
+and puts one small ``log`` notice per batch in the type's feed. For a job with SSE followers,
+the hub then reads that batch once (non-blocking XRANGE on the pooled client, one reader task
+per job so batches stay in order) and hands the lines to every follower of the job: however
+many follow it, each batch costs one read, and no follower holds a connection.
+
 Every subscription is a bounded buffer: when full, the oldest item is dropped and counted, so a
 slow client never grows the gateway's memory. SSE streams recover dropped events from the job's
 own stream (``stale``); dashboards are told how many they lost, and a dashboard too far behind
@@ -39,8 +45,10 @@ from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from streams.backoff import Backoff
 from streams.connection import client, slot_groups
 from streams.errors import UNAVAILABLE
-from streams.events import feed_positions, feed_streams, job_entry, read_feeds
+from streams.events import Entry, feed_positions, feed_streams, id_after, job_entry, read_feeds
 from streams.inspect import queue_stats
+from streams.joblogs import LOG_NOTICE, log_line, notice_range, read_range
+from streams.keys import QueueKeys
 from streams.registry import list_workers
 
 log = structlog.get_logger("aiq.gateway.hub")
@@ -85,6 +93,19 @@ class HubEvent:
     def ws_text(self) -> str:
         body = {**self.event.model_dump(mode="json"), "worker_type": self.worker_type}
         return dumps({"type": "event", "event": body})
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    """Lines of a command job's log, read once for all its followers: ``(id, data JSON)``."""
+
+    job_id: str
+    lines: list[tuple[str, str]]
+
+
+def log_batch(job_id: str, entries: list[Entry]) -> LogBatch:
+    return LogBatch(job_id, [(entry_id, log_line(job_id, entry_id, fields).model_dump_json())
+                             for entry_id, fields in entries])
 
 
 @dataclass(frozen=True)
@@ -190,7 +211,7 @@ class DashboardSubscription(Subscription[HubEvent | Notice]):
         self.items = deque(item for item in self.items if new.accepts(item))
 
 
-class JobSubscription(Subscription[HubEvent]):
+class JobSubscription(Subscription[HubEvent | LogBatch]):
     def __init__(self, job_id: str, maxsize: int) -> None:
         super().__init__(maxsize)
         self.job_id = job_id
@@ -218,6 +239,7 @@ class Hub:
         self._disconnected: set[int] = set()  # readers (by group index) not following now
         self._subs = _Subscribers()
         self._tasks: list[asyncio.Task[None]] = []
+        self._log_readers: dict[str, _LogReader] = {}  # job id -> its reader (while followed)
         self._conn: Redis | None = None
         self._stopping = False
         self._closing = False
@@ -297,6 +319,9 @@ class Hub:
             await self._conn.aclose()
         if pending:
             await asyncio.wait(pending, timeout=STOP_GRACE_S)
+        for reader in list(self._log_readers.values()):
+            if reader.task is not None:
+                reader.task.cancel()
         self._tasks, self._conn = [], None
         self.close_clients()
         self._subs = _Subscribers()
@@ -366,6 +391,9 @@ class Hub:
                 sub.mark_stale()
 
     def _dispatch(self, worker_type: str, feed_id: str, fields: dict[str, str]) -> None:
+        if fields.get("type") == LOG_NOTICE:  # lines for SSE followers only, not dashboards
+            self._log_notice(worker_type, fields)
+            return
         if not self._subs.dashboards and fields.get("job_id") not in self._subs.jobs:
             return  # nobody listens: not even parsed
         event_id, own = job_entry(feed_id, fields)
@@ -379,6 +407,24 @@ class Hub:
         for sub in self._subs.jobs.get(item.job_id, ()):  # it from the job's own stream
             sub.mark_stale() if big else sub.put(item)
         self._to_dashboards(item)  # dashboards see the event without its large data
+
+    def _log_notice(self, worker_type: str, fields: dict[str, str]) -> None:
+        job_id = fields.get("job_id", "")
+        span = notice_range(fields)
+        if job_id not in self._subs.jobs or span is None:
+            return
+        reader = self._log_readers.get(job_id)
+        if reader is None:
+            keys = QueueKeys(worker_type, self.settings.redis_prefix)
+            reader = self._log_readers[job_id] = _LogReader(self, keys, job_id)
+        reader.want(*span)
+
+    def job_subscriptions(self, job_id: str) -> list[JobSubscription]:
+        return list(self._subs.jobs.get(job_id, ()))
+
+    def log_reader_done(self, job_id: str, reader: _LogReader) -> None:
+        if self._log_readers.get(job_id) is reader:
+            del self._log_readers[job_id]
 
     def _to_dashboards(self, item: HubEvent | Notice) -> None:
         for sub in list(self._subs.dashboards):
@@ -421,3 +467,40 @@ def queues_message(queues: list[Any]) -> str:
 def workers_message(workers: list[Any]) -> str:
     return dumps({"type": "workers", "workers": _json_list(workers)})
 
+
+
+class _LogReader:
+    """Reads the batches a job's ``log`` notices announce, in order, one at a time, and hands
+    each to every follower of the job. Notices that come while it reads widen the next read.
+    A read that fails marks the followers stale: they read what they missed themselves."""
+
+    def __init__(self, hub: Hub, keys: QueueKeys, job_id: str) -> None:
+        self.hub, self.keys, self.job_id = hub, keys, job_id
+        self.span: tuple[str, str] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def want(self, first: str, last: str) -> None:
+        if self.span is None:
+            self.span = (first, last)
+        elif id_after(last, self.span[1]):
+            self.span = (self.span[0], last)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="aiq-hub-logs")
+
+    async def _run(self) -> None:
+        try:
+            while self.span is not None and self.hub.job_subscriptions(self.job_id):
+                (first, last), self.span = self.span, None
+                try:
+                    entries = await read_range(self.hub.redis, self.keys, self.job_id, first,
+                                               last)
+                except (*UNAVAILABLE, RedisError) as exc:
+                    log.info("hub: log read deferred", job_id=self.job_id, error=str(exc))
+                    for sub in self.hub.job_subscriptions(self.job_id):
+                        sub.mark_stale()
+                    continue
+                batch = log_batch(self.job_id, entries)
+                for sub in self.hub.job_subscriptions(self.job_id):
+                    sub.put(batch)
+        finally:
+            self.hub.log_reader_done(self.job_id, self)

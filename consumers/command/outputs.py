@@ -39,7 +39,7 @@ def _files(root: Path) -> list[str]:
         dirs.sort()
         for name in sorted(names):
             out.append((Path(directory) / name).relative_to(root).as_posix())
-    return out
+    return sorted(out)
 
 
 def upload(store: ArtifactStore, job_id: str, max_files: int, note: Callable[[str], None]

@@ -28,7 +28,7 @@ class Reports:
         self.progress = progress
         self.note = note  # a line in the job's log (stream aiq)
         self.metrics: dict[str, float] = {}  # the last value of each, loss included
-        self.last: dict[str, Any] = {}  # the last report's fields
+        self.last: dict[str, Any] = {}  # the last value of each field reported
         self.count = 0
         self._warned: set[str] = set()
 
@@ -50,7 +50,7 @@ class Reports:
         self.metrics.update(metrics)
         if "loss" in fields:
             self.metrics["loss"] = fields["loss"]
-        self.last = {**fields, **({"metrics": metrics} if metrics else {})}
+        self.last.update(fields)
         stage = str(fields.pop("stage", STAGE))
         self.progress(stage, **fields, metrics=metrics or None)
 
