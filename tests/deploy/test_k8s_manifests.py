@@ -31,6 +31,7 @@ from aiq.cli import app
 from consumers.settings import WorkerSettings
 from gateway.settings import GatewaySettings
 from schemas.catalogue import CATALOGUE, Device
+from schemas.status import JobKind
 from streams.keys import QueueKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,7 +300,7 @@ def test_each_type_scales_on_xlen_of_exactly_its_streams(target: str) -> None:
         triggers = {t["name"]: t for t in spec["triggers"]}
         keys = QueueKeys(name, settings.redis_prefix)
         assert {k: t["metadata"]["stream"] for k, t in triggers.items()} == {
-            "training": keys.streams[0], "inference": keys.streams[1]}
+            kind.value: keys.stream(kind) for kind in JobKind}
         for trigger in triggers.values():
             meta = trigger["metadata"]
             assert trigger["type"] == "redis-streams"
@@ -311,7 +312,7 @@ def test_each_type_scales_on_xlen_of_exactly_its_streams(target: str) -> None:
                                                                    "TriggerAuthentication")
         modifiers = spec["advanced"]["scalingModifiers"]
         assert set(re.findall(r"[a-z]+", modifiers["formula"])) == set(triggers)
-        assert "+" in modifiers["formula"]  # the sum: a worker's slots serve both kinds
+        assert "+" in modifiers["formula"]  # the sum: a worker's slots serve every kind
         assert float(modifiers["target"]) == settings.max_concurrent_jobs
         assert float(modifiers.get("activationTarget", "0")) == 0
         assert spec["minReplicaCount"] <= 1 <= spec["maxReplicaCount"]
