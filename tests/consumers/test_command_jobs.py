@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from consumers.gpu import ScriptedDevice, ScriptedDevices
 from schemas.events import ProgressEvent, parse_event
 from schemas.status import JobKind, JobStatus
 from streams.keys import GROUP, QueueKeys
@@ -264,3 +265,23 @@ async def test_a_worker_without_command_jobs_never_reads_the_command_stream(
         rec = await producer.wait(sub.job_id, timeout=60)
         assert (await redis.hgetall(KEYS.worker(worker.name)))["command_jobs"] == "True"
     assert rec.status is JobStatus.SUCCEEDED and rec.worker == worker.name
+
+
+async def test_gpu_memory_mb_goes_through_gpu_admission(redis: Redis, redis_url: str,
+                                                        tmp_path: Path) -> None:
+    producer = Producer(redis)
+    devices = ScriptedDevices([ScriptedDevice(total_mb=1000, free_mb=1000)])
+    settings = command_settings(redis_url, tmp_path, gpu_headroom_mb=0,
+                                admission_recheck_s=0.05)
+    code = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))"
+    async with running_worker(settings, devices=devices):
+        big = await submit(producer, ["true"], gpu_memory_mb=5000)
+        fits = await submit(producer, python(code), gpu_memory_mb=600)
+        recs = [await producer.wait(s.job_id, timeout=60) for s in (big, fits)]
+        out = [f["line"] for _, f in await redis.xrange(KEYS.job_logs(fits.job_id))
+               if f["stream"] == "stdout"]
+    assert recs[0].error is not None and recs[0].error.code == "gpu_memory_exceeded"
+    assert recs[1].status is JobStatus.SUCCEEDED and recs[1].result is not None
+    assert recs[1].result["gpu"] == {"device": "cuda:0", "estimate_mb": 600,
+                                     "estimate_source": "request"}
+    assert out == ["0"]  # the device admission gave it: CUDA_VISIBLE_DEVICES
