@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -120,3 +121,15 @@ async def test_sigterm_stops_a_running_command_and_hands_the_job_back(
     assert rec.status is JobStatus.QUEUED  # handed back at once, for another worker
     types = [f["type"] for _, f in await redis.xrange(KEYS.job_events(sub.job_id))]
     assert types[-1] == "requeued"
+
+
+def test_a_command_dir_that_cannot_be_written_stops_the_worker_with_one_line() -> None:
+    base = {k: v for k, v in os.environ.items() if k not in ("WORKER_TYPE", "MODEL_FRAMEWORK")}
+    env = {**base, "WORKER_TYPE": "diagnostic", "MODEL_FRAMEWORK": "diagnostic",
+           "COMMAND_JOBS": "true", "COMMAND_ENV_ROOT": "/proc/aiq-cannot-be-here"}
+    proc = subprocess.run([sys.executable, "-m", "consumers"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "COMMAND_ENV_ROOT=/proc/aiq-cannot-be-here" in lines[0], \
+        proc.stderr
