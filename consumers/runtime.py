@@ -80,7 +80,8 @@ class Worker:
         # The streams this worker serves: the command stream only with COMMAND_JOBS on.
         kinds = (*MODEL_KINDS, JobKind.COMMAND) if settings.command_jobs else MODEL_KINDS
         self.queue = QueueConsumer(redis, self.keys, self.name, settings.limits,
-                                   settings.max_deliveries, self.keys.streams_of(kinds))
+                                   settings.max_deliveries, settings.priority_weight,
+                                   self.keys.streams_of(kinds))
         self.commands = CommandRunner(settings, self.artifacts, self.queue, self.name) \
             if settings.command_jobs else None
         self.slots = settings.max_concurrent_jobs
@@ -123,6 +124,8 @@ class Worker:
         self._threads = JobThreads(asyncio.get_running_loop(), self.slots)
         await until_done(self.log, "create groups", self.queue.ensure_groups)
         await until_done(self.log, "register", self._heartbeat_once)
+        await until_done(self.log, "publish limits", lambda: registry.publish_limits(
+            self.redis, self.keys, self.settings.type_limits))
         self.log.info("worker started", framework=self.framework.name,
                       framework_version=self.framework_version, slots=self.slots)
         loops = [self._forever("read", self._read_step),

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 
 from schemas.catalogue import CATALOGUE
+from schemas.status import Priority
+from streams.consumer import DEFAULT_PRIORITY_WEIGHT
 from streams.settings import RedisSettings
 
 
@@ -30,6 +32,12 @@ class WorkerSettings(RedisSettings):
                                  "the job fails with code timeout")
     max_job_timeout_s: float = Field(default=7 * 24 * 3600, gt=0, description="MAX_JOB_TIMEOUT_S:"
                                      " a job's timeout_s above this is cut to it")
+    max_priority: Priority = Field(default=Priority.HIGH, description="MAX_PRIORITY: the "
+                                   "highest priority a job of this type may have; normal: "
+                                   "every job waits in the normal lane")
+    priority_weight: int = Field(default=DEFAULT_PRIORITY_WEIGHT, ge=1, le=1000,
+                                 description="PRIORITY_WEIGHT: while both lanes have a backlog, "
+                                 "this many high-priority jobs are started per normal one")
     cancel_check_s: float = Field(default=1.0, gt=0, description="CANCEL_CHECK_S: how often "
                                   "running jobs' cancel requests are looked up (a job that "
                                   "reports progress learns of one at its next report anyway)")
@@ -142,6 +150,14 @@ class WorkerSettings(RedisSettings):
                 f"{self.worker_type!r} (expects {wt.framework!r})"
             )
         return self
+
+    @property
+    def type_limits(self) -> dict[str, str]:
+        """The maxima this worker publishes for its type (``ai:{type}:limits``), which the
+        submit and retry scripts apply to every job."""
+        return {"max_retries": str(self.max_retries),
+                "max_timeout_s": repr(float(self.max_job_timeout_s)),
+                "max_priority": self.max_priority.value}
 
     def timeout_of(self, requested: float | None) -> float:
         """The timeout a job runs under: its own, else JOB_TIMEOUT_S, at most MAX_JOB_TIMEOUT_S."""

@@ -4,7 +4,7 @@ any queue size), in Prometheus' text format. docs/MONITORING.md lists every metr
 
 No job id is ever a label: the labels are the worker type, the kind (``training``,
 ``inference``, ``command``) and, on ``aiq_jobs_total``, the outcome, so the number of series is
-fixed by the catalogue: 39 series per worker type (275 for the 7 of the default catalogue).
+fixed by the catalogue: 42 series per worker type (296 for the 7 of the default catalogue).
 
 Redis down: the scrape still answers 200, with ``aiq_redis_up 0`` and no queue series (absent,
 not zero: an outage must not look like an empty queue), so Prometheus' ``up`` keeps meaning
@@ -54,7 +54,9 @@ class QueueCollector(Collector):
 def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
     per_kind = [TYPE, KIND]
     length = _gauge("aiq_queue_length", "jobs in the stream not finished (waiting or "
-                    "running: XLEN, acked entries are deleted)", per_kind)
+                    "running: XLEN, acked entries are deleted), both priority lanes", per_kind)
+    high = _gauge("aiq_queue_length_high", "of aiq_queue_length, the jobs in the "
+                  "high-priority lane", per_kind)
     pending = _gauge("aiq_pending", "entries delivered to a worker and not yet acked "
                      "(XPENDING)", per_kind)
     oldest = _gauge("aiq_oldest_pending_age_seconds", "age of the oldest pending entry, from "
@@ -78,6 +80,7 @@ def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
         for s in row.streams:
             labels = [wt, s.kind]
             length.add_metric(labels, s.length)
+            high.add_metric(labels, s.high)
             pending.add_metric(labels, s.pending)
             oldest.add_metric(labels, s.oldest_pending_age_s or 0.0)
             owner_idle.add_metric(labels, s.owner_idle_s or 0.0)
@@ -88,7 +91,7 @@ def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
         delayed.add_metric([wt], row.delayed)
         workers.add_metric([wt], row.workers)
         fenced.add_metric([wt], row.fenced)
-    yield from (length, pending, oldest, owner_idle, dead, delayed, workers, jobs, submitted,
+    yield from (length, high, pending, oldest, owner_idle, dead, delayed, workers, jobs, submitted,
                 fenced)
 
 

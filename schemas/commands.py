@@ -15,7 +15,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from schemas.catalogue import CATALOGUE, Device, RoutingError
-from schemas.requests import _TIMEOUT_DOC, MAX_TIMEOUT_S, MaxRetries, Text
+from schemas.requests import _TIMEOUT_DOC, MAX_TIMEOUT_S, JobPriority, MaxRetries, Text
+from schemas.status import Priority
 
 MAX_ARGV = 256  # entrypoint items
 MAX_ARGV_BYTES = 64 * 1024  # all of them together
@@ -128,6 +129,7 @@ class CommandRequest(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S,
                                     description=_TIMEOUT_DOC)
     max_retries: MaxRetries = None
+    priority: JobPriority = Priority.NORMAL
     description: Text = Field(default="", max_length=2000)
     requires_gpu: StrictBool = False
     framework_override: str | None = Field(default=None, max_length=64,

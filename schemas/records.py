@@ -21,7 +21,7 @@ from pydantic import (
 
 from schemas.catalogue import KNOWN_MODEL_TYPES
 from schemas.requests import JobId
-from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus
+from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus, Priority
 
 # Fields of a stream entry, in the order they are written. The requeue script copies exactly these
 # from the record into a fresh entry, so a retried job carries the same spec. An inference job's
@@ -29,7 +29,7 @@ from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus
 # hands them to the worker that starts the job.
 ENTRY_FIELDS: tuple[str, ...] = (
     "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "data_path",
-    "hyperparameters", "model_id", "parameters", "timeout_s", "max_retries",
+    "hyperparameters", "model_id", "parameters", "timeout_s", "max_retries", "priority",
 )
 # A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
 # worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
@@ -38,7 +38,7 @@ REQUEUE_FIELDS: tuple[str, ...] = (*ENTRY_FIELDS, "overrides")
 # flat. Its own list, so training and inference entries carry no empty command fields.
 COMMAND_ENTRY_FIELDS: tuple[str, ...] = (
     "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "entrypoint", "working_dir",
-    "requirements", "env", "timeout_s", "max_retries",
+    "requirements", "env", "timeout_s", "max_retries", "priority",
 )
 COMMAND_REQUEUE_FIELDS: tuple[str, ...] = (*COMMAND_ENTRY_FIELDS, "overrides")
 # A finished job's status -> the field its result key holds (JSON).
@@ -79,6 +79,7 @@ class JobMessage(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
     max_retries: int | None = Field(default=None, ge=0)  # the job's own; '' (absent): unset
+    priority: Priority = Priority.NORMAL  # its lane; '' (absent): normal
     # Set by a worker for the next attempt, e.g. after CUDA OOM:
     # {"hyperparameters": {"batch_size": 16}, "oom_retries": [{"batch_size": 64, ...}, ...]}
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -171,6 +172,7 @@ class JobRecord(BaseModel):
     gpu_mem_mb: int | None = None
     timeout_s: float | None = None
     max_retries: int | None = None
+    priority: Priority = Priority.NORMAL
     attempt: int = 1
     deliveries: int = 0
     worker: str | None = None
@@ -274,11 +276,16 @@ class JobView(JobStatusView):
     model_id: str | None = None
     requires_gpu: bool = False
     gpu_mem_mb: int | None = None
-    timeout_s: float | None = Field(default=None, description="as submitted (absent: the "
-                                    "worker type's JOB_TIMEOUT_S)")
-    max_retries: int | None = Field(default=None, description="as submitted (absent: the "
-                                    "worker type's MAX_RETRIES); the job is retried at most "
+    timeout_s: float | None = Field(default=None, description="as submitted, lowered to the "
+                                    "worker type's MAX_JOB_TIMEOUT_S where its workers "
+                                    "published it (absent: the type's JOB_TIMEOUT_S)")
+    max_retries: int | None = Field(default=None, description="as submitted, lowered to the "
+                                    "worker type's MAX_RETRIES where its workers published it "
+                                    "(absent: MAX_RETRIES); the job is retried at most "
                                     "min(this, MAX_RETRIES) times")
+    priority: Priority = Field(default=Priority.NORMAL, description="the lane the job waits "
+                               "in: high is read first (normal where the worker type's "
+                               "MAX_PRIORITY is normal)")
     deliveries: int = 0
     worker: str | None = None
     cancel_requested: bool = False

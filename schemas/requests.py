@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from schemas.catalogue import CATALOGUE, DATA_FREE_MODELS, KNOWN_MODEL_TYPES, RoutingError, route
+from schemas.status import Priority
 
 MAX_BATCH_JOBS = 1_000  # jobs one batch submit may hold
 # Visible ASCII without spaces: safe inside a Redis key, in logs and in headers.
@@ -37,6 +38,11 @@ _RETRIES_DOC = ("how many times a retryable failure of the job is retried (0: ne
 
 # A job's own retry budget: an integer 0 to MAX_JOB_RETRIES (no bool, float or string).
 MaxRetries = Annotated[StrictInt | None, Field(ge=0, le=MAX_JOB_RETRIES, description=_RETRIES_DOC)]
+_PRIORITY_DOC = ("the job's lane: `high` jobs are started before `normal` ones, while a share "
+                 "of the starts (1 in PRIORITY_WEIGHT + 1) stays with a normal backlog so it "
+                 "is never starved. A worker type whose MAX_PRIORITY is `normal` queues every "
+                 "job as normal")
+JobPriority = Annotated[Priority, Field(description=_PRIORITY_DOC)]
 
 
 def json_safe(value: Any) -> Any:
@@ -116,6 +122,7 @@ class TrainingRequest(BaseModel):
                                    description="GPU memory estimate (MiB)")
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
     max_retries: MaxRetries = None
+    priority: JobPriority = Priority.NORMAL
 
     _model_type = field_validator("model_type")(_check_model_type)
 
@@ -146,6 +153,7 @@ class InferenceRequest(BaseModel):
     gpu_mem_mb: int | None = Field(default=None, gt=0, le=16_777_216)
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
     max_retries: MaxRetries = None
+    priority: JobPriority = Priority.NORMAL
 
     @model_validator(mode="after")
     def _one_source(self) -> InferenceRequest:

@@ -13,6 +13,14 @@ class JobKind(StrEnum):
 COMMAND_MODEL_TYPE = "command"
 
 
+class Priority(StrEnum):
+    """A job's lane: workers read the high lane first, with a share kept for the normal lane
+    while both have work (PRIORITY_WEIGHT), so normal jobs are never starved."""
+
+    NORMAL = "normal"
+    HIGH = "high"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"  # entry in the stream, waiting for a worker
     RUNNING = "running"  # a worker owns the entry and runs the job

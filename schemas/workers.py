@@ -43,3 +43,5 @@ class StreamInfo(BaseModel):
     consumers: int
     dead_letters: int
     delayed: int = 0
+    high_priority: int = Field(default=0, description="of `length`, the jobs in the "
+                               "high-priority lane (`<stream>:high`)")

@@ -10,10 +10,10 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from schemas.records import JobMessage, requeue_fields_of
+from schemas.status import Priority
 from streams import scripts
 from streams.delivery import Delivery
 from streams.endings import (
@@ -31,6 +31,8 @@ from streams.keys import GROUP, QueueKeys
 from streams.limits import StreamLimits
 from streams.retries import PROMOTE_BATCH, promote_due
 from streams.scripts import Arg
+
+DEFAULT_PRIORITY_WEIGHT = 9  # high-lane entries read per normal one while both have a backlog
 
 
 @dataclass(slots=True)
@@ -66,6 +68,25 @@ def _raise_exc(res: Any) -> None:
         raise res
 
 
+@dataclass(slots=True)
+class LaneShare:
+    """How many new entries the normal lanes get before the high ones at the next read: one
+    per ``weight`` high-lane entries taken since the normal lanes last had their turn, so a
+    high-priority backlog overtakes normal jobs without starving them. A normal lane found
+    empty when its turn came owes nothing (the credit restarts)."""
+
+    weight: int
+    credit: float = 0.0
+
+    def normal_first(self) -> int:
+        return int(self.credit)
+
+    def took(self, asked: int, normal_first: int, high: int) -> None:
+        """A read asked ``asked`` normal entries first, got ``normal_first``, and ``high``."""
+        self.credit = 0.0 if normal_first < asked else self.credit - normal_first
+        self.credit += high / self.weight
+
+
 @dataclass(frozen=True, slots=True)
 class StartOutcome:
     delivery: Delivery
@@ -86,6 +107,7 @@ class QueueConsumer:
         name: str,
         limits: StreamLimits,
         max_deliveries: int = 5,
+        priority_weight: int = DEFAULT_PRIORITY_WEIGHT,
         streams: tuple[str, ...] | None = None,
     ) -> None:
         self.redis = redis
@@ -94,6 +116,9 @@ class QueueConsumer:
         self.limits = limits
         self.max_deliveries = max_deliveries
         self.streams: tuple[str, ...] = keys.streams if streams is None else streams
+        self.high_streams, self.normal_streams = keys.split_lanes(self.streams)
+        self.lanes = LaneShare(priority_weight)
+        self._asked = 0  # normal entries the last read asked for first
         self._common = limits.common_args()
 
     async def ensure_groups(self) -> None:
@@ -108,12 +133,20 @@ class QueueConsumer:
         return d
 
     async def read(self, conn: Redis, count: int, block_ms: int) -> list[Delivery]:
-        """XREADGROUP new entries from the served streams on the caller's dedicated
-        connection."""
-        got = await conn.xreadgroup(
-            GROUP, self.name, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
-        )
-        return self._parse_read(got)
+        """Take up to ``count`` new entries of the served streams, high lanes first
+        (``read.lua``), on the caller's dedicated connection; when none waits, block up to
+        ``block_ms`` for the first ones. Woken from the block, at most ``count`` // streams per
+        stream (at least one each)."""
+        taken = self._taken(await scripts.READ(conn, *self._read_call(count)))
+        if taken or block_ms <= 0:
+            return taken
+        per_stream = max(1, count // len(self.streams))
+        got = await conn.xreadgroup(GROUP, self.name, dict.fromkeys(self.streams, ">"),
+                                    count=per_stream, block=block_ms)
+        out = self._parse_read(got)
+        self.lanes.took(0, 0, sum(self.keys.priority_of_stream(d.stream) is Priority.HIGH
+                                  for d in out))
+        return out
 
     def _parse_read(self, got: Any) -> list[Delivery]:
         return [
@@ -121,6 +154,20 @@ class QueueConsumer:
             for stream, entries in got or []
             for entry_id, fields in entries
         ]
+
+    def _read_call(self, count: int) -> tuple[list[str], list[Arg]]:
+        """KEYS and ARGV of ``read.lua``: the high lanes, then the normal ones."""
+        high = self.high_streams
+        self._asked = self.lanes.normal_first()
+        return ([*high, *self.normal_streams],
+                [*self._common, GROUP, self.name, count, len(high), self._asked])
+
+    def _taken(self, reply: list[Any]) -> list[Delivery]:
+        """``read.lua``'s reply as deliveries, in the order read; the lane share updated."""
+        self.lanes.took(self._asked, int(reply[0]), int(reply[1]))
+        return [self._delivery(stream, entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                for stream, entries in zip(reply[2::2], reply[3::2], strict=True)
+                for entry_id, flat in entries]
 
     def sweep(self) -> ReclaimSweep:
         """A new pass over the pending lists of this type's streams (see ``reclaim``)."""
@@ -235,16 +282,14 @@ class QueueConsumer:
         """``start`` the batch and, in the same round trip, read up to ``count`` more entries
         without blocking: under load, reading and starting cost one round trip per batch."""
         streams, calls = self._start_calls(batch)
-
-        def read_more(pipe: Pipeline) -> None:
-            pipe.xreadgroup(GROUP, self.name, dict.fromkeys(self.streams, ">"),
-                            count=count)
-
-        results = await scripts.execute(conn, calls, read_more if count > 0 else None)
-        more = results[len(calls)] if count > 0 else None
-        _raise_exc(more)
-        return (self._start_outcomes(batch, streams, results[:len(calls)]),
-                self._parse_read(more))
+        if count > 0:
+            calls.append((scripts.READ, *self._read_call(count)))
+        results = await scripts.execute(conn, calls)
+        more: list[Delivery] = []
+        if count > 0:
+            _raise_exc(results[-1])
+            more = self._taken(results.pop())
+        return self._start_outcomes(batch, streams, results), more
 
     async def dead_letter(self, d: Delivery, reason: str) -> bool:
         """Move a malformed entry to the dead-letter stream with its raw fields. False when

@@ -1,8 +1,10 @@
 """Read-only queue inspection (``GET /queues``, dashboards, the CLI): one pipelined round trip.
 
-Per stream (worker type and kind):
+Per worker type and kind (the two priority lanes of a kind, ``:queue`` and ``:queue:high``,
+summed):
 
 * ``length``: XLEN. Acked entries are deleted, so the stream holds exactly the jobs not finished.
+* ``high_priority``: of those, how many are in the high-priority lane.
 * ``pending``: delivered, not yet acked (XPENDING summary count): jobs a worker holds.
 * ``lag``: ``length - pending``, the entries no worker has read yet. Exact because acked entries
   leave the stream, and it works on Redis 6.2, whose XINFO GROUPS has no lag field.
@@ -33,7 +35,7 @@ from schemas.workers import StreamInfo
 from streams.keys import DEFAULT_PREFIX, GROUP, QueueKeys
 from streams.scripts import queue_server_time
 
-_PER_ROW = 5  # commands queued per stream; keep in step with _queue_row / _row
+_PER_ROW = 8  # commands queued per row (a kind's two lanes); keep in step with _queue_row / _row
 
 
 def or_default(value: Any, default: Any) -> Any:
@@ -47,10 +49,10 @@ def or_default(value: Any, default: Any) -> Any:
 
 
 def _queue_row(pipe: Any, keys: QueueKeys, kind: JobKind) -> None:
-    stream = keys.stream(kind)
-    pipe.xlen(stream)
-    pipe.xpending(stream, GROUP)
-    pipe.xinfo_groups(stream)
+    for stream in keys.lanes(kind):
+        pipe.xlen(stream)
+        pipe.xpending(stream, GROUP)
+        pipe.xinfo_groups(stream)
     pipe.xlen(keys.dead(kind))
     pipe.zcard(keys.delayed)
 
@@ -61,23 +63,34 @@ def _age_ms(oldest_id: str | None, now_ms: int) -> int | None:
     return max(now_ms - int(oldest_id.split("-", 1)[0]), 0)
 
 
+def _oldest(*ids: str | None) -> str | None:
+    """The smallest of stream entry ids (the oldest), None when there is none."""
+    found = [i for i in ids if i]
+    return min(found, key=lambda i: tuple(int(p) for p in i.split("-", 1))) if found else None
+
+
 def _row(keys: QueueKeys, kind: JobKind, results: list[Any], now_ms: int) -> StreamInfo:
-    length, summary, groups, dead, delayed = (
-        or_default(r, d) for r, d in zip(results, (0, {}, [], 0, 0), strict=True)
-    )
+    defaults: tuple[Any, ...] = (0, {}, [], 0, {}, [], 0, 0)
+    (length, summary, groups, high_length, high_summary, _, dead, delayed) = (
+        or_default(r, d) for r, d in zip(results, defaults, strict=True))
     pending = int(summary.get("pending") or 0)
+    high_pending = int(high_summary.get("pending") or 0)
     group: dict[str, Any] = next((g for g in groups if g.get("name") == GROUP), {})
+    total = int(length) + int(high_length)
+    oldest = _oldest(summary.get("min") if pending else None,
+                     high_summary.get("min") if high_pending else None)
     return StreamInfo(
         stream=keys.stream(kind),
         worker_type=keys.worker_type,
         kind=kind.value,
-        length=int(length),
-        pending=pending,
-        lag=max(int(length) - pending, 0),
-        oldest_pending_age_ms=_age_ms(summary.get("min") if pending else None, now_ms),
+        length=total,
+        pending=pending + high_pending,
+        lag=max(total - pending - high_pending, 0),
+        oldest_pending_age_ms=_age_ms(oldest, now_ms),
         consumers=int(group.get("consumers") or 0),
         dead_letters=int(dead),
         delayed=int(delayed) if kind is JobKind.TRAINING else 0,
+        high_priority=int(high_length),
     )
 
 

@@ -7,6 +7,9 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:inference:{pytorch-2.1}:queue     stream of inference jobs
     ai:command:{pytorch-2.1}:queue       stream of command jobs (read only by workers with
                                          COMMAND_JOBS on)
+    ai:training:{pytorch-2.1}:queue:high the high-priority lane of training jobs (and
+    ai:inference:{pytorch-2.1}:queue:high  of inference jobs, ai:command:…:queue:high of
+                                         command jobs): read before the normal lane
     ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue (one per kind)
     ai:{pytorch-2.1}:job:<job_id>        job record (hash)
     ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it; made by
@@ -23,19 +26,21 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:{pytorch-2.1}:stats               counters (hash): submitted, succeeded, fenced, …
     ai:{pytorch-2.1}:idem:<key>          Idempotency-Key of a submit (hash, expires)
     ai:{pytorch-2.1}:gpu_peaks           peak GPU MiB seen per <model_type>:<kind>:<batch_size>
+    ai:{pytorch-2.1}:limits              the type's maxima for a job's own max_retries,
+                                         timeout_s and priority (hash, set by its workers)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.status import JobKind
+from schemas.status import JobKind, Priority
 
 GROUP = "workers"
-_TRAINING, _INFERENCE, _COMMAND = JobKind.TRAINING, JobKind.INFERENCE, JobKind.COMMAND
 DEFAULT_PREFIX = "ai"
+HIGH_LANE_SUFFIX = ":high"
 # The kinds every worker serves; command jobs only where COMMAND_JOBS is on.
-MODEL_KINDS: tuple[JobKind, ...] = (_TRAINING, _INFERENCE)
+MODEL_KINDS: tuple[JobKind, ...] = (JobKind.TRAINING, JobKind.INFERENCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +54,46 @@ class QueueKeys:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_base", f"{self.prefix}:{{{self.worker_type}}}")
 
-    def stream(self, kind: JobKind) -> str:
-        return f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:queue"
+    def stream(self, kind: JobKind, priority: Priority = Priority.NORMAL) -> str:
+        """The stream of ``kind`` jobs of one priority lane (``:queue``, ``:queue:high``)."""
+        base = f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:queue"
+        return base + HIGH_LANE_SUFFIX if priority is Priority.HIGH else base
 
     def dead(self, kind: JobKind) -> str:
         return f"{self.prefix}:{kind.value}:{{{self.worker_type}}}:dead"
 
     @property
-    def streams(self) -> tuple[str, str]:
-        """The training and inference streams (what every worker of the type reads)."""
-        return self.stream(JobKind.TRAINING), self.stream(JobKind.INFERENCE)
+    def streams(self) -> tuple[str, ...]:
+        """The streams every worker of the type reads (training and inference, both lanes):
+        ``streams_of(MODEL_KINDS)``. A worker with command jobs on serves the command lanes
+        too."""
+        return self.streams_of(MODEL_KINDS)
 
     def streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
-        """The streams of ``kinds``, in that order: the set a worker serves."""
+        """The streams of ``kinds``, the set a worker serves: the high lanes first, then the
+        normal ones (the order of reads, reclaim sweeps and orphan claims)."""
+        return (*self.high_streams_of(kinds), *self.normal_streams_of(kinds))
+
+    @staticmethod
+    def split_lanes(streams: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``streams`` as (high lanes, normal lanes), each in order."""
+        return (tuple(s for s in streams if s.endswith(HIGH_LANE_SUFFIX)),
+                tuple(s for s in streams if not s.endswith(HIGH_LANE_SUFFIX)))
+
+    def high_streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
+        return tuple(self.stream(kind, Priority.HIGH) for kind in kinds)
+
+    def normal_streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
         return tuple(self.stream(kind) for kind in kinds)
+
+    @property
+    def all_streams(self) -> tuple[str, ...]:
+        """Every stream of the type, every kind and lane (a cancel looks for its job's)."""
+        return self.streams_of(tuple(JobKind))
+
+    def lanes(self, kind: JobKind) -> tuple[str, str]:
+        """The normal and the high lane of ``kind``."""
+        return self.stream(kind), self.stream(kind, Priority.HIGH)
 
     @property
     def events(self) -> str:
@@ -106,7 +137,14 @@ class QueueKeys:
     def idempotency(self, key: str) -> str:
         return f"{self._base}:idem:{key}"
 
+    @property
+    def limits(self) -> str:
+        return f"{self._base}:limits"
+
     def kind_of_stream(self, stream: str) -> JobKind:
-        if stream == self.stream(_TRAINING):
-            return _TRAINING
-        return _COMMAND if stream == self.stream(_COMMAND) else _INFERENCE
+        """The kind of jobs ``stream`` (either lane) holds."""
+        return JobKind(stream[len(self.prefix) + 1:].split(":", 1)[0])
+
+    @staticmethod
+    def priority_of_stream(stream: str) -> Priority:
+        return Priority.HIGH if stream.endswith(HIGH_LANE_SUFFIX) else Priority.NORMAL

@@ -19,7 +19,7 @@ from schemas.commands import CommandRequest
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from schemas.records import JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
-from schemas.status import JobKind, JobStatus
+from schemas.status import JobKind, JobStatus, Priority
 from streams import scripts
 from streams.connection import connection_options, on_one_connection
 from streams.errors import (
@@ -133,7 +133,7 @@ class Producer:
             await ensure_groups(self.redis, keys)
             self._grouped.add(job.worker_type)
         if job.kind is JobKind.COMMAND and f"{job.worker_type}:command" not in self._grouped:
-            await ensure_groups(self.redis, keys, [keys.stream(JobKind.COMMAND)])
+            await ensure_groups(self.redis, keys, keys.streams_of((JobKind.COMMAND,)))
             self._grouped.add(f"{job.worker_type}:command")
         script_keys, script_args = script_call(keys, self.limits, [job], WRITE,
                                                self.limits.max_queued)
@@ -158,13 +158,17 @@ class Producer:
             self._seen[done.job_id] = done.event_id  # wait() blocks right after the queued event
             if len(self._seen) > _TYPE_CACHE:
                 self._seen.pop(next(iter(self._seen)))
-        status = JobStatus.QUEUED
+        status, lane = JobStatus.QUEUED, done.priority
         if done.duplicate:  # the earlier job may have run since: its status as it is now
-            status = JobStatus(await self.redis.hget(keys.job(done.job_id), "status") or "queued")
+            status, lane = await self._status_and_lane(keys.job(done.job_id))
         # Every value is ours and already typed: no validation pass (one per submit).
         return JobSubmitted.model_construct(
             job_id=done.job_id, status=status, worker_type=job.worker_type, kind=job.kind,
-            stream=keys.stream(job.kind), duplicate=done.duplicate)
+            stream=keys.stream(job.kind, lane), duplicate=done.duplicate)
+
+    async def _status_and_lane(self, record: str) -> tuple[JobStatus, Priority]:
+        status, lane = await self.redis.hmget(record, "status", "priority")
+        return JobStatus(status or "queued"), Priority(lane or "normal")
 
     async def _submit_and_wait(self, keys: list[str], args: list[scripts.Arg]
                                ) -> tuple[list[Any], int]:
@@ -291,23 +295,26 @@ class Producer:
                 self._remember(done.job_id, wt)
                 out[n] = JobSubmitted(job_id=done.job_id, status=JobStatus.QUEUED,
                                       worker_type=wt, kind=jobs[n].kind,
-                                      stream=keys.stream(jobs[n].kind),
+                                      stream=keys.stream(jobs[n].kind, done.priority),
                                       duplicate=done.duplicate)
         return out
 
     async def _duplicate_statuses(self, out: list[JobSubmitted | None],
                                   dups: list[tuple[int, str]]) -> None:
-        """Duplicates answer their earlier job's status as it is now (one pipelined read)."""
+        """Duplicates answer their earlier job's status as it is now, and its lane (one
+        pipelined read)."""
         if not dups:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, record in dups:
-                pipe.hget(record, "status")
-            statuses = await pipe.execute()
-        for (n, _), status in zip(dups, statuses, strict=True):
+                pipe.hmget(record, "status", "priority")
+            found = await pipe.execute()
+        for (n, _), (status, lane) in zip(dups, found, strict=True):
             job = out[n]
             assert job is not None
-            out[n] = job.model_copy(update={"status": JobStatus(status or "queued")})
+            stream = self.keys(job.worker_type).stream(job.kind, Priority(lane or "normal"))
+            out[n] = job.model_copy(update={"status": JobStatus(status or "queued"),
+                                            "stream": stream})
 
     async def _earlier_batch(self, kind: JobKind, keyed: list[tuple[str | None, str]]
                              ) -> dict[int, JobSubmitted]:
@@ -384,11 +391,10 @@ class Producer:
                 raise IdempotencyConflict(
                     f"Idempotency-Key {idempotency_key!r} was used for another request")
             keys = self.keys(name)
-            status = await self.redis.hget(keys.job(job_id), "status")
+            status, lane = await self._status_and_lane(keys.job(job_id))
             self._remember(job_id, name)
-            return JobSubmitted(job_id=job_id, status=JobStatus(status or "queued"),
-                                worker_type=name, kind=kind, stream=keys.stream(kind),
-                                duplicate=True)
+            return JobSubmitted(job_id=job_id, status=status, worker_type=name, kind=kind,
+                                stream=keys.stream(kind, lane), duplicate=True)
         return None
 
     def _remember(self, job_id: str, worker_type: str) -> None:
@@ -432,8 +438,8 @@ class Producer:
         keys = self.keys(await self.worker_type_of(job_id))
         code, detail = await scripts.CANCEL(
             self.redis,
-            [*keys.streams, keys.job(job_id), keys.job_events(job_id), keys.events, keys.delayed,
-             keys.stats, keys.jobs, keys.stream(JobKind.COMMAND), keys.job_logs(job_id)],
+            [keys.job(job_id), keys.job_events(job_id), keys.events, keys.delayed, keys.stats,
+             keys.jobs, keys.job_logs(job_id), *keys.all_streams],
             [*self.limits.common_args(), job_id, GROUP],
         )
         raise_for(code, "", f"job {job_id} is already {detail}")

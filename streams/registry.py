@@ -61,3 +61,11 @@ async def type_workers(redis: Redis, keys: QueueKeys, prune: bool = True) -> lis
     if dead and prune:
         await redis.srem(keys.workers, *dead)
     return [_from_hash(raw) for raw in raws if raw]
+
+
+async def publish_limits(redis: Redis, keys: QueueKeys, limits: dict[str, str]) -> None:
+    """The type's maxima for a job's own max_retries, timeout_s and priority, which the submit
+    and retry scripts apply (``ai:{type}:limits``; kept while the type has no worker, so jobs
+    queued meanwhile are bounded too). Every worker of a type writes its own settings at start:
+    give all of them the same."""
+    await redis.hset(keys.limits, mapping=limits)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 
 from schemas.records import requeue_fields_of
-from schemas.status import JobKind
+from schemas.status import JobKind, Priority
 from streams import scripts
 from streams.keys import QueueKeys
 from streams.limits import StreamLimits
@@ -50,25 +50,28 @@ async def promote_all_due(redis: Redis, all_keys: Iterable[QueueKeys], limits: S
 
 
 async def _promote(redis: Redis, keys: QueueKeys, limits: StreamLimits, due: list[str]) -> int:
-    kinds = await _kinds(redis, keys, due)
+    lanes = await _lanes(redis, keys, due)
     common = limits.common_args()
     calls = [
         (scripts.PROMOTE,
-         [keys.delayed, keys.stream(kind), keys.job(job_id), keys.job_events(job_id),
+         [keys.delayed, keys.stream(kind, priority), keys.job(job_id), keys.job_events(job_id),
           keys.events],
          [*common, job_id, *requeue_fields_of(kind)])
-        for job_id, kind in zip(due, kinds, strict=True)
+        for job_id, (kind, priority) in zip(due, lanes, strict=True)
     ]
     results = await scripts.execute(redis, calls)
     return sum(1 for r in results if not isinstance(r, Exception) and int(r[0]) == 1)
 
 
-async def _kinds(redis: Redis, keys: QueueKeys, job_ids: list[str]) -> list[JobKind]:
+async def _lanes(redis: Redis, keys: QueueKeys, job_ids: list[str]
+                 ) -> list[tuple[JobKind, Priority]]:
+    """Each job's stream: its kind and its priority lane, from its record."""
     async with redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hget(keys.job(job_id), "kind")
+            pipe.hmget(keys.job(job_id), "kind", "priority")
         raw = await pipe.execute()
-    return [JobKind(k) if k in _KINDS else JobKind.TRAINING for k in raw]
+    return [(JobKind(kind) if kind in _KINDS else JobKind.TRAINING,
+             Priority.HIGH if priority == "high" else Priority.NORMAL) for kind, priority in raw]
 
 
 _KINDS = frozenset(kind.value for kind in JobKind)

@@ -1,14 +1,14 @@
 """One read of every number the gateway's ``/metrics`` exports, cheap at any queue size.
 
-Two pipelined round trips, whatever is queued: first, per worker type, a fixed fifteen
-commands (per kind (training, inference, command): XLEN of the stream, the XPENDING summary,
-XINFO CONSUMERS, XLEN of its dead letters; then ZCARD of the delayed set, HGETALL of the stats
-hash, SMEMBERS of the registry) plus one TIME; then, per worker type that has registered ids,
-one EXISTS over its workers' hashes (a dead worker's hash expired, so only live ones count). No
-command reads a job or an entry, so 100,000 queued jobs cost what 10 do (XINFO CONSUMERS answers
-one row per consumer: the live workers and those gone recently, before a reclaim sweep forgets
-them). Every key comes from streams/keys.py; a stream, group or key that does not exist yet
-reads as zero.
+Two pipelined round trips, whatever is queued: first, per worker type, a fixed twenty-four
+commands (per kind (training, inference, command) and priority lane: XLEN of the stream, the
+XPENDING summary, XINFO CONSUMERS; per kind, XLEN of its dead letters; then ZCARD of the
+delayed set, HGETALL of the stats hash, SMEMBERS of the registry) plus one TIME; then, per
+worker type that has registered ids, one EXISTS over its workers' hashes (a dead worker's hash
+expired, so only live ones count). No command reads a job or an entry, so 100,000 queued jobs
+cost what 10 do (XINFO CONSUMERS answers one row per consumer: the live workers and those gone
+recently, before a reclaim sweep forgets them). Every key comes from streams/keys.py; a stream,
+group or key that does not exist yet reads as zero.
 
 The stats hash (written by the Lua scripts, ``count`` in ``_common.lua``) holds each counter per
 worker type (``succeeded``) and per kind (``training:succeeded``).
@@ -33,13 +33,13 @@ OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "dead_lettered", "han
 SUBMITTED = "submitted"
 FENCED = "fenced"  # kept per worker type only (a zombie's write may not know its stream)
 
-_PER_KIND = 4  # commands per kind; keep in step with _queue and _kind_row
+_PER_KIND = 7  # commands per kind (3 per lane, dead letters); keep in step with _queue, _kind_row
 _PER_TYPE = len(JobKind) * _PER_KIND + 3
 
 
 @dataclass(frozen=True, slots=True)
 class StreamNumbers:
-    """One worker type's stream of one kind."""
+    """One worker type's jobs of one kind: both priority lanes, summed."""
 
     kind: str
     length: int  # entries not finished (acked entries are deleted)
@@ -51,6 +51,7 @@ class StreamNumbers:
     owner_idle_s: float | None
     dead_letters: int
     counters: dict[str, int]  # outcome (and "submitted") -> count, for jobs of this kind
+    high: int = 0  # of length, the jobs in the high-priority lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +65,10 @@ class TypeNumbers:
 
 def _queue(pipe: Any, keys: QueueKeys) -> None:
     for kind in JobKind:
-        pipe.xlen(keys.stream(kind))
-        pipe.xpending(keys.stream(kind), GROUP)
-        pipe.xinfo_consumers(keys.stream(kind), GROUP)
+        for stream in keys.lanes(kind):
+            pipe.xlen(stream)
+            pipe.xpending(stream, GROUP)
+            pipe.xinfo_consumers(stream, GROUP)
         pipe.xlen(keys.dead(kind))
     pipe.zcard(keys.delayed)
     pipe.hgetall(keys.stats)
@@ -80,17 +82,26 @@ def _counter(stats: dict[str, str], name: str) -> int:
         return 0
 
 
+def _lane(results: list[Any]) -> tuple[int, int, str | None, list[int]]:
+    """One lane's length, pending count, oldest pending id and its owners' idle times (ms)."""
+    length, summary, consumers = (
+        or_default(r, d) for r, d in zip(results, (0, {}, []), strict=True))
+    pending = int(summary.get("pending") or 0)
+    idle = [int(c.get("idle") or 0) for c in consumers if int(c.get("pending") or 0)]
+    return int(length), pending, str(summary.get("min")) if pending else None, idle
+
+
 def _kind_row(kind: JobKind, results: list[Any], stats: dict[str, str], now_ms: int
               ) -> StreamNumbers:
-    length, summary, consumers, dead = (
-        or_default(r, d) for r, d in zip(results, (0, {}, [], 0), strict=True))
-    pending = int(summary.get("pending") or 0)
-    oldest = summary.get("min") if pending else None
-    age = max(now_ms - int(str(oldest).split("-", 1)[0]), 0) / 1000 if oldest else None
-    idle = [int(c.get("idle") or 0) for c in consumers if int(c.get("pending") or 0)]
+    normal, high = _lane(results[0:3]), _lane(results[3:6])
+    dead = or_default(results[6], 0)
+    ages = [max(now_ms - int(oldest.split("-", 1)[0]), 0) / 1000
+            for oldest in (normal[2], high[2]) if oldest]
+    idle = normal[3] + high[3]
     counters = {name: _counter(stats, f"{kind.value}:{name}") for name in (*OUTCOMES, SUBMITTED)}
-    return StreamNumbers(kind.value, int(length), pending, age, max(idle) / 1000 if idle else None,
-                         int(dead), counters)
+    return StreamNumbers(kind.value, normal[0] + high[0], normal[1] + high[1],
+                         max(ages) if ages else None, max(idle) / 1000 if idle else None,
+                         int(dead), counters, high[0])
 
 
 def _type_row(keys: QueueKeys, results: list[Any], now_ms: int

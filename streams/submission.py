@@ -16,7 +16,7 @@ import orjson
 from schemas.commands import CommandRequest
 from schemas.records import entry_fields_of
 from schemas.requests import MAX_BATCH_JOBS, InferenceRequest, TrainingRequest
-from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus
+from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus, Priority
 from streams.errors import (
     IDEMPOTENCY_CONFLICT,
     QUEUE_FULL,
@@ -41,6 +41,11 @@ def _dumps(value: Any) -> str:
 def _blank(value: int | None) -> int | str:
     """An optional number as an entry value: '' when unset (0 is a value, not unset)."""
     return "" if value is None else value
+
+
+def _lane(priority: Priority) -> str:
+    """The entry's ``priority``: '' for the normal lane (the entry and record stay smaller)."""
+    return "" if priority is Priority.NORMAL else priority.value
 
 
 def digest(kind: JobKind, fingerprint: str) -> str:
@@ -79,6 +84,7 @@ def training_job(req: TrainingRequest, worker_type: str, job_id: str,
         "hyperparameters": req.hyperparameters.model_dump_json(),
         "timeout_s": req.timeout_s or "",
         "max_retries": _blank(req.max_retries),
+        "priority": _lane(req.priority),
     }
     record = {"description": req.description, "requires_gpu": int(req.requires_gpu),
               "worker_type": worker_type}
@@ -99,6 +105,7 @@ def inference_job(req: InferenceRequest, model: dict[str, str], job_id: str,
         "parameters": _dumps(req.parameters),
         "timeout_s": req.timeout_s or "",
         "max_retries": _blank(req.max_retries),
+        "priority": _lane(req.priority),
     }
     record = {"description": req.description,
               "requires_gpu": int(model.get("requires_gpu") or 0),
@@ -120,6 +127,7 @@ def command_job(req: CommandRequest, worker_type: str, job_id: str,
         "env": _dumps(req.env) if req.env else "",
         "timeout_s": req.timeout_s or "",
         "max_retries": _blank(req.max_retries),
+        "priority": _lane(req.priority),
     }
     record = {"description": req.description, "requires_gpu": int(req.requires_gpu),
               "worker_type": worker_type}
@@ -138,7 +146,8 @@ def script_call(keys: QueueKeys, limits: StreamLimits, jobs: list[NewJob], mode:
     kind = jobs[0].kind
     record_names = list(jobs[0].record)
     entry_names = jobs[0].entry_names
-    script_keys = [keys.stream(kind), keys.events, keys.jobs, keys.stats]
+    normal, high = keys.lanes(kind)
+    script_keys = [normal, keys.events, keys.jobs, keys.stats, high, keys.limits]
     args: list[Arg] = [*limits.common_args(), GROUP, max_queued, mode, limits.idempotency_ttl_s,
                        len(entry_names), len(record_names), *entry_names, *record_names]
     for job in jobs:
@@ -156,12 +165,14 @@ class Outcome:
     job_id: str
     duplicate: bool
     event_id: str  # the queued event's id ('' for a duplicate, and in check mode)
+    priority: Priority = Priority.NORMAL  # the lane it went to (a duplicate: not known here)
 
 
 def outcomes(reply: list[Any]) -> list[Outcome]:
     """The per-job part of an accepted reply (code 0), in the order the jobs were given."""
-    return [Outcome(str(reply[i + 1]), int(reply[i]) == 1, str(reply[i + 3]))
-            for i in range(3, len(reply), 4)]
+    return [Outcome(str(reply[i + 1]), int(reply[i]) == 1, str(reply[i + 3]),
+                    Priority.HIGH if reply[i + 4] == "high" else Priority.NORMAL)
+            for i in range(3, len(reply), 5)]
 
 
 def refusal(reply: list[Any], jobs: list[NewJob], positions: list[int]) -> AiqError | None:

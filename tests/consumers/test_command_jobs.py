@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from consumers.gpu import ScriptedDevice, ScriptedDevices
 from schemas.events import ProgressEvent, parse_event
-from schemas.status import JobKind, JobStatus
+from schemas.status import JobKind, JobStatus, Priority
 from streams.keys import GROUP, QueueKeys
 from streams.producer import Producer
 from tests.consumers.command_support import (
@@ -255,16 +255,20 @@ async def test_a_worker_without_command_jobs_never_reads_the_command_stream(
         redis: Redis, redis_url: str, tmp_path: Path) -> None:
     producer = Producer(redis)
     sub = await submit(producer, ["true"])
+    high = await submit(producer, ["true"], priority="high")
+    assert high.stream == KEYS.stream(JobKind.COMMAND, Priority.HIGH)
     async with running_worker(settings_for(redis_url, tmp_path)) as plain:
         await asyncio.sleep(1.0)  # several reads and reclaim sweeps of this worker
-        assert (await producer.get(sub.job_id)).status is JobStatus.QUEUED
-        assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
+        for s in (sub, high):
+            assert (await producer.get(s.job_id)).status is JobStatus.QUEUED
+            assert (await redis.xpending(s.stream, GROUP))["pending"] == 0
         info = await redis.hgetall(KEYS.worker(plain.name))
         assert info["command_jobs"] == "False"
     async with running_worker(command_settings(redis_url, tmp_path)) as worker:
-        rec = await producer.wait(sub.job_id, timeout=60)
+        recs = [await producer.wait(s.job_id, timeout=60) for s in (sub, high)]
         assert (await redis.hgetall(KEYS.worker(worker.name)))["command_jobs"] == "True"
-    assert rec.status is JobStatus.SUCCEEDED and rec.worker == worker.name
+    assert all(r.status is JobStatus.SUCCEEDED and r.worker == worker.name for r in recs)
+    assert recs[1].priority is Priority.HIGH
 
 
 async def test_gpu_memory_mb_goes_through_gpu_admission(redis: Redis, redis_url: str,

@@ -31,7 +31,7 @@ from aiq.cli import app
 from consumers.settings import WorkerSettings
 from gateway.settings import GatewaySettings
 from schemas.catalogue import CATALOGUE, Device
-from schemas.status import JobKind
+from schemas.status import JobKind, Priority
 from streams.keys import QueueKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,7 +300,9 @@ def test_each_type_scales_on_xlen_of_exactly_its_streams(target: str) -> None:
         triggers = {t["name"]: t for t in spec["triggers"]}
         keys = QueueKeys(name, settings.redis_prefix)
         assert {k: t["metadata"]["stream"] for k, t in triggers.items()} == {
-            kind.value: keys.stream(kind) for kind in JobKind}
+            **{kind.value: keys.stream(kind) for kind in JobKind},
+            **{f"{kind.value}_high": keys.stream(kind, Priority.HIGH) for kind in JobKind}}
+        assert len(triggers) == len(keys.all_streams)  # every kind and lane, command's too
         for trigger in triggers.values():
             meta = trigger["metadata"]
             assert trigger["type"] == "redis-streams"
@@ -311,8 +313,8 @@ def test_each_type_scales_on_xlen_of_exactly_its_streams(target: str) -> None:
             assert trigger["authenticationRef"]["name"] in objects(target,
                                                                    "TriggerAuthentication")
         modifiers = spec["advanced"]["scalingModifiers"]
-        assert set(re.findall(r"[a-z]+", modifiers["formula"])) == set(triggers)
-        assert "+" in modifiers["formula"]  # the sum: a worker's slots serve every kind
+        assert set(re.findall(r"[a-z_]+", modifiers["formula"])) == set(triggers)
+        assert modifiers["formula"].count("+") == len(triggers) - 1  # the sum: any kind, lane
         assert float(modifiers["target"]) == settings.max_concurrent_jobs
         assert float(modifiers.get("activationTarget", "0")) == 0
         assert spec["minReplicaCount"] <= 1 <= spec["maxReplicaCount"]

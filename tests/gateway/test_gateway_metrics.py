@@ -47,11 +47,11 @@ async def test_every_worker_type_and_kind_has_its_series(client: AsyncClient) ->
                              outcome=outcome) == 0
     names = {name for name, _ in got}
     assert names == {"aiq_redis_up", "aiq_metrics_read_seconds", "aiq_queue_length",
-                     "aiq_pending", "aiq_oldest_pending_age_seconds",
+                     "aiq_queue_length_high", "aiq_pending", "aiq_oldest_pending_age_seconds",
                      "aiq_pending_owner_idle_seconds", "aiq_dead_letters",
                      "aiq_delayed", "aiq_workers", "aiq_jobs_total", "aiq_jobs_submitted_total",
                      "aiq_fenced_writes_total"}
-    assert len(got) == 2 + 39 * len(CATALOGUE)  # 39 series per worker type, whatever runs
+    assert len(got) == 2 + 42 * len(CATALOGUE)  # 42 series per worker type, whatever runs
 
 
 async def test_the_numbers_follow_the_queue_and_no_job_id_shows(client: AsyncClient) -> None:

@@ -151,7 +151,7 @@ async def test_the_same_commands_whatever_is_queued(redis: Redis) -> None:
                           "cmdstat_xlen", "cmdstat_xpending", "cmdstat_zcard",
                           "cmdstat_hgetall", "cmdstat_smembers", "cmdstat_exists",
                           "cmdstat_xinfo", "cmdstat_xinfo|consumers"}
-    assert large["cmdstat_xlen"] == 7 * 6  # per type: 3 streams + 3 dead-letter streams
+    assert large["cmdstat_xlen"] == 7 * 9  # per type: 3 kinds x 2 lanes + 3 dead-letter streams
 
 
 @pytest.mark.parametrize("worker_types", [["diagnostic"], [f"t{i}" for i in range(100)]])
