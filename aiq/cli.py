@@ -28,7 +28,7 @@ from aiq.logs import LOGS_HELP, logs_command
 from aiq.submit import submit_app
 from aiq.up import DEFAULT_REDIS_URL, UpOptions, run
 from aiq.watch import WATCH_HELP, UsageExits3, watch_command
-from schemas.catalogue import CATALOGUE, Device
+from schemas.catalogue import CATALOGUE, STATE, Device
 
 app = typer.Typer(
     name="aiq",
@@ -81,7 +81,10 @@ def worker(
         _fail(f"aiq worker: give --type or set WORKER_TYPE; known types: {known}", 2)
     wt = CATALOGUE.get(name)
     if wt is None:
-        _fail(f"aiq worker: unknown worker type {name!r}; known types: {known}", 2)
+        broken = "".join(f"; {problem}" for problem in STATE.problems)
+        _fail(f"aiq worker: unknown worker type {name!r}; known types: {known} (a framework "
+              f"plugin's type needs its package installed here: uv pip install <plugin>)"
+              f"{broken}", 2)
     overrides: dict[str, object] = {"worker_type": name}
     if worker_type is not None or "MODEL_FRAMEWORK" not in os.environ:
         overrides["model_framework"] = wt.framework
@@ -141,19 +144,23 @@ def gateway_command(
 
 @app.command()
 def types() -> None:
-    """List the worker types, whether each can run here, and how to install it."""
+    """List the worker types, whether each can run here, how to install it, and the framework
+    plugin (its distribution and version) that declares it."""
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("type", no_wrap=True)
-    for column in ("framework", "installed", "serves", "to install"):
+    for column in ("framework", "installed", "serves", "to install", "plugin"):
         table.add_column(column, overflow="fold")
     for found in catalogue_availability():
         wt = found.worker_type
-        framework = f"{wt.module} {wt.version_spec}" if wt.extra else "(built in)"
+        own = wt.extra is not None or wt.requirement is not None
+        framework = f"{wt.module} {wt.version_spec}" if own else "(built in)"
         state = f"yes {found.installed_version}" if found.ok else f"no: {found.problem}"
         state = "no" if found.problem == "not installed" else state
         table.add_row(wt.name, framework, state, " ".join(sorted(wt.model_types)),
-                      "" if found.ok else found.fix)
+                      "" if found.ok else found.fix, wt.source)
     Console().print(table)
+    for problem in STATE.problems:
+        typer.echo(f"aiq types: {problem}", err=True)
 
 
 env_app = typer.Typer(

@@ -54,7 +54,9 @@ MAIN_ENV_EXTRAS = frozenset({"sklearn"})  # extras that live in the main environ
 WORKER_EXTRAS = ("s3",)
 VENVS_DIR_VAR = "AIQ_VENVS_DIR"  # where the per-type environments live (default: .venvs)
 _TAIL_LINES = 40
-LOCK_MARK = ".aiq-uv-lock.sha256"  # in an environment: the digest of the uv.lock it came from
+# In an environment: the digest of the uv.lock and pyproject.toml it came from (the project's
+# own metadata, e.g. its aiq.frameworks entry points, is installed from pyproject.toml).
+LOCK_MARK = ".aiq-uv-lock.sha256"
 # What uv prints when the package index cannot be reached (DNS, refused, reset, timeouts).
 _NETWORK_SIGNS = ("error sending request", "dns error", "failed to lookup address",
                   "connection refused", "connection reset", "network is unreachable",
@@ -170,25 +172,29 @@ def install(extra: str, echo: Callable[[str], None]) -> InstallResult:
             tail.append(line)
             echo(line)
     if proc.returncode == 0:
-        (target / LOCK_MARK).write_text(_lock_digest(root))
+        (target / LOCK_MARK).write_text(lock_digest(root))
     return InstallResult(extra, target, proc.returncode, time.monotonic() - started,
                          "\n".join(tail))
 
 
-def _lock_digest(root: Path) -> str:
-    return hashlib.sha256((root / "uv.lock").read_bytes()).hexdigest()
+def lock_digest(root: Path) -> str:
+    digest = hashlib.sha256((root / "uv.lock").read_bytes())
+    digest.update((root / "pyproject.toml").read_bytes())
+    return digest.hexdigest()
 
 
 def is_current(extra: str) -> bool:
-    """Whether ``.venvs/<extra>`` was last synced from the ``uv.lock`` there is now."""
+    """Whether ``.venvs/<extra>`` was last synced from the ``uv.lock`` and ``pyproject.toml``
+    there are now."""
     try:
-        return (env_dir(extra) / LOCK_MARK).read_text() == _lock_digest(project_root())
+        return (env_dir(extra) / LOCK_MARK).read_text() == lock_digest(project_root())
     except OSError:
         return False
 
 
 def ensure_current(extra: str, echo: Callable[[str], None]) -> InstallResult | None:
-    """Sync ``.venvs/<extra>`` when ``uv.lock`` changed since it was made (an upgrade of aiq
-    adds a dependency: a worker started from the old environment would fail to import it);
+    """Sync ``.venvs/<extra>`` when ``uv.lock`` or ``pyproject.toml`` changed since it was made
+    (an upgrade of aiq adds a dependency, or a framework plugin: a worker started from the old
+    environment would fail to import it, or not know its type);
     None when it is current already (no uv call)."""
     return None if is_current(extra) else install(extra, echo)

@@ -6,7 +6,8 @@ once, and no job was started again while the worker running it was alive.
     uv run python -m bench.soak --rounds 2 --kills 3     # quick look
 
 Every round: short ``sleep`` jobs are submitted over HTTP (``POST /jobs/training`` to one
-gateway process) at ``--rate`` per second and ``--long`` jobs longer than the lease at its
+gateway process) at ``--rate`` per second (``--high-share`` of them with priority high, so both
+lanes go through the storm) and ``--long`` jobs longer than the lease at its
 start; ``--victims`` workers are SIGKILLed one at a time, ``--kills`` times, 1-3 s apart, each
 replaced at once by a new process; half-way through the storm Redis itself is SIGKILLed, kept
 down ``--redis-down`` seconds, and restarted on its AOF. ``--steady`` more workers are never
@@ -47,7 +48,7 @@ from streams.errors import UNAVAILABLE
 from streams.keys import GROUP
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
-STREAM = KEYS.stream(JobKind.TRAINING)
+LANES = KEYS.lanes(JobKind.TRAINING)  # the normal and the high-priority lane
 PID_IN_NAME = re.compile(r"-(\d+)-[^-]+$")  # consumer names are host-pid-random
 
 
@@ -181,9 +182,11 @@ class Soak:
                             ) -> None:
         body = {"model_type": "sleep",
                 "hyperparameters": {"seconds": self.args.short_seconds, "steps": 1}}
+        high = {**body, "priority": "high"}  # both lanes go through the crashes
         interval, due = 1 / self.args.rate, time.monotonic()
         while not stop.is_set():
-            await self._submit(r, http, body, r.accepted)
+            lane = high if self.rng.random() < self.args.high_share else body
+            await self._submit(r, http, lane, r.accepted)
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
@@ -267,8 +270,8 @@ class Soak:
                     v.restarts_while_alive.append(f"{job_id} ({w1} at {t1:.3f}, again {t2:.3f})")
         v.stats = await self.redis.hgetall(KEYS.stats)
         v.dead_letters = sum([await self.redis.xlen(KEYS.dead(kind)) for kind in JobKind])
-        v.pending = int((await self.redis.xpending(STREAM, GROUP))["pending"])
-        v.stream_len = int(await self.redis.xlen(STREAM))
+        v.pending = sum([int((await self.redis.xpending(s, GROUP))["pending"]) for s in LANES])
+        v.stream_len = sum([int(await self.redis.xlen(s)) for s in LANES])
         return v
 
     def _killed_between(self, worker: str, t1: float, t2: float) -> bool:
@@ -279,9 +282,12 @@ class Soak:
     # ---- helpers --------------------------------------------------------------------------
 
     async def _pending_of(self, pid: int) -> int:
-        summary = await self.redis.xpending(STREAM, GROUP)
-        return sum(int(c["pending"]) for c in summary["consumers"] or []
-                   if f"-{pid}-" in c["name"])
+        held = 0
+        for stream in LANES:
+            summary = await self.redis.xpending(stream, GROUP)
+            held += sum(int(c["pending"]) for c in summary["consumers"] or []
+                        if f"-{pid}-" in c["name"])
+        return held
 
     async def _registered(self, n: int) -> bool:
         return int(await self.redis.scard(KEYS.workers)) >= n
@@ -410,6 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=80.0, help="short jobs submitted per second")
     p.add_argument("--short-seconds", type=float, default=0.05)
     p.add_argument("--long", type=int, default=4, help="long jobs per round")
+    p.add_argument("--high-share", type=float, default=0.25,
+                   help="share of the short jobs submitted with priority high")
     p.add_argument("--long-seconds", type=float, default=8.0)
     p.add_argument("--redis-down", type=float, default=1.0, help="seconds Redis stays dead")
     p.add_argument("--drain-timeout", type=float, default=180.0)

@@ -38,7 +38,7 @@ from consumers.renewal import renew_leases, watch_cancels
 from consumers.settings import WorkerSettings
 from consumers.shutdown import hand_back, stop_reading
 from consumers.threads import JobThreads
-from schemas.catalogue import CATALOGUE, Device
+from schemas.catalogue import CATALOGUE, STATE, Device
 from schemas.status import COMMAND_MODEL_TYPE, JobKind
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
@@ -104,6 +104,10 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()  # last progress reports in flight
         self._idle = asyncio.Event()  # set when no job code runs
         self._started_at = int(time.time() * 1000)
+        # The installed plugin that declares this type (None: a type added by code, e.g. a
+        # benchmark's simulated one): announced at start and checked with each heartbeat.
+        self.plugin = STATE.plugins.get(settings.worker_type)
+        self._announced = False
         self._gpus_seen: list[GpuInfo] = list(self.gpus)  # the last heartbeat's inventory
         self.log = log.bind(worker=self.name, worker_type=settings.worker_type)
         self.reclaimer = Reclaimer(self.queue, settings.reclaim_every_s, settings.lease_ms,
@@ -413,6 +417,10 @@ class Worker:
             state="draining" if self.stopping.is_set() else "running")
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)
+        if self.plugin is not None:  # the declaration gateways learn the type from
+            await registry.announce(self.redis, self.keys, self.plugin, self.name,
+                                    self.settings.redis_prefix, force=not self._announced)
+            self._announced = True
 
     # ---- graceful stop: drain, hand back the rest, deregister ------------------------------
 

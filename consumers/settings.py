@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 
-from schemas.catalogue import CATALOGUE
+from schemas.catalogue import CATALOGUE, STATE
 from schemas.status import Priority
 from streams.consumer import DEFAULT_PRIORITY_WEIGHT
 from streams.settings import RedisSettings
@@ -143,7 +143,11 @@ class WorkerSettings(RedisSettings):
         wt = CATALOGUE.get(self.worker_type)
         if wt is None:
             known = ", ".join(sorted(CATALOGUE))
-            raise ValueError(f"unknown WORKER_TYPE {self.worker_type!r}; known: {known}")
+            broken = "".join(f"; {problem}" for problem in STATE.problems)
+            raise ValueError(f"unknown WORKER_TYPE {self.worker_type!r}; known: {known}; no "
+                             "framework plugin installed in this environment declares it "
+                             "(install the plugin package that provides it, e.g. uv pip "
+                             f"install <plugin>){broken}")
         if self.model_framework != wt.framework:
             raise ValueError(
                 f"MODEL_FRAMEWORK={self.model_framework!r} does not match WORKER_TYPE="

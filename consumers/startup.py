@@ -28,12 +28,13 @@ def check_framework(settings: WorkerSettings) -> Framework:
     except PackageNotFoundError:
         raise StartupError(f"worker type {wt.name} needs {wt.module} {wt.version_spec}, which "
                            f"is not installed in this environment; {install}") from None
-    if wt.extra is not None and installed not in SpecifierSet(wt.version_spec):
+    checked = wt.extra is not None or wt.requirement is not None  # aiq's base: any version
+    if checked and installed not in SpecifierSet(wt.version_spec):
         raise StartupError(f"worker type {wt.name} needs {wt.module} {wt.version_spec} but "
                            f"{installed} is installed; {install}")
     try:
         return load_framework(wt.framework)
-    except ImportError as exc:
+    except ImportError as exc:  # the plugin's implementation, or what it imports
         raise StartupError(f"worker type {wt.name}: importing {wt.framework} failed ({exc}); "
                            f"{install}") from exc
 

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.access_log import AccessLog
 from gateway.auth import ApiKeyAuth, open_paths, redact_access_log
+from gateway.catalogue import CatalogueWatcher
 from gateway.errors import install_error_handlers
 from gateway.fast_submit import FastSubmit
 from gateway.hub import Hub
@@ -59,9 +60,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     hub.start()
     app.state.promoter = promoter = Promoter(settings, redis)  # due retries of every type
     promoter.start()
+    # the types workers announced (plugins this gateway may not have installed)
+    app.state.catalogue = catalogue = CatalogueWatcher(settings, redis, hub)
+    catalogue.start()
     try:
         yield
     finally:
+        await catalogue.stop()
         await promoter.stop()
         await hub.stop()
         await redis.aclose()

@@ -104,16 +104,21 @@ def idempotency_key(request: Request) -> str | None:
     return raw
 
 
-def submit_spec(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` of a submit route that reads its body with ``parse`` and its key with
-    ``idempotency_key``: documented as FastAPI would have done it (the model's schema is added
-    to the components by gateway/openapi.py)."""
+def body_spec(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads its body with ``parse``: documented as FastAPI
+    would have done it (the model's schema is added to the components by gateway/openapi.py)."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": ref}}}}
+
+
+def submit_spec(model: type[BaseModel]) -> dict[str, Any]:
+    """``body_spec``, and the ``Idempotency-Key`` header ``idempotency_key`` reads."""
     return {
         "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                         "description": IDEMPOTENCY_KEY_DOC,
                         "schema": {"type": "string", "maxLength": 200,
                                    "pattern": IDEMPOTENCY_KEY_PATTERN,
                                    "title": "Idempotency-Key"}}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
+        **body_spec(model),
     }

@@ -235,10 +235,11 @@ class Hub:
         self.feeds = feed_streams(settings.redis_prefix)  # stream -> worker type
         self.positions: dict[str, str] = {}
         self.ready = asyncio.Event()  # set once the start positions are known
-        self._groups_waiting = 0  # readers still to learn their start positions
         self._disconnected: set[int] = set()  # readers (by group index) not following now
         self._subs = _Subscribers()
         self._tasks: list[asyncio.Task[None]] = []
+        self._readers: list[asyncio.Task[None]] = []  # one per slot group of the feeds
+        self._generation = 0  # readers of an older generation stop (follow)
         self._log_readers: dict[str, _LogReader] = {}  # job id -> its reader (while followed)
         self._conn: Redis | None = None
         self._stopping = False
@@ -287,17 +288,44 @@ class Hub:
 
     def start(self) -> None:
         self._conn = self._connect()
+        self._start_readers()
+        self._tasks = [asyncio.create_task(self._refresh_loop(), name="aiq-hub-refresh"),
+                       asyncio.create_task(self._heartbeat_loop(), name="aiq-hub-heartbeat")]
+
+    def _start_readers(self) -> None:
+        assert self._conn is not None
         groups = slot_groups(self._conn, list(self.feeds))  # one on a single Redis
-        self._groups_waiting = len(groups)
-        self._tasks = [asyncio.create_task(self._read_loop(group), name="aiq-hub-reader")
-                       for group in groups]
-        self._tasks += [asyncio.create_task(self._refresh_loop(), name="aiq-hub-refresh"),
-                        asyncio.create_task(self._heartbeat_loop(), name="aiq-hub-heartbeat")]
+        self._readers = [asyncio.create_task(self._read_loop(group, self._generation),
+                                             name="aiq-hub-reader") for group in groups]
+
+    async def follow(self, worker_types: list[str]) -> None:
+        """Follow the feeds of ``worker_types`` too (types the gateway learned while running,
+        gateway/catalogue.py). Their start positions are read now, before any job of theirs
+        can be accepted; the readers then restart on the wider set of feeds (SSE streams read
+        their job's stream once more, as after a reconnect: nothing is lost)."""
+        prefix = self.settings.redis_prefix
+        added = {feed: name for feed, name in feed_streams(prefix, worker_types).items()
+                 if feed not in self.feeds}
+        if not added or self._stopping:
+            return
+        self.positions.update(await feed_positions(self.redis, list(added)))
+        self.feeds = {**self.feeds, **added}
+        if self._conn is None:  # not started
+            return
+        self._generation += 1
+        readers, conn = self._readers, self._conn
+        for task in readers:
+            task.cancel()
+        await conn.aclose()  # also ends a read that swallowed its cancellation
+        await asyncio.wait(readers, timeout=STOP_GRACE_S)
+        if not self._stopping:
+            self._conn = self._connect()
+            self._start_readers()
 
     @property
     def connected(self) -> bool:
         """Every reader follows its feeds (a reader that lost Redis is reconnecting)."""
-        return bool(self._tasks) and not self._disconnected
+        return bool(self._readers) and not self._disconnected
 
     async def _heartbeat_loop(self) -> None:
         """One timer for every SSE stream: each interval, poke them all; a stream with nothing
@@ -310,9 +338,9 @@ class Hub:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        for task in (*self._readers, *self._tasks):
             task.cancel()
-        pending = set(self._tasks)
+        pending = {*self._readers, *self._tasks}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_S)
         if self._conn is not None:  # also ends a read that swallowed its cancellation
@@ -322,7 +350,7 @@ class Hub:
         for reader in list(self._log_readers.values()):
             if reader.task is not None:
                 reader.task.cancel()
-        self._tasks, self._conn = [], None
+        self._tasks, self._readers, self._conn = [], [], None
         self.close_clients()
         self._subs = _Subscribers()
 
@@ -347,38 +375,47 @@ class Hub:
                       socket_connect_timeout=self.settings.redis_connect_timeout_s,
                       socket_timeout=block_s + self.settings.redis_socket_timeout_s)
 
-    async def _read_loop(self, feeds: list[str]) -> None:
+    def _current(self, generation: int) -> bool:
+        """Whether a reader of ``generation`` is to go on (no stop, no restart since)."""
+        return not self._stopping and generation == self._generation
+
+    async def _read_loop(self, feeds: list[str], generation: int) -> None:
         backoff, logged = Backoff(*BACKOFF_S), False
         me = id(feeds)
         self._disconnected.add(me)
-        while not self._stopping:  # redis-py may turn a cancellation into a ConnectionError
-            assert self._conn is not None
-            try:
-                await self._follow(self._conn, feeds, me)
-            except (*UNAVAILABLE, RedisError) as exc:
-                if not self._stopping and (me not in self._disconnected or not logged):
-                    log.warning("hub: redis unavailable; retrying with backoff", error=str(exc),
-                                feeds=len(feeds))
-                    backoff.reset()
-                    logged = True
-            except Exception:  # a bug must not end every live feed of the gateway
-                log.exception("hub: reader failed; restarting it")
-            self._disconnected.add(me)
-            if not self._stopping:
-                await asyncio.sleep(backoff.next())
+        try:
+            # redis-py may turn a cancellation into a ConnectionError: the loop checks too
+            while self._current(generation):
+                assert self._conn is not None
+                try:
+                    await self._follow(self._conn, feeds, me, generation)
+                except (*UNAVAILABLE, RedisError) as exc:
+                    if self._current(generation) and (me not in self._disconnected
+                                                      or not logged):
+                        log.warning("hub: redis unavailable; retrying with backoff",
+                                    error=str(exc), feeds=len(feeds))
+                        backoff.reset()
+                        logged = True
+                except Exception:  # a bug must not end every live feed of the gateway
+                    log.exception("hub: reader failed; restarting it")
+                self._disconnected.add(me)
+                if self._current(generation):
+                    await asyncio.sleep(backoff.next())
+        finally:
+            self._disconnected.discard(me)
 
-    async def _follow(self, conn: Redis, feeds: list[str], me: int) -> None:
-        if feeds[0] not in self.positions:
-            self.positions.update(await feed_positions(conn, feeds))
-            self._groups_waiting -= 1
-            if self._groups_waiting == 0:
+    async def _follow(self, conn: Redis, feeds: list[str], me: int, generation: int) -> None:
+        missing = [f for f in feeds if f not in self.positions]
+        if missing:  # the first start: from the newest entries on
+            self.positions.update(await feed_positions(conn, missing))
+            if all(f in self.positions for f in self.feeds):
                 self.ready.set()
-        else:
+        else:  # a reconnect, or a restart on more feeds (follow)
             await conn.xlen(feeds[0])  # a cheap keyed round trip: on a cluster, to its node
             self._resync_all()
         self._disconnected.discard(me)
         mine = {f: self.positions[f] for f in feeds}
-        while not self._stopping:
+        while self._current(generation):
             batch = await read_feeds(conn, mine, READ_COUNT, self.settings.hub_block_ms)
             self.positions.update(mine)
             for stream, entry_id, fields in batch:

@@ -21,9 +21,10 @@ from pydantic import TypeAdapter
 from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
+from schemas.catalogue import STATE
 from schemas.commands import CommandRequest
 from schemas.events import JobEvent, LogLine
-from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.requests import InferenceRequest, TrainingBatch, TrainingRequest
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 # Named component -> its model: what ``{"$ref": "#/components/schemas/<name>"}`` may point at.
@@ -33,6 +34,7 @@ _COMPONENTS: dict[str, TypeAdapter[Any]] = {"JobEvent": TypeAdapter(JobEvent),
 _REQUEST_BODIES: dict[str, TypeAdapter[Any]] = {
     "TrainingRequest": TypeAdapter(TrainingRequest),
     "InferenceRequest": TypeAdapter(InferenceRequest),
+    "TrainingBatch": TypeAdapter(TrainingBatch),
     "CommandRequest": TypeAdapter(CommandRequest)}
 
 _DEFAULT_422 = "#/components/schemas/HTTPValidationError"
@@ -139,8 +141,14 @@ def build_openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI) -> None:
+    """The spec is made once per version of the catalogue: a model type the gateway learns
+    shows in the next one (its ``examples``, the data-free enum)."""
+    made_for = -1
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        nonlocal made_for
+        if app.openapi_schema is None or made_for != STATE.version:
+            made_for = STATE.version
             app.openapi_schema = build_openapi(app, app.state.settings)
         return app.openapi_schema
 

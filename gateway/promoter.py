@@ -31,7 +31,8 @@ class Promoter:
         self.period_s = settings.promote_retries_s
         self.redis = redis
         self.limits = settings.limits
-        self.keys = [QueueKeys(name, settings.redis_prefix) for name in CATALOGUE]
+        self.prefix = settings.redis_prefix
+        self._keys: dict[str, QueueKeys] = {}
         self.promoted = 0  # since start, for tests and logs
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -69,6 +70,12 @@ class Promoter:
                 wait = backoff.next()
             if not self._stopping:
                 await asyncio.sleep(wait)
+
+    @property
+    def keys(self) -> list[QueueKeys]:
+        """The keys of every type of the catalogue now (it grows as the gateway learns types)."""
+        return [self._keys.get(name) or self._keys.setdefault(name, QueueKeys(name, self.prefix))
+                for name in CATALOGUE]
 
     async def tick(self) -> int:
         """Promote every type's due retries once; how many were promoted."""

@@ -6,13 +6,14 @@ import re
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from schemas.catalogue import CATALOGUE
+from schemas.plugins import WORKER_TYPE_NAME
 from streams.settings import RedisSettings
 
 MIB = 1024 * 1024
 
 
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]{8,}")
+_WORKER_TYPE = re.compile(WORKER_TYPE_NAME)
 
 
 class GatewaySettings(RedisSettings):
@@ -75,6 +76,11 @@ class GatewaySettings(RedisSettings):
                                      "every worker type back into their stream, so a type "
                                      "scaled to zero is woken for them (XLEN counts them); "
                                      "0 = off, only workers promote")
+    catalogue_refresh_s: float = Field(default=5.0, ge=0, description="CATALOGUE_REFRESH_S: "
+                                       "every this many seconds the gateway reads the worker "
+                                       "types that workers announced in Redis (their model "
+                                       "types, parameters and routes); it also reads them "
+                                       "before refusing an unknown model type; 0 = only then")
 
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> GatewaySettings:
@@ -86,11 +92,12 @@ class GatewaySettings(RedisSettings):
 
     @field_validator("command_worker_types")
     @classmethod
-    def _known_command_types(cls, value: str) -> str:
-        unknown = [n for n in _names(value) if n not in CATALOGUE]
-        if unknown:
-            raise ValueError(f"unknown worker type {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(CATALOGUE))}")
+    def _command_type_names(cls, value: str) -> str:
+        """Names of worker types (a type of a plugin this gateway lacks is learned from its
+        workers' announcements, so names are not checked against the catalogue here)."""
+        bad = [n for n in _names(value) if not _WORKER_TYPE.fullmatch(n)]
+        if bad:
+            raise ValueError(f"{', '.join(repr(n) for n in bad)} is not a worker type name")
         return value
 
     @field_validator("api_key")

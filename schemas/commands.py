@@ -143,9 +143,10 @@ class CommandRequest(BaseModel):
 def route_command(enabled: Sequence[str], requires_gpu: bool = False,
                   framework_override: str | None = None) -> str:
     """The worker type a command job goes to: ``framework_override``, else the first type of
-    ``enabled`` (the gateway's COMMAND_WORKER_TYPES, in order) whose device matches (a CPU type
-    unless ``requires_gpu``; any type when no CPU type is enabled). ``RoutingError`` for a
-    request no type can serve, ``CommandsDisabled`` when command jobs are off for the type."""
+    ``enabled`` (the gateway's COMMAND_WORKER_TYPES, in order) that the catalogue knows and
+    whose device matches (a CPU type unless ``requires_gpu``; any type when no CPU type is
+    enabled). ``RoutingError`` for a request no type can serve, ``CommandsDisabled`` when
+    command jobs are off for the type."""
     listed = ", ".join(enabled) or "none"
     if framework_override is not None:
         wt = CATALOGUE.get(framework_override)
@@ -158,12 +159,13 @@ def route_command(enabled: Sequence[str], requires_gpu: bool = False,
             raise CommandsDisabled(f"command jobs are not enabled for worker type {wt.name!r} "
                                    f"(COMMAND_WORKER_TYPES: {listed})")
         return wt.name
+    known = [n for n in enabled if n in CATALOGUE]  # a plugin's type once announced
     want = Device.GPU if requires_gpu else Device.CPU
-    matching = [n for n in enabled if n in CATALOGUE and CATALOGUE[n].device is want]
+    matching = [n for n in known if CATALOGUE[n].device is want]
     if matching:
         return matching[0]
-    if requires_gpu or not enabled:
-        what = "a GPU worker type" if requires_gpu else "any worker type"
+    if requires_gpu or not known:
+        what = "a GPU worker type" if requires_gpu else "any known worker type"
         raise CommandsDisabled(f"command jobs are not enabled for {what} "
                                f"(COMMAND_WORKER_TYPES: {listed})")
-    return enabled[0]
+    return known[0]

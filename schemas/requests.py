@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -13,12 +13,21 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from schemas.catalogue import CATALOGUE, DATA_FREE_MODELS, KNOWN_MODEL_TYPES, RoutingError, route
-from schemas.status import Priority
+from schemas.catalogue import (
+    CATALOGUE,
+    DATA_FREE_MODELS,
+    KNOWN_MODEL_TYPES,
+    RoutingError,
+    model_type,
+    route,
+)
+from schemas.status import JobKind, Priority
 
 MAX_BATCH_JOBS = 1_000  # jobs one batch submit may hold
 # Visible ASCII without spaces: safe inside a Redis key, in logs and in headers.
@@ -94,30 +103,76 @@ class Hyperparameters(BaseModel):
         return self
 
 
+UNKNOWN_MODEL_TYPE = "unknown_model_type"  # the error type of a model type no plugin declares
+_MODEL_TYPE_DOC = ("a model type of an installed framework plugin, or of one a worker "
+                   "announced: the set grows while the gateway runs, so it is no enum here "
+                   "(`examples` lists those known when this spec was made); an unknown one is "
+                   "a 422 naming the known ones")
+
+
 def _check_model_type(value: str) -> str:
-    if value not in KNOWN_MODEL_TYPES:
+    m = model_type(value)
+    if m is None:
         known = ", ".join(sorted(KNOWN_MODEL_TYPES))
-        raise ValueError(f"unknown model type {value!r}; known: {known}")
+        raise PydanticCustomError(UNKNOWN_MODEL_TYPE, "unknown model type {model_type}; known: "
+                                  "{known}", {"model_type": repr(value), "known": known})
+    if JobKind.TRAINING not in m.kinds:
+        raise ValueError(f"model type {value!r} serves no training jobs")
     return value
 
 
-class TrainingRequest(BaseModel):
-    # The spec says what _data_needed enforces: a data_path unless the model type needs none.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
-        "anyOf": [
-            {"required": ["data_path"], "properties": {"data_path": {"type": "string"}}},
-            {"properties": {"model_type": {"enum": cast(Any, sorted(DATA_FREE_MODELS))}}},
-        ]})
+def _hyperparameter_errors(name: str, hp: Hyperparameters) -> list[InitErrorDetails]:
+    """The declared parameters of model type ``name`` that ``hp`` breaks (those it gives), as
+    pydantic errors on ``hyperparameters.<parameter>``. Undeclared extras pass through (the
+    framework reads them)."""
+    m = model_type(name)
+    errors: list[InitErrorDetails] = []
+    if m is None or not m.parameters:
+        return errors
+    declared, extra = m.by_name, hp.model_extra or {}
+    given = [(p, getattr(hp, p)) for p in hp.model_fields_set if p not in extra and p in declared]
+    for parameter, value in [*given, *extra.items()]:
+        rule = declared[parameter].problem(value) if parameter in declared else None
+        if rule is not None:
+            errors.append(InitErrorDetails(
+                type=PydanticCustomError("invalid_hyperparameter",
+                                         "should be {rule} for model type {model_type}",
+                                         {"rule": rule, "model_type": name}),
+                loc=("hyperparameters", parameter), input=value))
+    return errors
 
-    model_type: str = Field(min_length=1, max_length=64,
-                            json_schema_extra={"enum": cast(Any, sorted(KNOWN_MODEL_TYPES))})
+
+def _training_schema(schema: dict[str, Any]) -> None:
+    """The spec says what _data_needed enforces: a data_path unless the model type needs none
+    (those known when the spec is made)."""
+    schema["anyOf"] = [
+        {"required": ["data_path"], "properties": {"data_path": {"type": "string"}}},
+        {"properties": {"model_type": {"enum": sorted(DATA_FREE_MODELS)}}},
+    ]
+
+
+def _model_type_schema(schema: dict[str, Any]) -> None:
+    schema["examples"] = sorted(KNOWN_MODEL_TYPES)
+
+
+def _worker_type_schema(schema: dict[str, Any]) -> None:
+    schema["examples"] = sorted(CATALOGUE)
+
+
+class TrainingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(),
+                              json_schema_extra=_training_schema)
+
+    model_type: str = Field(min_length=1, max_length=64, description=_MODEL_TYPE_DOC,
+                            json_schema_extra=_model_type_schema)
     data_path: Text | None = Field(default=None, min_length=1, max_length=1024)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     description: Text = Field(default="", max_length=2000)
     requires_gpu: StrictBool = False  # 0, 1 or "yes" are refused, as the spec says
     framework_override: str | None = Field(
-        default=None, max_length=64, description="a worker type to force",
-        json_schema_extra={"enum": cast(Any, [*sorted(CATALOGUE), None])})
+        default=None, max_length=64, description="a worker type to force (`examples`: those "
+        "known when this spec was made; an unknown one is a 422 routing_error)",
+        json_schema_extra=_worker_type_schema)
     gpu_mem_mb: int | None = Field(default=None, gt=0, le=16_777_216,
                                    description="GPU memory estimate (MiB)")
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description=_TIMEOUT_DOC)
@@ -128,8 +183,18 @@ class TrainingRequest(BaseModel):
 
     @model_validator(mode="after")
     def _data_needed(self) -> TrainingRequest:
-        if self.data_path is None and self.model_type not in DATA_FREE_MODELS:
+        m = model_type(self.model_type)
+        if self.data_path is None and (m is None or m.needs_data):
             raise ValueError(f"data_path is required for model type {self.model_type!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _declared_bounds(self) -> TrainingRequest:
+        """Each hyperparameter the request gives within the bounds its model type declares:
+        a 422 naming ``hyperparameters.<name>`` otherwise."""
+        errors = _hyperparameter_errors(self.model_type, self.hyperparameters)
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
 
@@ -168,11 +233,14 @@ _KEY_DOC = ("this job's Idempotency-Key: submitting a batch again returns the sa
             "(`duplicate: true`); 1-200 visible ASCII characters")
 
 
+ROUTING_ERROR = "routing_error"  # the error type of a batch job no worker type serves
+
+
 def _routable(item: TrainingRequest) -> None:
     try:
         route(item.model_type, item.requires_gpu, item.framework_override)
     except RoutingError as exc:
-        raise ValueError(str(exc)) from None
+        raise PydanticCustomError(ROUTING_ERROR, "{reason}", {"reason": str(exc)}) from None
 
 
 class TrainingBatchItem(TrainingRequest):

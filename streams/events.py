@@ -20,6 +20,7 @@ Two events are not always in the job's stream, and a replay rebuilds them from t
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,9 +144,12 @@ async def _final(redis: Redis, keys: QueueKeys, job_id: str, status: str, final_
                       "status": status, "data": data}
 
 
-def feed_streams(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
-    """The type-wide event feed of every worker type: stream key -> worker type."""
-    return {QueueKeys(name, prefix).events: name for name in CATALOGUE}
+def feed_streams(prefix: str = DEFAULT_PREFIX, worker_types: Iterable[str] | None = None
+                 ) -> dict[str, str]:
+    """The type-wide event feed of each worker type (default: the catalogue's): stream key ->
+    worker type."""
+    names = CATALOGUE if worker_types is None else worker_types
+    return {QueueKeys(name, prefix).events: name for name in names}
 
 
 async def feed_positions(redis: Redis, streams: list[str]) -> dict[str, str]:

@@ -28,6 +28,10 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
     ai:{pytorch-2.1}:gpu_peaks           peak GPU MiB seen per <model_type>:<kind>:<batch_size>
     ai:{pytorch-2.1}:limits              the type's maxima for a job's own max_retries,
                                          timeout_s and priority (hash, set by its workers)
+    ai:{pytorch-2.1}:declaration         what the type's workers announce (hash: its plugin's
+                                         declaration as JSON, source, digest; no TTL)
+    ai:worker_types                      names of the types with a declaration (set; the one
+                                         key outside any type's hash tag)
 """
 
 from __future__ import annotations
@@ -134,6 +138,10 @@ class QueueKeys:
     def gpu_peaks(self) -> str:
         return f"{self._base}:gpu_peaks"
 
+    @property
+    def declaration(self) -> str:
+        return f"{self._base}:declaration"
+
     def idempotency(self, key: str) -> str:
         return f"{self._base}:idem:{key}"
 
@@ -148,3 +156,8 @@ class QueueKeys:
     @staticmethod
     def priority_of_stream(stream: str) -> Priority:
         return Priority.HIGH if stream.endswith(HIGH_LANE_SUFFIX) else Priority.NORMAL
+
+
+def announced_types(prefix: str = DEFAULT_PREFIX) -> str:
+    """The set of worker types whose workers announced their declaration (``declaration``)."""
+    return f"{prefix}:worker_types"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from schemas.catalogue import CATALOGUE, RoutingError, route
+from schemas.catalogue import CATALOGUE, MODEL_TYPES, RoutingError, route, serves
 from schemas.commands import CommandRequest
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from schemas.records import JobRecord, JobSubmitted
@@ -117,6 +117,8 @@ class Producer:
                                 "trained model")
         if model.status is not JobStatus.SUCCEEDED:
             raise ModelNotReady(f"model {req.model_id} is {model.status.value}, not succeeded")
+        if model.model_type in MODEL_TYPES and not serves(model.model_type, JobKind.INFERENCE):
+            raise RoutingError(f"model type {model.model_type!r} serves no inference jobs")
         fields = {"model_type": model.model_type, "worker_type": model.worker_type,
                   "requires_gpu": str(int(model.requires_gpu))}
         return await self._submit(inference_job(req, fields, new_job_id(), idempotency_key))

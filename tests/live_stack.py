@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +49,11 @@ class Stack:
     def restart_gateway(self) -> None:
         stop(self.gateway)
         self.gateway = start_gateway(self.redis_url, self.port, self.tmp / "gateway.log")
-        wait_until(lambda: _healthy(self.url), 30, "gateway back up", self)
+        wait_until(lambda: healthy(self.url), 30, "gateway back up", self)
 
 
 def start_gateway(redis_url: str, port: int, log: Path,
-                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                  extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "HOST": "127.0.0.1", "PORT": str(port),
            "LOG_LEVEL": "warning", "SSE_HEARTBEAT_S": "1", **(extra_env or {})}
     out = log.open("ab")
@@ -72,7 +72,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
             proc.wait(5)
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -114,7 +114,7 @@ def live_stack(redis_server: RedisServer, tmp: Path, api_key: str | None = None,
                           tmp / "worker.log")
     stack = Stack(f"http://127.0.0.1:{port}", redis_server.url, port, tmp, gateway, worker)
     try:
-        wait_until(lambda: _healthy(stack.url), 30, "gateway /health", stack)
+        wait_until(lambda: healthy(stack.url), 30, "gateway /health", stack)
         wait_until(lambda: _worker_registered(stack.url, api_key), 30, "diagnostic worker",
                    stack)
         yield stack

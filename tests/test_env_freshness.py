@@ -1,5 +1,6 @@
-"""A per-type environment made from an older uv.lock is brought up to date before a worker
-starts from it (a new dependency would otherwise fail its import)."""
+"""A per-type environment made from an older uv.lock or pyproject.toml is brought up to date
+before a worker starts from it (a new dependency would otherwise fail its import, a new
+framework plugin's entry point would be missing)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ def test_an_environment_is_current_only_for_the_lock_it_came_from(
     assert not envs.is_current("pytorch_2_1")  # never made, or made before the mark existed
     mark.parent.mkdir()
     lock = (envs.project_root() / "uv.lock").read_bytes()
-    mark.write_text(hashlib.sha256(lock).hexdigest())
+    project = (envs.project_root() / "pyproject.toml").read_bytes()
+    mark.write_text(hashlib.sha256(lock + project).hexdigest())
     assert envs.is_current("pytorch_2_1")
     assert envs.ensure_current("pytorch_2_1", print) is None  # current: uv is not run
-    mark.write_text(hashlib.sha256(lock + b"# an older lock").hexdigest())
+    mark.write_text(hashlib.sha256(lock + b"# an older lock" + project).hexdigest())
+    assert not envs.is_current("pytorch_2_1")
+    # an older pyproject.toml (e.g. before an entry point was added): synced again too
+    mark.write_text(hashlib.sha256(lock + project + b"# an older project").hexdigest())
     assert not envs.is_current("pytorch_2_1")

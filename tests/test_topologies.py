@@ -27,6 +27,7 @@ from schemas.status import JobKind
 from streams.connection import connect as redis_client
 from streams.keys import QueueKeys
 from tests.conftest import TOPOLOGIES, topology_url
+from tests.consumers.command_support import command_settings, python
 from tests.gateway.live import LiveGateway, live_gateway, read_events
 from tests.gateway.payloads import in_status, submit
 from tests.support import eventually, running_worker, settings_for, spawn_worker
@@ -167,13 +168,48 @@ async def test_batch_submit_over_several_slots(stack: Stack) -> None:
 async def test_queues_and_workers(stack: Stack) -> None:
     queues = (await stack.http.get("/queues")).json()
     diag = [q for q in queues if q["worker_type"] == "diagnostic"]
-    assert {q["kind"] for q in diag} == {"training", "inference"}
+    assert {q["kind"] for q in diag} == {"training", "inference", "command"}
     assert all(q["consumers"] >= 1 for q in diag if q["kind"] == "training")
     workers = (await stack.http.get("/workers")).json()["workers"]
     mine = next(w for w in workers if w["worker_id"] == stack.worker.name)
     assert mine["worker_type"] == "diagnostic" and mine["max_concurrent_jobs"] == 4
     health = (await stack.http.get("/health")).json()
     assert health["status"] == "ok" and health["redis_version"]
+
+
+async def test_a_type_announced_by_a_worker_is_learned_and_followed(stack: Stack) -> None:
+    """A declaration announced in Redis (another slot than the set of names, on a cluster) is
+    read by the gateway before it refuses the type; the hub then follows the type's feed (its
+    own reader per slot on a cluster): a job of it runs and its events arrive over SSE."""
+    from schemas.catalogue import STATE
+    from streams import registry
+    from streams.consumer import QueueConsumer
+    from streams.endings import Complete
+    from streams.limits import StreamLimits
+    from tests.gateway.test_gateway_plugins import BODY, KEYS, TEAM
+
+    redis = redis_client(stack.url)
+    try:
+        await registry.announce(redis, KEYS, TEAM, "w1", force=True)
+        assert await registry.announce(redis, KEYS, TEAM, "w1") is False
+        r = await stack.http.post("/jobs/training", json=BODY)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        reading = asyncio.create_task(read_events(stack.http, f"/jobs/{job_id}/events"))
+        worker = QueueConsumer(redis, KEYS, "w1", StreamLimits(), 5)
+        await worker.ensure_groups()
+        [d] = await worker.read(redis, 1, 1000)
+        await worker.start([d])
+        assert await worker.write_endings([Complete.of(d, {"ok": True})]) == [None]
+        got, ended = await asyncio.wait_for(reading, timeout=60)
+        assert ended and got[-1].event == "succeeded"
+    finally:  # retired: the module's gateway (it lives on) and this process forget it
+        await redis.delete(KEYS.declaration)
+        await redis.srem("ai:worker_types", KEYS.worker_type)
+        for _ in range(2):  # the second read starts after any read in flight before the DEL
+            await stack.gateway.app.state.catalogue.refresh()
+        STATE.learn([])
+        await redis.aclose()
 
 
 async def test_reclaim_after_sigkill(stack: Stack) -> None:
@@ -195,3 +231,25 @@ async def test_reclaim_after_sigkill(stack: Stack) -> None:
     assert view["status"] == "succeeded"
     assert record["deliveries"] >= 2 or record["attempt"] >= 2
     assert [f.event for f in events].count("succeeded") == 1
+
+
+async def test_a_command_job_and_its_log(stack: Stack) -> None:
+    """A command job on each topology: its worker's append_log and final write (which expires
+    the log) are one-slot scripts, and the hub reads each batch of lines from the job's log
+    stream (on the cluster, on that slot's node) for its SSE followers. The stack's own worker,
+    without COMMAND_JOBS, leaves the job alone."""
+    tmp = stack.tmp / "command"
+    tmp.mkdir(exist_ok=True)
+    key = "topology-key-1"
+    async with live_gateway(stack.url, api_key=key, command_worker_types="diagnostic") as gw, \
+            AsyncClient(base_url=gw.url, timeout=30, headers={"X-API-Key": key}) as http, \
+            running_worker(command_settings(stack.url, tmp)) as worker:
+        r = await http.post("/jobs/command", json={"entrypoint": python(
+            "for i in range(300):\n    print(i)\n")})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        got, ended = await read_events(http, f"/jobs/{job_id}/events")
+        view = (await http.get(f"/jobs/{job_id}")).json()
+    assert ended and got[-1].event == "succeeded" and view["worker"] == worker.name
+    assert [f.json["line"] for f in got if f.event == "log" and f.json["stream"] == "stdout"
+            ] == [str(i) for i in range(300)]

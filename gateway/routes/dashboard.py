@@ -2,20 +2,22 @@
 
 Plain HTML, CSS and JavaScript from ``gateway/static`` (no build step). The page is live through
 ``WS /ws`` and shows one job's events through ``GET /jobs/{id}/events`` (SSE). The model-type
-menu is filled here from the catalogue, so it lists exactly what the API accepts.
+menu is filled here from the catalogue, so it lists exactly what the API accepts (types the
+gateway learns from workers' announcements too: the page is made again when the catalogue
+changes).
 """
 
 from __future__ import annotations
 
 import html
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
 from gateway.errors import ApiError
-from schemas.catalogue import ROUTES
+from schemas.catalogue import ROUTES, STATE
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _MEDIA_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
@@ -41,8 +43,9 @@ def _model_type_options() -> str:
     return "".join(groups)
 
 
-@cache
-def _page() -> str:
+@lru_cache(maxsize=4)
+def _page(version: int) -> str:
+    """The page for ``version`` of the catalogue."""
     text = (STATIC_DIR / "dashboard.html").read_text(encoding="utf-8")
     return text.replace(_MODEL_TYPES_MARK, _model_type_options())
 
@@ -51,7 +54,7 @@ def _page() -> str:
 @router.get("/dashboard", response_class=HTMLResponse)
 async def dashboard() -> HTMLResponse:
     """The dashboard page."""
-    return HTMLResponse(_page(), headers=_NO_CACHE)
+    return HTMLResponse(_page(STATE.version), headers=_NO_CACHE)
 
 
 @cache

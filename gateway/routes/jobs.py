@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from gateway import body
+from gateway.catalogue import catalogue_of, may_learn
 from gateway.deps import JobIdDep, ProducerDep, WorkerTypeFilter, producer_of
 from gateway.errors import ApiError, responses
 from gateway.models import BatchJob, BatchSubmitted, CancelResult, JobList
@@ -19,6 +22,7 @@ from schemas.status import JobStatus
 from streams.errors import AiqError, IdempotencyConflict, JobNotFound, ModelNotReady
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+M = TypeVar("M", bound=BaseModel)
 
 _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "queued; `Location` is the job's status URL"},
@@ -40,16 +44,35 @@ def _accepted(submitted: JobSubmitted) -> Response:
                                      "payload_too_large", "queue_full", "redis_unavailable")},
     openapi_extra=body.submit_spec(TrainingRequest))
 async def submit_training(request: Request) -> Response:
-    """Queue a training job on the worker type its model type routes to."""
+    """Queue a training job on the worker type its model type routes to. Model types come from
+    framework plugins: those installed with the gateway and those workers announced."""
     key = body.idempotency_key(request)
-    req = await body.parse(request, TrainingRequest)
-    return _accepted(await producer_of(request).submit_training(req, key))
+    req = await _training(request, TrainingRequest)
+    producer = producer_of(request)
+    try:
+        submitted = await producer.submit_training(req, key)
+    except RoutingError:  # e.g. a framework_override of a type announced a moment ago
+        if not await catalogue_of(request).refresh():
+            raise
+        submitted = await producer.submit_training(req, key)
+    return _accepted(submitted)
+
+
+async def _training(request: Request, model: type[M]) -> M:
+    """The body as ``model``; a refusal for an unknown model type or an unroutable job is made
+    only after the announced types were read once more (a worker may have just announced it)."""
+    try:
+        return await body.parse(request, model)
+    except RequestValidationError as exc:
+        if not may_learn(exc) or not await catalogue_of(request).refresh():
+            raise
+    return await body.parse(request, model)
 
 
 @router.post("/inference", status_code=202, response_model=JobSubmitted, responses={
     **_SUBMIT_RESPONSES, **responses("validation_error", "model_not_found", "model_not_ready",
-                                     "idempotency_conflict", "payload_too_large",
-                                     "queue_full", "redis_unavailable")},
+                                     "routing_error", "idempotency_conflict",
+                                     "payload_too_large", "queue_full", "redis_unavailable")},
     openapi_extra=body.submit_spec(InferenceRequest))
 async def submit_inference(request: Request) -> Response:
     """Queue an inference job on the model of a succeeded training job (`model_id`)."""
@@ -76,7 +99,18 @@ def _commands_on(settings: GatewaySettings) -> tuple[str, ...]:
     return settings.command_types
 
 
-def _command_route(settings: GatewaySettings, req: CommandRequest) -> str:
+async def _command_route(request: Request, settings: GatewaySettings,
+                         req: CommandRequest) -> str:
+    """The routed worker type; a refusal is decided after the catalogue was read again (a
+    plugin's worker type its workers announced a moment ago)."""
+    try:
+        return route_command(settings.command_types, req.requires_gpu, req.framework_override)
+    except RoutingError:
+        await catalogue_of(request).refresh()
+    return _command_route_now(settings, req)
+
+
+def _command_route_now(settings: GatewaySettings, req: CommandRequest) -> str:
     try:
         return route_command(settings.command_types, req.requires_gpu, req.framework_override)
     except CommandsDisabled as exc:
@@ -100,7 +134,7 @@ async def submit_command(request: Request) -> Response:
     _commands_on(settings)
     key = body.idempotency_key(request)
     req = await body.parse(request, CommandRequest)
-    worker_type = _command_route(settings, req)
+    worker_type = await _command_route(request, settings, req)
     return _accepted(await producer_of(request).submit_command(req, worker_type, key))
 
 
@@ -130,19 +164,22 @@ def _refused(exc: AiqError, status: int, code: str, field: str) -> ApiError:
 @router.post("/training/batch", status_code=202, response_model=BatchSubmitted, responses={
     **_BATCH_RESPONSES, **responses("validation_error", "idempotency_conflict",
                                     "payload_too_large", "queue_full", "redis_unavailable",
-                                    "not_replicated")})
-async def submit_training_batch(
-    body: TrainingBatch, producer: ProducerDep, response: Response,
-) -> BatchSubmitted:
+                                    "not_replicated")},
+    openapi_extra=body.body_spec(TrainingBatch))
+async def submit_training_batch(request: Request) -> Response:
     """Queue up to 1,000 training jobs at once, all or none: one invalid job is a 422 naming
-    its field (`body.jobs[3].model_type`) and nothing is queued. Each job may carry its own
-    `idempotency_key`; a batch sent again answers the same job ids (`duplicate: true`)."""
+    its field (`body.jobs[3].model_type`, `body.jobs[3].hyperparameters.epochs`) and nothing
+    is queued. Each job may carry its own `idempotency_key`; a batch sent again answers the
+    same job ids (`duplicate: true`)."""
+    batch = await _training(request, TrainingBatch)
     try:
-        submitted = await producer.submit_training_batch(
-            [(job, job.idempotency_key) for job in body.jobs])
+        submitted = await producer_of(request).submit_training_batch(
+            [(job, job.idempotency_key) for job in batch.jobs])
     except IdempotencyConflict as exc:
         raise _refused(exc, 409, exc.code, "idempotency_key") from exc
-    return _batch(response, submitted)
+    answer = _batch(Response(), submitted)
+    return Response(answer.model_dump_json(), media_type="application/json",
+                    status_code=200 if answer.queued == 0 else 202)
 
 
 @router.post("/inference/batch", status_code=202, response_model=BatchSubmitted, responses={

@@ -146,6 +146,9 @@ async def test_worker_survives_redis_restart(
     ("env", "message"),
     [
         ({"WORKER_TYPE": "quantum"}, "unknown WORKER_TYPE 'quantum'"),
+        ({"WORKER_TYPE": "numpy-example", "MODEL_FRAMEWORK": "numpy_example"},
+         "no framework plugin installed in this environment declares it (install the plugin "
+         "package that provides it, e.g. uv pip install <plugin>)"),  # examples/plugin's type
         ({"WORKER_TYPE": "sklearn", "MODEL_FRAMEWORK": "pytorch"},
          "does not match WORKER_TYPE='sklearn'"),
         ({"WORKER_TYPE": "pytorch-2.1", "MODEL_FRAMEWORK": "pytorch"},
