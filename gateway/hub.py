@@ -40,14 +40,15 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.logfeed import LogBatch, LogReader
 from gateway.settings import GatewaySettings
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from streams.backoff import Backoff
 from streams.connection import client, slot_groups
 from streams.errors import UNAVAILABLE
-from streams.events import Entry, feed_positions, feed_streams, id_after, job_entry, read_feeds
+from streams.events import feed_positions, feed_streams, job_entry, read_feeds
 from streams.inspect import queue_stats
-from streams.joblogs import LOG_NOTICE, log_line, notice_range, read_range
+from streams.joblogs import LOG_NOTICE, notice_range
 from streams.keys import QueueKeys
 from streams.registry import list_workers
 
@@ -93,19 +94,6 @@ class HubEvent:
     def ws_text(self) -> str:
         body = {**self.event.model_dump(mode="json"), "worker_type": self.worker_type}
         return dumps({"type": "event", "event": body})
-
-
-@dataclass(frozen=True)
-class LogBatch:
-    """Lines of a command job's log, read once for all its followers: ``(id, data JSON)``."""
-
-    job_id: str
-    lines: list[tuple[str, str]]
-
-
-def log_batch(job_id: str, entries: list[Entry]) -> LogBatch:
-    return LogBatch(job_id, [(entry_id, log_line(job_id, entry_id, fields).model_dump_json())
-                             for entry_id, fields in entries])
 
 
 @dataclass(frozen=True)
@@ -240,7 +228,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._readers: list[asyncio.Task[None]] = []  # one per slot group of the feeds
         self._generation = 0  # readers of an older generation stop (follow)
-        self._log_readers: dict[str, _LogReader] = {}  # job id -> its reader (while followed)
+        self._log_readers: dict[str, LogReader] = {}  # job id -> its reader (while followed)
         self._conn: Redis | None = None
         self._stopping = False
         self._closing = False
@@ -453,13 +441,13 @@ class Hub:
         reader = self._log_readers.get(job_id)
         if reader is None:
             keys = QueueKeys(worker_type, self.settings.redis_prefix)
-            reader = self._log_readers[job_id] = _LogReader(self, keys, job_id)
+            reader = self._log_readers[job_id] = LogReader(self, keys, job_id)
         reader.want(*span)
 
     def job_subscriptions(self, job_id: str) -> list[JobSubscription]:
         return list(self._subs.jobs.get(job_id, ()))
 
-    def log_reader_done(self, job_id: str, reader: _LogReader) -> None:
+    def log_reader_done(self, job_id: str, reader: LogReader) -> None:
         if self._log_readers.get(job_id) is reader:
             del self._log_readers[job_id]
 
@@ -505,39 +493,3 @@ def workers_message(workers: list[Any]) -> str:
     return dumps({"type": "workers", "workers": _json_list(workers)})
 
 
-
-class _LogReader:
-    """Reads the batches a job's ``log`` notices announce, in order, one at a time, and hands
-    each to every follower of the job. Notices that come while it reads widen the next read.
-    A read that fails marks the followers stale: they read what they missed themselves."""
-
-    def __init__(self, hub: Hub, keys: QueueKeys, job_id: str) -> None:
-        self.hub, self.keys, self.job_id = hub, keys, job_id
-        self.span: tuple[str, str] | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def want(self, first: str, last: str) -> None:
-        if self.span is None:
-            self.span = (first, last)
-        elif id_after(last, self.span[1]):
-            self.span = (self.span[0], last)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="aiq-hub-logs")
-
-    async def _run(self) -> None:
-        try:
-            while self.span is not None and self.hub.job_subscriptions(self.job_id):
-                (first, last), self.span = self.span, None
-                try:
-                    entries = await read_range(self.hub.redis, self.keys, self.job_id, first,
-                                               last)
-                except (*UNAVAILABLE, RedisError) as exc:
-                    log.info("hub: log read deferred", job_id=self.job_id, error=str(exc))
-                    for sub in self.hub.job_subscriptions(self.job_id):
-                        sub.mark_stale()
-                    continue
-                batch = log_batch(self.job_id, entries)
-                for sub in self.hub.job_subscriptions(self.job_id):
-                    sub.put(batch)
-        finally:
-            self.hub.log_reader_done(self.job_id, self)

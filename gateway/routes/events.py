@@ -34,7 +34,8 @@ from starlette.background import BackgroundTask
 
 from gateway.deps import HubDep, JobIdDep, ProducerDep, RedisDep, SettingsDep
 from gateway.errors import ApiError, responses
-from gateway.hub import Hub, HubEvent, JobSubscription, LogBatch
+from gateway.hub import Hub, HubEvent, JobSubscription
+from gateway.logfeed import LogBatch
 from gateway.settings import GatewaySettings
 from schemas.events import TERMINAL_EVENTS, EventType, parse_event
 from schemas.status import JobKind
