@@ -24,6 +24,7 @@ from aiq.envs import (
     sync_command,
 )
 from aiq.installed import Availability, availability, catalogue_availability, visible_gpus
+from aiq.logs import LOGS_HELP, logs_command
 from aiq.submit import submit_app
 from aiq.up import DEFAULT_REDIS_URL, UpOptions, run
 from aiq.watch import WATCH_HELP, UsageExits3, watch_command
@@ -317,3 +318,4 @@ def _worker_health(name: str | None, timeout: float, redis_down_ok: bool) -> Non
 app.add_typer(submit_app, name="submit")
 app.add_typer(env_app, name="env")
 app.command("watch", cls=UsageExits3, help=WATCH_HELP)(watch_command)
+app.command("logs", cls=UsageExits3, help=LOGS_HELP)(logs_command)

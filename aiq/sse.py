@@ -99,10 +99,14 @@ def iter_sse_bytes(chunks: Iterable[bytes],
     return parse_sse((utf8.decode(chunk) for chunk in chunks), decoder)
 
 
-def event_id_key(event_id: str) -> tuple[int, int]:
-    """Order of Redis stream ids (``<ms>-<seq>``); an unparsable id sorts first."""
-    ms, _, seq = event_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (-1, -1)
+def event_id_key(event_id: str) -> tuple[int, ...]:
+    """Order of Redis stream ids (``<ms>-<seq>``), and of a command job's frame ids
+    (``<event id>:<log id>``: both positions, each only grows); an unparsable id sorts first."""
+    key: tuple[int, ...] = ()
+    for part in event_id.split(":")[:2]:
+        ms, _, seq = part.partition("-")
+        try:
+            key += (int(ms), int(seq or 0))
+        except ValueError:
+            return (-1, -1)
+    return key

@@ -95,12 +95,15 @@ class Renderer(Protocol):
 
 def watch(options: WatchOptions, console: Console | None = None,
           client: httpx.Client | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> WatchExit:
-    """Follow one job until its terminal event; see the module docstring for exit codes."""
+          sleep: Callable[[float], None] = time.sleep,
+          renderer: Renderer | None = None) -> WatchExit:
+    """Follow one job until its terminal event; see the module docstring for exit codes.
+    ``renderer``: how events are shown (default: a progress view, or JSON lines)."""
     console = console or Console(soft_wrap=True)
     errors = Console(stderr=True, soft_wrap=True)
-    renderer: Renderer = (JsonLines(console) if options.json_lines
-                          else ProgressView(console, options.job_id))
+    if renderer is None:
+        renderer = (JsonLines(console) if options.json_lines
+                    else ProgressView(console, options.job_id))
     own = client is None
     http = client or httpx.Client(timeout=httpx.Timeout(10.0, read=options.read_timeout_s))
     try:
@@ -256,6 +259,10 @@ class ProgressView:
         kind = str(event.get("type", ""))
         if kind == "progress":
             self._progress(event)
+            return
+        if kind == "log":  # a command job's output line
+            style = "" if event.get("stream") == "stdout" else "dim"
+            self.console.print(Text(str(event.get("line", "")), style=style))
             return
         if kind in TERMINAL_EXIT:
             self._stop()

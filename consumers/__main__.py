@@ -12,7 +12,13 @@ from pydantic import ValidationError
 from consumers.metrics import MetricsServer, WorkerMetrics, serve_metrics
 from consumers.runtime import Worker
 from consumers.settings import WorkerSettings
-from consumers.startup import StartupError, check_framework, check_gpu, check_store
+from consumers.startup import (
+    StartupError,
+    check_command_dirs,
+    check_framework,
+    check_gpu,
+    check_store,
+)
 from streams import logs
 from streams.connection import client
 
@@ -32,6 +38,7 @@ async def serve(settings: WorkerSettings) -> None:
     framework = check_framework(settings)
     devices, gpus = check_gpu(settings)
     check_store(settings)
+    check_command_dirs(settings)
     redis = client(settings.target, health_check_interval=10, socket_connect_timeout=5)
     # The blocking XREADGROUP waits up to block_ms: its socket timeout must outlast that.
     read_conn = client(settings.target, max_connections=1, socket_connect_timeout=5,

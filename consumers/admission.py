@@ -57,6 +57,7 @@ TABLE: dict[str, tuple[int, int]] = {
     "resnet": (600, 24), "vgg": (1000, 48), "alexnet": (500, 12),
     "inception": (1000, 48), "mobilenet": (600, 24), "efficientnet": (800, 32),
     "gpu_sim": (100, 10),
+    "command": (1024, 0),  # a command job that gives no gpu_memory_mb: 1 GiB, whatever it runs
 }
 DEFAULT_COST = (512, 16)
 INFERENCE_FACTOR = 0.25  # no gradients, activations or optimizer state per sample

@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from consumers.frameworks.base import FailJob
+from consumers.paths import resolve_under_root
+from consumers.paths import why as _why
 
 BUILTIN_PREFIX = "builtin:"
 PROC_SELF_FD = "/proc/self/fd"  # where Linux says which file a descriptor is; tests blank it
@@ -58,34 +60,13 @@ class Tabular:
         return int(self.X.shape[1])
 
 
-def _why(exc: BaseException) -> str:
-    """What went wrong with a path, without the server's paths in it."""
-    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
-        return "a symlink loop"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return "not a usable path"
-
-
 def resolve_data_path(data_root: Path, data_path: str) -> Path:
     """Resolve ``data_path`` (relative to ``data_root``, or absolute inside it) to a file.
 
     Symlinks and ``..`` are resolved first, so nothing can point outside the root."""
     if not data_path or not data_path.strip():
         raise FailJob("data_path is empty", code="data_path_required")
-    root = data_root.resolve()
-    try:
-        candidate = Path(data_path)
-        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, a symlink loop ...
-        raise FailJob(f"invalid data_path {data_path!r}: {_why(exc)}",
-                      code="invalid_data_path") from exc
-    if not resolved.is_relative_to(root):
-        raise FailJob(
-            f"data_path {data_path!r} resolves outside the data root; use a path relative to the "
-            "data root (or an absolute path inside it)",
-            code="data_path_outside_root",
-        )
+    resolved = resolve_under_root(data_root, data_path, "data_path")
     if not resolved.is_file():
         what = "is not a file" if resolved.exists() else "was not found"
         raise FailJob(f"data file {data_path!r} {what} under the data root",

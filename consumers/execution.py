@@ -3,6 +3,7 @@ outcome: succeeded, failed (retryable or not), cancelled, interrupted or lost.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,12 +56,22 @@ def run_framework(framework: Framework, ctx: JobContext, progress: Progress) -> 
     """Executor-thread entry point."""
     if not isinstance(progress, JobRun):
         return _run(framework, ctx, progress)
-    progress.begin()  # the timeout starts now; a job taken back meanwhile stops here
+    return _begun(progress, _run, framework, ctx, progress)
+
+
+def run_command(commands: Callable[[JobContext, JobRun], dict[str, Any]], ctx: JobContext,
+                run: JobRun) -> dict[str, Any]:
+    """Executor-thread entry point of a command job (consumers/command/runner.py)."""
+    return _begun(run, commands, ctx, run)
+
+
+def _begun(run: JobRun, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    run.begin()  # the timeout starts now; a job taken back meanwhile stops here
     try:
-        progress.check()  # cancelled or interrupted while waiting for the thread
-        return _run(framework, ctx, progress)
+        run.check()  # cancelled or interrupted while waiting for the thread
+        return fn(*args)
     finally:
-        progress.end()
+        run.end()
 
 
 def _run(framework: Framework, ctx: JobContext, progress: Progress) -> dict[str, Any]:
@@ -77,15 +88,24 @@ def classify(exc: BaseException, run: JobRun) -> Outcome:
     if isinstance(exc, StopRequested):
         return Outcome("lost" if run.lost else "interrupted")
     if isinstance(exc, FailJob):
-        return Outcome.failure(exc.code, str(exc))
+        return _detailed(Outcome.failure(exc.code, str(exc)), exc)
     if isinstance(exc, FileNotFoundError):
         return Outcome.failure("file_not_found", str(exc))
     if isinstance(exc, TRANSIENT):
         code = getattr(exc, "code", type(exc).__name__)
-        return Outcome.failure(code, str(exc) or type(exc).__name__, retryable=True)
+        return _detailed(Outcome.failure(code, str(exc) or type(exc).__name__, retryable=True),
+                         exc)
     if isinstance(exc, Exception):
         return Outcome.failure("job_error", f"{type(exc).__name__}: {exc}")
     raise exc  # KeyboardInterrupt, SystemExit, CancelledError
+
+
+def _detailed(outcome: Outcome, exc: BaseException) -> Outcome:
+    """The error with the exception's ``details`` (a command job's exit code, stderr tail)."""
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict):
+        outcome.error.update({k: v for k, v in details.items() if k not in outcome.error})
+    return outcome
 
 
 def succeeded(run: JobRun, result: Any, provenance: dict[str, Any]) -> Outcome:

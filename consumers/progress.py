@@ -75,6 +75,11 @@ class JobRun:
             self.handed_back = True
             return True
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop (code in the job's thread schedules Redis writes on it)."""
+        return self._loop
+
     def check(self) -> None:
         """Raise at a step boundary when the job must stop."""
         if self.cancel_requested:

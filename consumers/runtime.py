@@ -27,9 +27,10 @@ from redis.exceptions import ResponseError
 
 from consumers.admission import Admission
 from consumers.artifact_store import open_store
+from consumers.command.runner import CommandRunner
 from consumers.cpu_admission import NoAdmission
 from consumers.ending import ending_for
-from consumers.execution import Outcome, classify, run_framework, succeeded
+from consumers.execution import Outcome, classify, run_command, run_framework, succeeded
 from consumers.final_writes import FinalWrites
 from consumers.frameworks.base import FailJob, Framework, JobContext
 from consumers.gpu import GpuDevices
@@ -42,13 +43,14 @@ from consumers.settings import WorkerSettings
 from consumers.shutdown import hand_back, stop_reading
 from consumers.threads import JobThreads
 from schemas.catalogue import CATALOGUE, STATE, Device
+from schemas.status import COMMAND_MODEL_TYPE, JobKind
 from schemas.workers import GpuInfo, WorkerInfo
 from streams import registry
 from streams.consumer import QueueConsumer, StartOutcome
 from streams.delivery import Delivery
 from streams.endings import Fail, Handback, RenewCode
 from streams.errors import UNAVAILABLE
-from streams.keys import QueueKeys
+from streams.keys import MODEL_KINDS, QueueKeys
 
 log = structlog.get_logger("aiq.worker")
 # Entries read (and started) per round trip at most: smaller batches keep several round trips
@@ -81,15 +83,21 @@ class Worker:
         self.read_conn = read_conn  # blocking XREADGROUP holds its own connection
         self.name = name or consumer_name()
         self.keys = QueueKeys(settings.worker_type, settings.redis_prefix)
+        # The streams this worker serves: the command stream only with COMMAND_JOBS on.
+        kinds = (*MODEL_KINDS, JobKind.COMMAND) if settings.command_jobs else MODEL_KINDS
         self.queue = QueueConsumer(redis, self.keys, self.name, settings.limits,
-                                   settings.max_deliveries, settings.priority_weight)
+                                   settings.max_deliveries, settings.priority_weight,
+                                   self.keys.streams_of(kinds))
+        self.commands = CommandRunner(settings, self.artifacts, self.queue, self.name) \
+            if settings.command_jobs else None
         self.slots = settings.max_concurrent_jobs
         self.runs: dict[str, JobRun] = {}  # entry id -> job in flight (running or finishing)
         self.executing = 0  # jobs handed to the job threads: running, or read ahead (queued)
         self._run_s: float | None = None  # moving average of recent jobs' run times
         self._launching = 0  # started jobs whose launch is scheduled on the loop (_launch_all)
         self.gpus = gpus or []
-        self.model_types = CATALOGUE[settings.worker_type].model_types
+        self.model_types = CATALOGUE[settings.worker_type].model_types | (
+            {COMMAND_MODEL_TYPE} if settings.command_jobs else set())
         self.metrics = WorkerMetrics(settings.worker_type, self.model_types)  # METRICS_PORT
         self.metrics.watch(self._metrics_state)
         # CPU worker types run on the CPU even where a GPU is visible.
@@ -314,7 +322,7 @@ class Worker:
                       kind=d.kind, attempt=d.attempt, deliveries=d.deliveries)
         self.metrics.started(d, int(time.time() * 1000))
         refusal = self.admission.refusal(d.entry_id)
-        if d.message.model_type not in self.model_types:
+        if d.message.model_type not in self.model_types:  # a command job: COMMAND_JOBS off
             refusal = FailJob(
                 f"{self.settings.worker_type} does not serve {d.message.model_type!r}",
                 code="unsupported_model_type")
@@ -329,8 +337,10 @@ class Worker:
                          self.settings.artifact_root, d.deliveries, d.attempt, extra=extra,
                          store=self.artifacts)
         self.executing += 1
-        self._threads.submit(run_framework, (self.framework, ctx, run),
-                             lambda result, exc: self._job_done(run, result, exc))
+        call: tuple[Any, tuple[Any, ...]] = (run_framework, (self.framework, ctx, run))
+        if self.commands is not None and d.kind is JobKind.COMMAND:
+            call = (run_command, (self.commands, ctx, run))  # consumers/command/runner.py
+        self._threads.submit(*call, lambda result, exc: self._job_done(run, result, exc))
 
     def _job_done(self, run: JobRun, result: Any, exc: BaseException | None) -> None:
         """The job's code returned (or raised): free its slot and queue its final write."""
@@ -436,7 +446,7 @@ class Worker:
             hostname=socket.gethostname(), pid=os.getpid(), started_at=self._started_at,
             heartbeat_at=int(time.time() * 1000), max_concurrent_jobs=self.slots,
             running_jobs=[r.delivery.job_id for r in self.runs.values()],
-            gpus=gpus,
+            gpus=gpus, command_jobs=self.commands is not None,
             state="draining" if self.stopping.is_set() else "running")
         await registry.heartbeat(self.redis, self.keys, info,
                                  ttl_s=self.settings.heartbeat_interval_s * 3)
@@ -459,7 +469,13 @@ class Worker:
             await asyncio.wait(list(self._tasks), timeout=5)
         with contextlib.suppress(TimeoutError):  # what finished in time is recorded as such
             await asyncio.wait_for(self.final_writes.flush(), timeout=10)  # Redis may be down
+        commands = any(r.delivery.kind is JobKind.COMMAND for r in self.runs.values())
         await hand_back(self.queue, self.runs, self.log)
+        if commands and self.executing:  # their programs get SIGTERM, then SIGKILL: wait
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(),
+                                       self.settings.command_kill_grace_s + 5)
 
     async def _deregister(self) -> None:
         with unless_unavailable(self.log, "deregister"):

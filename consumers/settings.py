@@ -93,6 +93,52 @@ class WorkerSettings(RedisSettings):
                                                  "ENDPOINT_URL: an S3-compatible endpoint "
                                                  "(MinIO, SeaweedFS) instead of AWS")
 
+    # Command jobs (POST /jobs/command; consumers/command): a team's own program, run as this
+    # worker's user. Off unless COMMAND_JOBS is true: a worker without it never reads, claims
+    # or reclaims an entry of its type's command stream.
+    command_jobs: bool = Field(default=False, description="COMMAND_JOBS: read this type's "
+                               "command stream and run command jobs (arbitrary code, as this "
+                               "worker's user: docs/SECURITY.md)")
+    command_env_root: Path = Field(default=Path("command-envs"), description="COMMAND_ENV_ROOT: "
+                                   "where jobs' uv environments are built and cached by lock or "
+                                   "requirements hash (share it between workers of one host)")
+    command_work_root: Path = Field(default=Path("command-work"), description="COMMAND_WORK_"
+                                    "ROOT: jobs' own working directories (unpacked archives, "
+                                    "empty ones), removed when each job ends")
+    command_kill_grace_s: float = Field(default=10.0, ge=0, le=3600, description="COMMAND_KILL_"
+                                        "GRACE_S: a cancelled, timed-out or handed-back "
+                                        "command gets SIGTERM, then SIGKILL this much later")
+    command_uv: str = Field(default="uv", min_length=1, description="COMMAND_UV: the uv "
+                            "executable that builds jobs' environments")
+    command_python: str | None = Field(default=None, description="COMMAND_PYTHON: the Python "
+                                       "(a path or version) of jobs' environments; default: "
+                                       "this worker's for requirements, uv's choice for a lock")
+    command_env_build_timeout_s: float = Field(default=1800.0, gt=0, description="COMMAND_ENV_"
+                                               "BUILD_TIMEOUT_S: building one environment may "
+                                               "take this long")
+    command_env_passthrough: str = Field(
+        default="PATH,HOME,USER,LOGNAME,SHELL,LANG,LANGUAGE,LC_*,TZ,TMPDIR,TERM,"
+                "LD_LIBRARY_PATH,CUDA_*,NVIDIA_*,HF_*,UV_*,XDG_*,SSL_CERT_FILE,SSL_CERT_DIR,"
+                "REQUESTS_CA_BUNDLE,HTTP_PROXY,HTTPS_PROXY,NO_PROXY,http_proxy,https_proxy,"
+                "no_proxy",
+        description="COMMAND_ENV_PASSTHROUGH: this worker's environment variables a command "
+        "sees (comma-separated names; NAME_* for a prefix); the rest (REDIS_URL, keys, "
+        "ARTIFACT_* credentials) stays out")
+    command_max_archive_bytes: int = Field(default=2 * 1024**3, ge=1, description="COMMAND_MAX_"
+                                           "ARCHIVE_BYTES: a working_dir archive larger than "
+                                           "this unpacked is refused")
+    command_max_output_files: int = Field(default=1000, ge=0, description="COMMAND_MAX_OUTPUT_"
+                                          "FILES: files of $AIQ_OUTPUT_DIR uploaded at most")
+    log_max_lines: int = Field(default=10_000, ge=100, le=10_000_000, description="LOG_MAX_"
+                               "LINES: a command job's log stream keeps about this many lines "
+                               "(MAXLEN ~)")
+    log_line_max_bytes: int = Field(default=8192, ge=80, le=1024 * 1024, description="LOG_LINE_"
+                                    "MAX_BYTES: a longer output line is cut here, with a marker")
+    log_flush_s: float = Field(default=0.05, gt=0, le=10, description="LOG_FLUSH_S: a command's "
+                               "output lines are written at least this often (in batches)")
+    log_batch_lines: int = Field(default=500, ge=1, le=10_000, description="LOG_BATCH_LINES: "
+                                 "lines per write at most")
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -47,7 +47,7 @@ async def hand_back(queue: QueueConsumer, runs: dict[str, JobRun], log: Any) -> 
 async def _hand_back_unseen(queue: QueueConsumer, runs: dict[str, JobRun]) -> None:
     """Entries delivered to this consumer but never started (e.g. a read cut short)."""
     redis, keys = queue.redis, queue.keys
-    for stream in keys.streams:
+    for stream in queue.streams:
         pending = await redis.xpending_range(stream, GROUP, "-", "+", 1000,
                                              consumername=queue.name)
         for entry_id in (p["message_id"] for p in pending if p["message_id"] not in runs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 
 from packaging.specifiers import SpecifierSet
@@ -68,6 +69,22 @@ def check_gpu(settings: WorkerSettings) -> tuple[GpuDevices | None, list[GpuInfo
 def _inventory(devices: GpuDevices) -> list[GpuInfo]:
     return [GpuInfo(index=d.index, name=d.name, total_mb=d.total_mb, free_mb=d.free_mb)
             for d in devices.devices()]
+
+
+def check_command_dirs(settings: WorkerSettings) -> None:
+    """With COMMAND_JOBS on: its directories exist and can be written."""
+    if not settings.command_jobs:
+        return
+    for name in ("command_env_root", "command_work_root"):
+        path = getattr(settings, name)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".aiq-probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(f"{name.upper()}={path}: cannot write there "
+                               f"({exc.strerror or exc})") from None
 
 
 def check_store(settings: WorkerSettings) -> ArtifactStore:

@@ -45,6 +45,7 @@ ERROR_CODES: dict[str, int] = {
     "idempotency_conflict": 409,
     "payload_too_large": 413,
     "unauthorized": 401,
+    "command_jobs_disabled": 403,
     "invalid_host": 400,
     "queue_full": 429,
     "redis_unavailable": 503,

@@ -13,6 +13,12 @@ A periodic task also sends dashboards the workers and queues (through the pooled
 while a dashboard is connected). So thousands of clients cost no Redis connection each: the
 gateway holds its request pool plus this one.
 
+A command job's output lines are not events: its worker writes them to the job's log stream
+and puts one small ``log`` notice per batch in the type's feed. For a job with SSE followers,
+the hub then reads that batch once (non-blocking XRANGE on the pooled client, one reader task
+per job so batches stay in order) and hands the lines to every follower of the job: however
+many follow it, each batch costs one read, and no follower holds a connection.
+
 Every subscription is a bounded buffer: when full, the oldest item is dropped and counted, so a
 slow client never grows the gateway's memory. SSE streams recover dropped events from the job's
 own stream (``stale``); dashboards are told how many they lost, and a dashboard too far behind
@@ -34,6 +40,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.logfeed import LogBatch, LogReader
 from gateway.settings import GatewaySettings
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from streams.backoff import Backoff
@@ -41,6 +48,8 @@ from streams.connection import client, slot_groups
 from streams.errors import UNAVAILABLE
 from streams.events import feed_positions, feed_streams, job_entry, read_feeds
 from streams.inspect import queue_stats
+from streams.joblogs import LOG_NOTICE, notice_range
+from streams.keys import QueueKeys
 from streams.registry import list_workers
 
 log = structlog.get_logger("aiq.gateway.hub")
@@ -190,7 +199,7 @@ class DashboardSubscription(Subscription[HubEvent | Notice]):
         self.items = deque(item for item in self.items if new.accepts(item))
 
 
-class JobSubscription(Subscription[HubEvent]):
+class JobSubscription(Subscription[HubEvent | LogBatch]):
     def __init__(self, job_id: str, maxsize: int) -> None:
         super().__init__(maxsize)
         self.job_id = job_id
@@ -219,6 +228,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._readers: list[asyncio.Task[None]] = []  # one per slot group of the feeds
         self._generation = 0  # readers of an older generation stop (follow)
+        self._log_readers: dict[str, LogReader] = {}  # job id -> its reader (while followed)
         self._conn: Redis | None = None
         self._stopping = False
         self._closing = False
@@ -325,6 +335,9 @@ class Hub:
             await self._conn.aclose()
         if pending:
             await asyncio.wait(pending, timeout=STOP_GRACE_S)
+        for reader in list(self._log_readers.values()):
+            if reader.task is not None:
+                reader.task.cancel()
         self._tasks, self._readers, self._conn = [], [], None
         self.close_clients()
         self._subs = _Subscribers()
@@ -403,6 +416,9 @@ class Hub:
                 sub.mark_stale()
 
     def _dispatch(self, worker_type: str, feed_id: str, fields: dict[str, str]) -> None:
+        if fields.get("type") == LOG_NOTICE:  # lines for SSE followers only, not dashboards
+            self._log_notice(worker_type, fields)
+            return
         if not self._subs.dashboards and fields.get("job_id") not in self._subs.jobs:
             return  # nobody listens: not even parsed
         event_id, own = job_entry(feed_id, fields)
@@ -416,6 +432,24 @@ class Hub:
         for sub in self._subs.jobs.get(item.job_id, ()):  # it from the job's own stream
             sub.mark_stale() if big else sub.put(item)
         self._to_dashboards(item)  # dashboards see the event without its large data
+
+    def _log_notice(self, worker_type: str, fields: dict[str, str]) -> None:
+        job_id = fields.get("job_id", "")
+        span = notice_range(fields)
+        if job_id not in self._subs.jobs or span is None:
+            return
+        reader = self._log_readers.get(job_id)
+        if reader is None:
+            keys = QueueKeys(worker_type, self.settings.redis_prefix)
+            reader = self._log_readers[job_id] = LogReader(self, keys, job_id)
+        reader.want(*span)
+
+    def job_subscriptions(self, job_id: str) -> list[JobSubscription]:
+        return list(self._subs.jobs.get(job_id, ()))
+
+    def log_reader_done(self, job_id: str, reader: LogReader) -> None:
+        if self._log_readers.get(job_id) is reader:
+            del self._log_readers[job_id]
 
     def _to_dashboards(self, item: HubEvent | Notice) -> None:
         for sub in list(self._subs.dashboards):
@@ -457,4 +491,5 @@ def queues_message(queues: list[Any]) -> str:
 
 def workers_message(workers: list[Any]) -> str:
     return dumps({"type": "workers", "workers": _json_list(workers)})
+
 

@@ -3,8 +3,8 @@ Redis at scrape time (``streams.snapshot.read_numbers``: two pipelined round tri
 any queue size), in Prometheus' text format. docs/MONITORING.md lists every metric.
 
 No job id is ever a label: the labels are the worker type, the kind (``training``,
-``inference``) and, on ``aiq_jobs_total``, the outcome, so the number of series is fixed by the
-catalogue: 27 series per worker type (191 for the 7 of the default catalogue).
+``inference``, ``command``) and, on ``aiq_jobs_total``, the outcome, so the number of series is
+fixed by the catalogue: 42 series per worker type (296 for the 7 of the default catalogue).
 
 Redis down: the scrape still answers 200, with ``aiq_redis_up 0`` and no queue series (absent,
 not zero: an outage must not look like an empty queue), so Prometheus' ``up`` keeps meaning
@@ -68,7 +68,7 @@ def _families(numbers: Iterable[TypeNumbers]) -> Iterator[Metric]:
     dead = _gauge("aiq_dead_letters", "entries in the stream's dead-letter stream (capped at "
                   "DEAD_LETTER_MAXLEN)", per_kind)
     delayed = _gauge("aiq_delayed", "jobs waiting out a retry backoff (one set per worker "
-                     "type, both kinds)", [TYPE])
+                     "type, every kind)", [TYPE])
     workers = _gauge("aiq_workers", "live workers: registered, heartbeat not expired", [TYPE])
     jobs = CounterMetricFamily("aiq_jobs", "jobs that reached an outcome (stats hash)",
                                labels=[TYPE, KIND, "outcome"])

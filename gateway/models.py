@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.events import LogLine
 from schemas.records import JobStatusView
 from schemas.status import JobStatus
 from schemas.workers import WorkerInfo
@@ -49,3 +50,15 @@ class BatchSubmitted(BaseModel):
     jobs: list[BatchJob]
     queued: int = Field(description="jobs newly queued by this call")
     duplicates: int = Field(description="jobs whose Idempotency-Key matched an earlier job")
+
+
+class JobLogs(BaseModel):
+    """A page of a command job's output lines (GET /jobs/{id}/logs)."""
+
+    job_id: str
+    status: JobStatus
+    lines: list[LogLine]
+    next: str = Field(description="pass as `after` for the next page: the last line's id, or "
+                      "`after` itself when there was none")
+    finished: bool = Field(description="the job had ended when this page was read and the page "
+                           "holds its last lines: nothing more will come")

@@ -22,17 +22,20 @@ from gateway.auth import OPEN_PREFIXES, open_paths
 from gateway.errors import ErrorResponse
 from gateway.settings import GatewaySettings
 from schemas.catalogue import STATE
-from schemas.events import JobEvent
+from schemas.commands import CommandRequest
+from schemas.events import JobEvent, LogLine
 from schemas.requests import InferenceRequest, TrainingBatch, TrainingRequest
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 # Named component -> its model: what ``{"$ref": "#/components/schemas/<name>"}`` may point at.
-_COMPONENTS: dict[str, TypeAdapter[Any]] = {"JobEvent": TypeAdapter(JobEvent)}
+_COMPONENTS: dict[str, TypeAdapter[Any]] = {"JobEvent": TypeAdapter(JobEvent),
+                                             "LogLine": TypeAdapter(LogLine)}
 # Bodies that routes parse themselves (gateway/body.py) and name in their ``openapi_extra``.
 _REQUEST_BODIES: dict[str, TypeAdapter[Any]] = {
     "TrainingRequest": TypeAdapter(TrainingRequest),
     "InferenceRequest": TypeAdapter(InferenceRequest),
-    "TrainingBatch": TypeAdapter(TrainingBatch)}
+    "TrainingBatch": TypeAdapter(TrainingBatch),
+    "CommandRequest": TypeAdapter(CommandRequest)}
 
 _DEFAULT_422 = "#/components/schemas/HTTPValidationError"
 _OURS = f"#/components/schemas/{ErrorResponse.__name__}"

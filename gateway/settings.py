@@ -6,12 +6,14 @@ import re
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from schemas.plugins import WORKER_TYPE_NAME
 from streams.settings import RedisSettings
 
 MIB = 1024 * 1024
 
 
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]{8,}")
+_WORKER_TYPE = re.compile(WORKER_TYPE_NAME)
 
 
 class GatewaySettings(RedisSettings):
@@ -63,6 +65,12 @@ class GatewaySettings(RedisSettings):
                                 "queues messages on /ws")
     hub_block_ms: int = Field(default=5000, ge=10, description="XREAD BLOCK of the hub's reader")
 
+    command_worker_types: str = Field(default="", description="COMMAND_WORKER_TYPES: "
+                                      "comma-separated worker types that take command jobs "
+                                      "(POST /jobs/command: a team's own program, run as the "
+                                      "worker's user), in routing order; empty: off. Needs "
+                                      "API_KEY, and workers of the type with COMMAND_JOBS=true")
+
     promote_retries_s: float = Field(default=1.0, ge=0, description="PROMOTE_RETRIES_S: every "
                                      "this many seconds the gateway moves the due retries of "
                                      "every worker type back into their stream, so a type "
@@ -82,6 +90,16 @@ class GatewaySettings(RedisSettings):
                              "(the WAIT would outlast the socket's read timeout)")
         return self
 
+    @field_validator("command_worker_types")
+    @classmethod
+    def _command_type_names(cls, value: str) -> str:
+        """Names of worker types (a type of a plugin this gateway lacks is learned from its
+        workers' announcements, so names are not checked against the catalogue here)."""
+        bad = [n for n in _names(value) if not _WORKER_TYPE.fullmatch(n)]
+        if bad:
+            raise ValueError(f"{', '.join(repr(n) for n in bad)} is not a worker type name")
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -97,5 +115,14 @@ class GatewaySettings(RedisSettings):
                          if o.strip())
 
     @property
+    def command_types(self) -> tuple[str, ...]:
+        """The worker types command jobs may go to, in routing order."""
+        return tuple(dict.fromkeys(_names(self.command_worker_types)))
+
+    @property
     def hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.trusted_hosts.split(",") if h.strip())
+
+
+def _names(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]

@@ -143,6 +143,21 @@ JobEvent = Annotated[
 _ADAPTER: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
 
 
+class LogLine(BaseModel):
+    """One line of a command job's output (its log stream, not its events stream): an SSE
+    ``log`` event, and an item of ``GET /jobs/{id}/logs``."""
+
+    model_config = ConfigDict(frozen=True)
+    type: Literal["log"] = "log"
+    job_id: str
+    id: str = Field(description="the line's entry id in the job's log stream (resume after it)")
+    ts: int = Field(description="server time the worker wrote it, ms since epoch")
+    stream: str = Field(description="stdout, stderr, or aiq: the worker's own notes (the "
+                        "environment's build, how the program ended)")
+    line: str = Field(description="the text, without its newline (cut at LOG_LINE_MAX_BYTES "
+                      "with a marker; bytes that are not UTF-8 replaced)")
+
+
 def parse_event(entry_id: str, fields: dict[str, str]) -> JobEvent:
     """Build the typed event from a stream entry's flat fields."""
     data = orjson.loads(fields.get("data") or "{}")

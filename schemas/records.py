@@ -9,11 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from schemas.catalogue import KNOWN_MODEL_TYPES
 from schemas.requests import JobId
-from schemas.status import JobKind, JobStatus, Priority
+from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus, Priority
 
 # Fields of a stream entry, in the order they are written. The requeue script copies exactly these
 # from the record into a fresh entry, so a retried job carries the same spec. An inference job's
@@ -26,10 +34,28 @@ ENTRY_FIELDS: tuple[str, ...] = (
 # A requeued job's entry (retry promotion, hand-back) also carries ``overrides``: what the
 # worker changed for the next attempt (JSON, see ``JobMessage.overrides``). Never set at submit.
 REQUEUE_FIELDS: tuple[str, ...] = (*ENTRY_FIELDS, "overrides")
+# A command job's entry (POST /jobs/command): its argv, requirements and env as JSON, the rest
+# flat. Its own list, so training and inference entries carry no empty command fields.
+COMMAND_ENTRY_FIELDS: tuple[str, ...] = (
+    "job_id", "kind", "model_type", "attempt", "gpu_mem_mb", "entrypoint", "working_dir",
+    "requirements", "env", "timeout_s", "max_retries", "priority",
+)
+COMMAND_REQUEUE_FIELDS: tuple[str, ...] = (*COMMAND_ENTRY_FIELDS, "overrides")
 # A finished job's status -> the field its result key holds (JSON).
 OUTCOME_FIELDS = {"succeeded": "result", "failed": "error"}
+_COMMAND_JSON = ("entrypoint", "requirements", "env")
 _JSON_FIELDS = ("hyperparameters", "inputs", "parameters", "result", "error", "progress",
-                "overrides", "waiting")
+                "overrides", "waiting", *_COMMAND_JSON)
+
+
+def entry_fields_of(kind: JobKind) -> tuple[str, ...]:
+    """The fields of a stream entry of ``kind``, in the order they are written."""
+    return COMMAND_ENTRY_FIELDS if kind is JobKind.COMMAND else ENTRY_FIELDS
+
+
+def requeue_fields_of(kind: JobKind) -> tuple[str, ...]:
+    """What the requeue scripts (promote, handback) copy from the record into a fresh entry."""
+    return COMMAND_REQUEUE_FIELDS if kind is JobKind.COMMAND else REQUEUE_FIELDS
 
 
 def _loads(raw: str | None, default: Any) -> Any:
@@ -57,20 +83,34 @@ class JobMessage(BaseModel):
     # Set by a worker for the next attempt, e.g. after CUDA OOM:
     # {"hyperparameters": {"batch_size": 16}, "oom_retries": [{"batch_size": 64, ...}, ...]}
     overrides: dict[str, Any] = Field(default_factory=dict)
+    # A command job's (kind command): argv, where it runs, its uv environment, its env vars.
+    entrypoint: list[str] | None = None
+    working_dir: str | None = None
+    requirements: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("model_type")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in KNOWN_MODEL_TYPES:
+        if value not in KNOWN_MODEL_TYPES and value != COMMAND_MODEL_TYPE:
             raise ValueError(f"unknown model type {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _command_has_argv(self) -> JobMessage:
+        if (self.kind is JobKind.COMMAND) != (self.model_type == COMMAND_MODEL_TYPE):
+            raise ValueError(f"model type {self.model_type!r} is not one of a {self.kind} job")
+        if self.kind is JobKind.COMMAND and not self.entrypoint:
+            raise ValueError("a command job needs an entrypoint")
+        return self
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> JobMessage:
         """Parse entry fields; raises ValueError (with the reason) on a malformed entry."""
         try:
             data: dict[str, Any] = {k: v for k, v in fields.items() if v != ""}
-            for name in ("hyperparameters", "inputs", "parameters", "overrides"):
+            for name in ("hyperparameters", "inputs", "parameters", "overrides",
+                         *_COMMAND_JSON):
                 if name in data:
                     data[name] = orjson.loads(data[name])
             return cls.model_validate(data)
@@ -104,6 +144,9 @@ def entry_fields(record: dict[str, str]) -> dict[str, str]:
 
 
 class ErrorDetail(BaseModel):
+    # Extra fields pass through: a command job's error adds exit_code, signal, stderr_tail.
+    model_config = ConfigDict(extra="allow")
+
     code: str
     message: str
     retryable: bool = False
@@ -143,6 +186,10 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     overrides: dict[str, Any] | None = None  # what a worker changed for a retry (CUDA OOM)
     waiting: dict[str, Any] | None = None  # why a queued job waits (GPU admission), latest
+    entrypoint: list[str] | None = None  # command jobs: as submitted
+    working_dir: str | None = None
+    requirements: list[str] | None = None
+    env: dict[str, str] | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str], outcome: str | None = None) -> JobRecord:
@@ -165,6 +212,7 @@ class JobLinks(BaseModel):
     status: str
     events: str
     cancel: str
+    logs: str
 
 
 def links_for(job_id: str) -> JobLinks:
@@ -173,6 +221,7 @@ def links_for(job_id: str) -> JobLinks:
         status=f"/jobs/{job_id}/status",
         events=f"/jobs/{job_id}/events",
         cancel=f"/jobs/{job_id}/cancel",
+        logs=f"/jobs/{job_id}/logs",
     )
 
 
@@ -243,6 +292,13 @@ class JobView(JobStatusView):
     overrides: dict[str, Any] | None = Field(default=None, description="what a worker changed "
                                              "for a retry, e.g. a halved batch_size after CUDA "
                                              "OOM (hyperparameters stay as submitted)")
+    entrypoint: list[str] | None = Field(default=None, description="command jobs: the argv run")
+    working_dir: str | None = Field(default=None, description="command jobs: a path under the "
+                                    "data root, or an artifact:// archive")
+    requirements: list[str] | None = Field(default=None, description="command jobs: the uv "
+                                           "environment's requirements, when given")
+    env: dict[str, str] | None = Field(default=None, description="command jobs: the env vars "
+                                       "given (stored in Redis as sent: pass no secrets)")
     links: JobLinks
 
 

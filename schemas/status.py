@@ -6,6 +6,11 @@ from enum import StrEnum
 class JobKind(StrEnum):
     TRAINING = "training"
     INFERENCE = "inference"
+    COMMAND = "command"  # a team's own entrypoint run as a child process (POST /jobs/command)
+
+
+# The model_type of every command job (its entry and record are read like any other job's).
+COMMAND_MODEL_TYPE = "command"
 
 
 class Priority(StrEnum):

@@ -27,6 +27,8 @@ class WorkerInfo(BaseModel):
     running_jobs: list[str] = Field(default_factory=list)
     gpus: list[GpuInfo] = Field(default_factory=list)
     state: str = "running"
+    command_jobs: bool = Field(default=False, description="it reads its type's command stream "
+                               "(COMMAND_JOBS=true): it runs command jobs")
 
 
 class StreamInfo(BaseModel):

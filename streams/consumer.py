@@ -12,7 +12,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from schemas.records import REQUEUE_FIELDS, JobMessage
+from schemas.records import JobMessage, requeue_fields_of
 from schemas.status import Priority
 from streams import scripts
 from streams.delivery import Delivery
@@ -96,7 +96,9 @@ class StartOutcome:
 
 
 class QueueConsumer:
-    """Stream operations of consumer ``name`` on one worker type's streams."""
+    """Stream operations of consumer ``name`` on the streams it serves of one worker type:
+    ``streams`` (default: training and inference; a worker with command jobs on adds the
+    command stream). It never reads, reclaims, claims or hands back an entry of another."""
 
     def __init__(
         self,
@@ -106,18 +108,21 @@ class QueueConsumer:
         limits: StreamLimits,
         max_deliveries: int = 5,
         priority_weight: int = DEFAULT_PRIORITY_WEIGHT,
+        streams: tuple[str, ...] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.name = name
         self.limits = limits
         self.max_deliveries = max_deliveries
+        self.streams: tuple[str, ...] = keys.streams if streams is None else streams
+        self.high_streams, self.normal_streams = keys.split_lanes(self.streams)
         self.lanes = LaneShare(priority_weight)
         self._asked = 0  # normal entries the last read asked for first
         self._common = limits.common_args()
 
     async def ensure_groups(self) -> None:
-        await ensure_groups(self.redis, self.keys)
+        await ensure_groups(self.redis, self.keys, self.streams)
 
     def _delivery(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> Delivery:
         d = Delivery(stream, self.keys.kind_of_stream(stream), entry_id, fields or {})
@@ -128,14 +133,15 @@ class QueueConsumer:
         return d
 
     async def read(self, conn: Redis, count: int, block_ms: int) -> list[Delivery]:
-        """Take up to ``count`` new entries, high lanes first (``read.lua``), on the caller's
-        dedicated connection; when none waits, block up to ``block_ms`` for the first ones.
-        Woken from the block, at most ``count`` // streams per stream (at least one each)."""
+        """Take up to ``count`` new entries of the served streams, high lanes first
+        (``read.lua``), on the caller's dedicated connection; when none waits, block up to
+        ``block_ms`` for the first ones. Woken from the block, at most ``count`` // streams per
+        stream (at least one each)."""
         taken = self._taken(await scripts.READ(conn, *self._read_call(count)))
         if taken or block_ms <= 0:
             return taken
-        per_stream = max(1, count // len(self.keys.streams))
-        got = await conn.xreadgroup(GROUP, self.name, dict.fromkeys(self.keys.streams, ">"),
+        per_stream = max(1, count // len(self.streams))
+        got = await conn.xreadgroup(GROUP, self.name, dict.fromkeys(self.streams, ">"),
                                     count=per_stream, block=block_ms)
         out = self._parse_read(got)
         self.lanes.took(0, 0, sum(self.keys.priority_of_stream(d.stream) is Priority.HIGH
@@ -151,9 +157,9 @@ class QueueConsumer:
 
     def _read_call(self, count: int) -> tuple[list[str], list[Arg]]:
         """KEYS and ARGV of ``read.lua``: the high lanes, then the normal ones."""
-        high = self.keys.high_streams
+        high = self.high_streams
         self._asked = self.lanes.normal_first()
-        return ([*high, *self.keys.normal_streams],
+        return ([*high, *self.normal_streams],
                 [*self._common, GROUP, self.name, count, len(high), self._asked])
 
     def _taken(self, reply: list[Any]) -> list[Delivery]:
@@ -165,7 +171,7 @@ class QueueConsumer:
 
     def sweep(self) -> ReclaimSweep:
         """A new pass over the pending lists of this type's streams (see ``reclaim``)."""
-        return ReclaimSweep(self.keys.streams)
+        return ReclaimSweep(self.streams)
 
     async def reclaim(self, count: int, min_idle_ms: int, sweep: ReclaimSweep | None = None
                       ) -> list[Delivery]:
@@ -193,7 +199,7 @@ class QueueConsumer:
         dead after all has its late writes refused. A live worker keeps its hash fresh from
         its event loop whatever its jobs do, so healthy long jobs are never taken."""
         out: list[Delivery] = []
-        for stream in self.keys.streams:
+        for stream in self.streams:
             if len(out) >= count:
                 break
             summary = await self.redis.xpending(stream, GROUP)
@@ -308,14 +314,16 @@ class QueueConsumer:
         args: list[Arg] = [*self._common, d.job_id, d.entry_id, GROUP, self.name]
         match e:
             case ConfirmCancel():
-                return scripts.CONFIRM_CANCEL, [*keys, self.keys.stats, self.keys.jobs], args
+                return scripts.CONFIRM_CANCEL, [*keys, self.keys.stats, self.keys.jobs,
+                                                self.keys.job_logs(d.job_id)], args
             case Retry():
                 return (scripts.RETRY, [*keys, self.keys.delayed, self.keys.stats,
-                                        self.keys.job_result(d.job_id), self.keys.jobs],
+                                        self.keys.job_result(d.job_id), self.keys.jobs,
+                                        self.keys.job_logs(d.job_id)],
                         [*args, e.error, e.delay_ms, e.overrides])
             case Handback():
                 return (scripts.HANDBACK, [*keys, self.keys.stats],
-                        [*args, e.reason, *REQUEUE_FIELDS])
+                        [*args, e.reason, *requeue_fields_of(d.kind)])
 
     async def progress(self, d: Delivery, data: dict[str, Any]) -> bool:
         """Publish progress; True when a cancel was requested. Raises NotOwner when fenced."""
@@ -327,6 +335,20 @@ class QueueConsumer:
         raise_for(code, str(detail), f"progress of {d.job_id}")
         return int(detail) == 1
 
+    async def append_log(self, d: Delivery, lines: list[tuple[str, str]], maxlen: int
+                         ) -> tuple[str, str]:
+        """Append a command job's output lines (``(stream, text)``, in order) to its log
+        stream, capped at ``maxlen`` (``append_log.lua``); the first and last ids written.
+        Raises NotOwner when fenced (another worker owns the job now)."""
+        args: list[Arg] = [*self._common, d.job_id, d.entry_id, GROUP, self.name, maxlen]
+        for name, text in lines:
+            args += [name, text]
+        reply = await scripts.APPEND_LOG(
+            self.redis, [d.stream, self.keys.job_logs(d.job_id), self.keys.events,
+                         self.keys.stats], args)
+        raise_for(int(reply[0]), str(reply[1]), f"log of {d.job_id}")
+        return str(reply[1]), str(reply[2])
+
     def _batched_call(self, script: scripts.Script, items: list[Complete] | list[Fail]
                       ) -> tuple[scripts.Script, list[str], list[Arg]]:
         """complete/fail of many jobs of one stream in one script call."""
@@ -335,7 +357,7 @@ class QueueConsumer:
         for e in items:
             d = e.delivery
             keys += [self.keys.job(d.job_id), self.keys.job_events(d.job_id),
-                     self.keys.job_result(d.job_id)]
+                     self.keys.job_result(d.job_id), self.keys.job_logs(d.job_id)]
             args += [d.job_id, d.entry_id, e.payload]
         return script, keys, args
 
@@ -387,7 +409,7 @@ class QueueConsumer:
     async def renew(self, batch: list[Delivery]) -> dict[str, RenewCode]:
         """Renew the leases of in-flight entries: entry id -> what ``renew.lua`` answered."""
         out: dict[str, RenewCode] = {}
-        for stream in self.keys.streams:
+        for stream in self.streams:
             mine = [d for d in batch if d.stream == stream]
             if not mine:
                 continue
@@ -416,7 +438,7 @@ class QueueConsumer:
         worker has no live heartbeat: workers that stopped or died. A live worker reads at
         least every BLOCK_MS, so its idle time stays small."""
         names: set[str] = set()
-        for stream in self.keys.streams:
+        for stream in self.streams:
             try:
                 infos = await self.redis.xinfo_consumers(stream, GROUP)
             except ResponseError:  # no stream or group yet
@@ -436,7 +458,7 @@ class QueueConsumer:
         if not names:
             return 0
         removed = 0
-        for stream in self.keys.streams:
+        for stream in self.streams:
             with contextlib.suppress(ResponseError):  # no stream or group yet
                 res = await scripts.FORGET_CONSUMER(self.redis, [stream],
                                                     [*self._common, GROUP, *names])
@@ -447,7 +469,7 @@ class QueueConsumer:
         """No entry in the type's streams (waiting or pending: acked entries are deleted) and
         no job waiting out a retry backoff."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in self.keys.streams:
+            for stream in self.streams:
                 pipe.xlen(stream)
             pipe.zcard(self.keys.delayed)
             counts = await pipe.execute()

@@ -40,7 +40,8 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 REPLAY_PAGE = 500
 QUEUED_EVENT_ID = "0-1"  # the queued event's id (streams/lua/_common.lua, emit_queued)
 # Record fields a replay reads besides the events (the final event's payload only when needed).
-_HEAD = ("status", "created_at", "worker_type", "position", "finished_at", "final_event_id")
+_HEAD = ("status", "created_at", "worker_type", "position", "finished_at", "final_event_id",
+         "kind")
 
 
 MAX_ID_PART = 2**64 - 1  # both parts of a Redis stream id are unsigned 64-bit integers
@@ -80,6 +81,7 @@ class Replay:
 
     entries: list[Entry]
     status: str | None
+    kind: str | None = None  # the job's kind (a command job also has a log stream)
 
     @property
     def finished(self) -> bool:
@@ -106,7 +108,7 @@ async def replay(redis: Redis, keys: QueueKeys, job_id: str, after: str = "0-0")
     while len(page) == REPLAY_PAGE:
         page = await _page(redis, stream, entries[-1][0])
         entries += page
-    status = head["status"]
+    status, kind = head["status"], head["kind"]
     if status is None:
         return Replay(entries=entries, status=None)
     if parse_id(after) < parse_id(QUEUED_EVENT_ID) and not (
@@ -116,7 +118,7 @@ async def replay(redis: Redis, keys: QueueKeys, job_id: str, after: str = "0-0")
         final_id = head["final_event_id"] or f"{head['finished_at'] or 0}-0"
         if id_after(final_id, after):  # not seen yet, and its stream expired: from the record
             entries.append(await _final(redis, keys, job_id, status, final_id, head))
-    return Replay(entries=entries, status=status)
+    return Replay(entries=entries, status=status, kind=kind)
 
 
 def _queued(job_id: str, head: dict[str, str | None]) -> Entry:

@@ -16,7 +16,7 @@ summed):
   gone workers once they hold nothing (``forget_consumer.lua``).
 * ``dead_letters``: XLEN of the stream's dead-letter stream.
 * ``delayed``: jobs of the worker type waiting out a retry backoff (ZCARD of its delayed set).
-  The set is shared by both kinds, so it is reported on the training row; inference rows say 0.
+  The set is shared by every kind, so it is reported on the training row; the others say 0.
 
 A stream or group that does not exist yet reads as zeros, never as an error. The client must
 decode responses (``decode_responses=True``).

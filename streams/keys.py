@@ -5,15 +5,20 @@ unchanged on Redis Cluster. Names follow the seed's convention, so a person gues
 
     ai:training:{pytorch-2.1}:queue      stream of training jobs (consumer group "workers")
     ai:inference:{pytorch-2.1}:queue     stream of inference jobs
+    ai:command:{pytorch-2.1}:queue       stream of command jobs (read only by workers with
+                                         COMMAND_JOBS on)
     ai:training:{pytorch-2.1}:queue:high the high-priority lane of training jobs (and
-    ai:inference:{pytorch-2.1}:queue:high  of inference jobs): read before the normal lane
-    ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue
+    ai:inference:{pytorch-2.1}:queue:high  of inference jobs, ai:command:…:queue:high of
+                                         command jobs): read before the normal lane
+    ai:training:{pytorch-2.1}:dead       dead-letter stream of the training queue (one per kind)
     ai:{pytorch-2.1}:job:<job_id>        job record (hash)
     ai:{pytorch-2.1}:job:<job_id>:events events of one job (stream; SSE replays it; made by
                                          its first event after queued, kept EVENTS_TTL_S
                                          once it ended)
     ai:{pytorch-2.1}:job:<job_id>:result a finished job's result (succeeded) or error (failed),
                                          JSON (string; expires with the record)
+    ai:{pytorch-2.1}:job:<job_id>:logs   a command job's stdout/stderr lines (stream, capped at
+                                         LOG_MAX_LINES; expires with the job's events)
     ai:{pytorch-2.1}:events              events of all jobs of the type (capped stream)
     ai:{pytorch-2.1}:jobs                job ids by creation time (sorted set)
     ai:{pytorch-2.1}:delayed             jobs waiting out a retry backoff (sorted set, due ms)
@@ -38,6 +43,8 @@ from schemas.status import JobKind, Priority
 GROUP = "workers"
 DEFAULT_PREFIX = "ai"
 HIGH_LANE_SUFFIX = ":high"
+# The kinds every worker serves; command jobs only where COMMAND_JOBS is on.
+MODEL_KINDS: tuple[JobKind, ...] = (JobKind.TRAINING, JobKind.INFERENCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +68,32 @@ class QueueKeys:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        """Every stream a worker of the type reads: the high lanes first, then the normal ones
-        (the order of reads, reclaim sweeps and orphan claims)."""
-        return (*self.high_streams, *self.normal_streams)
+        """The streams every worker of the type reads (training and inference, both lanes):
+        ``streams_of(MODEL_KINDS)``. A worker with command jobs on serves the command lanes
+        too."""
+        return self.streams_of(MODEL_KINDS)
+
+    def streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
+        """The streams of ``kinds``, the set a worker serves: the high lanes first, then the
+        normal ones (the order of reads, reclaim sweeps and orphan claims)."""
+        return (*self.high_streams_of(kinds), *self.normal_streams_of(kinds))
+
+    @staticmethod
+    def split_lanes(streams: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``streams`` as (high lanes, normal lanes), each in order."""
+        return (tuple(s for s in streams if s.endswith(HIGH_LANE_SUFFIX)),
+                tuple(s for s in streams if not s.endswith(HIGH_LANE_SUFFIX)))
+
+    def high_streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
+        return tuple(self.stream(kind, Priority.HIGH) for kind in kinds)
+
+    def normal_streams_of(self, kinds: tuple[JobKind, ...]) -> tuple[str, ...]:
+        return tuple(self.stream(kind) for kind in kinds)
 
     @property
-    def high_streams(self) -> tuple[str, ...]:
-        return tuple(self.stream(kind, Priority.HIGH) for kind in JobKind)
-
-    @property
-    def normal_streams(self) -> tuple[str, ...]:
-        return tuple(self.stream(kind) for kind in JobKind)
+    def all_streams(self) -> tuple[str, ...]:
+        """Every stream of the type, every kind and lane (a cancel looks for its job's)."""
+        return self.streams_of(tuple(JobKind))
 
     def lanes(self, kind: JobKind) -> tuple[str, str]:
         """The normal and the high lane of ``kind``."""
@@ -105,6 +127,9 @@ class QueueKeys:
 
     def job_result(self, job_id: str) -> str:
         return f"{self._base}:job:{job_id}:result"
+
+    def job_logs(self, job_id: str) -> str:
+        return f"{self._base}:job:{job_id}:logs"
 
     def worker(self, worker_id: str) -> str:
         return f"{self._base}:worker:{worker_id}"

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from schemas.catalogue import CATALOGUE, MODEL_TYPES, RoutingError, route, serves
+from schemas.commands import CommandRequest
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from schemas.records import JobRecord, JobSubmitted
 from schemas.requests import InferenceRequest, TrainingRequest
@@ -40,6 +41,7 @@ from streams.submission import (
     WRITE,
     NewJob,
     check_size,
+    command_job,
     digest,
     inference_fingerprint,
     inference_job,
@@ -110,7 +112,9 @@ class Producer:
                 return earlier
         model = await self.get(req.model_id)
         if model.kind is not JobKind.TRAINING:
-            raise ModelNotReady(f"{req.model_id} is an inference job, not a trained model")
+            article = "an" if model.kind is JobKind.INFERENCE else "a"
+            raise ModelNotReady(f"{req.model_id} is {article} {model.kind.value} job, not a "
+                                "trained model")
         if model.status is not JobStatus.SUCCEEDED:
             raise ModelNotReady(f"model {req.model_id} is {model.status.value}, not succeeded")
         if model.model_type in MODEL_TYPES and not serves(model.model_type, JobKind.INFERENCE):
@@ -119,11 +123,20 @@ class Producer:
                   "requires_gpu": str(int(model.requires_gpu))}
         return await self._submit(inference_job(req, fields, new_job_id(), idempotency_key))
 
+    async def submit_command(self, req: CommandRequest, worker_type: str,
+                             idempotency_key: str | None = None) -> JobSubmitted:
+        """Queue a command job on ``worker_type`` (routed by the caller, which knows which
+        types have command jobs on: schemas.commands.route_command)."""
+        return await self._submit(command_job(req, worker_type, new_job_id(), idempotency_key))
+
     async def _submit(self, job: NewJob) -> JobSubmitted:
         keys = self.keys(job.worker_type)
         if job.worker_type not in self._grouped:
             await ensure_groups(self.redis, keys)
             self._grouped.add(job.worker_type)
+        if job.kind is JobKind.COMMAND and f"{job.worker_type}:command" not in self._grouped:
+            await ensure_groups(self.redis, keys, keys.streams_of((JobKind.COMMAND,)))
+            self._grouped.add(f"{job.worker_type}:command")
         script_keys, script_args = script_call(keys, self.limits, [job], WRITE,
                                                self.limits.max_queued)
         acked = None
@@ -428,7 +441,7 @@ class Producer:
         code, detail = await scripts.CANCEL(
             self.redis,
             [keys.job(job_id), keys.job_events(job_id), keys.events, keys.delayed, keys.stats,
-             keys.jobs, *keys.streams],
+             keys.jobs, keys.job_logs(job_id), *keys.all_streams],
             [*self.limits.common_args(), job_id, GROUP],
         )
         raise_for(code, "", f"job {job_id} is already {detail}")

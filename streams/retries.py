@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from schemas.records import REQUEUE_FIELDS
+from schemas.records import requeue_fields_of
 from schemas.status import JobKind, Priority
 from streams import scripts
 from streams.keys import QueueKeys
@@ -56,7 +56,7 @@ async def _promote(redis: Redis, keys: QueueKeys, limits: StreamLimits, due: lis
         (scripts.PROMOTE,
          [keys.delayed, keys.stream(kind, priority), keys.job(job_id), keys.job_events(job_id),
           keys.events],
-         [*common, job_id, *REQUEUE_FIELDS])
+         [*common, job_id, *requeue_fields_of(kind)])
         for job_id, (kind, priority) in zip(due, lanes, strict=True)
     ]
     results = await scripts.execute(redis, calls)
@@ -70,5 +70,8 @@ async def _lanes(redis: Redis, keys: QueueKeys, job_ids: list[str]
         for job_id in job_ids:
             pipe.hmget(keys.job(job_id), "kind", "priority")
         raw = await pipe.execute()
-    return [(JobKind.INFERENCE if kind == "inference" else JobKind.TRAINING,
+    return [(JobKind(kind) if kind in _KINDS else JobKind.TRAINING,
              Priority.HIGH if priority == "high" else Priority.NORMAL) for kind, priority in raw]
+
+
+_KINDS = frozenset(kind.value for kind in JobKind)

@@ -64,9 +64,10 @@ DEAD_LETTER = Script.load("dead_letter")
 WAIT = Script.load("wait")
 GPU_PEAK = Script.load("gpu_peak")
 FORGET_CONSUMER = Script.load("forget_consumer")
+APPEND_LOG = Script.load("append_log")
 READ = Script.load("read")
 ALL = (SUBMIT, START, PROGRESS, COMPLETE, FAIL, RETRY, PROMOTE, HANDBACK, CANCEL,
-       CONFIRM_CANCEL, RENEW, DEAD_LETTER, WAIT, GPU_PEAK, FORGET_CONSUMER, READ)
+       CONFIRM_CANCEL, RENEW, DEAD_LETTER, WAIT, GPU_PEAK, FORGET_CONSUMER, APPEND_LOG, READ)
 _BY_SHA = {s.sha: s for s in ALL}
 
 # TIME inside a pipeline: redis-py's cluster pipeline refuses a plain TIME (it has no key to

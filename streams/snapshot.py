@@ -1,14 +1,14 @@
 """One read of every number the gateway's ``/metrics`` exports, cheap at any queue size.
 
-Two pipelined round trips, whatever is queued: first, per worker type, a fixed seventeen
-commands (per kind and priority lane: XLEN of the stream, the XPENDING summary, XINFO CONSUMERS;
-per kind, XLEN of its dead letters;
-then ZCARD of the delayed set, HGETALL of the stats hash, SMEMBERS of the registry) plus one
-TIME; then, per worker type that has registered ids, one EXISTS over its workers' hashes (a dead
-worker's hash expired, so only live ones count). No command reads a job or an entry, so 100,000
-queued jobs cost what 10 do (XINFO CONSUMERS answers one row per consumer: the live workers and
-those gone recently, before a reclaim sweep forgets them). Every key comes from
-streams/keys.py; a stream, group or key that does not exist yet reads as zero.
+Two pipelined round trips, whatever is queued: first, per worker type, a fixed twenty-four
+commands (per kind (training, inference, command) and priority lane: XLEN of the stream, the
+XPENDING summary, XINFO CONSUMERS; per kind, XLEN of its dead letters; then ZCARD of the
+delayed set, HGETALL of the stats hash, SMEMBERS of the registry) plus one TIME; then, per
+worker type that has registered ids, one EXISTS over its workers' hashes (a dead worker's hash
+expired, so only live ones count). No command reads a job or an entry, so 100,000 queued jobs
+cost what 10 do (XINFO CONSUMERS answers one row per consumer: the live workers and those gone
+recently, before a reclaim sweep forgets them). Every key comes from streams/keys.py; a stream,
+group or key that does not exist yet reads as zero.
 
 The stats hash (written by the Lua scripts, ``count`` in ``_common.lua``) holds each counter per
 worker type (``succeeded``) and per kind (``training:succeeded``).
@@ -34,7 +34,7 @@ SUBMITTED = "submitted"
 FENCED = "fenced"  # kept per worker type only (a zombie's write may not know its stream)
 
 _PER_KIND = 7  # commands per kind (3 per lane, dead letters); keep in step with _queue, _kind_row
-_PER_TYPE = 2 * _PER_KIND + 3
+_PER_TYPE = len(JobKind) * _PER_KIND + 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class StreamNumbers:
 class TypeNumbers:
     worker_type: str
     streams: list[StreamNumbers]
-    delayed: int  # retries waiting out their backoff (one set for both kinds)
+    delayed: int  # retries waiting out their backoff (one set for every kind)
     workers: int  # live workers (registry hashes that have not expired)
     fenced: int  # late writes of zombies, rejected
 
@@ -108,7 +108,8 @@ def _type_row(keys: QueueKeys, results: list[Any], now_ms: int
               ) -> tuple[TypeNumbers, list[str]]:
     """The type's numbers (workers not counted yet) and its registered worker ids."""
     delayed, stats, ids = (or_default(r, d) for r, d in
-                           zip(results[2 * _PER_KIND:], (0, {}, set()), strict=True))
+                           zip(results[len(JobKind) * _PER_KIND:], (0, {}, set()),
+                                   strict=True))
     rows = [_kind_row(kind, results[i * _PER_KIND:(i + 1) * _PER_KIND], stats, now_ms)
             for i, kind in enumerate(JobKind)]
     return TypeNumbers(keys.worker_type, rows, int(delayed), 0, _counter(stats, FENCED)), \

@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
-from schemas.records import ENTRY_FIELDS
+from schemas.commands import CommandRequest
+from schemas.records import entry_fields_of
 from schemas.requests import MAX_BATCH_JOBS, InferenceRequest, TrainingRequest
-from schemas.status import JobKind, JobStatus, Priority
+from schemas.status import COMMAND_MODEL_TYPE, JobKind, JobStatus, Priority
 from streams.errors import (
     IDEMPOTENCY_CONFLICT,
     QUEUE_FULL,
@@ -65,9 +66,13 @@ class NewJob:
     fingerprint: str = ""  # digest of the request; '' without a key
 
     @property
+    def entry_names(self) -> tuple[str, ...]:
+        return entry_fields_of(self.kind)
+
+    @property
     def entry_values(self) -> list[Any]:
         fields = {"job_id": self.job_id, "kind": self.kind.value, "attempt": 1, **self.entry}
-        return [fields.get(name, "") for name in ENTRY_FIELDS]
+        return [fields.get(name, "") for name in self.entry_names]
 
 
 def training_job(req: TrainingRequest, worker_type: str, job_id: str,
@@ -110,6 +115,27 @@ def inference_job(req: InferenceRequest, model: dict[str, str], job_id: str,
                   idempotency_key, inference_fingerprint(req) if idempotency_key else "")
 
 
+def command_job(req: CommandRequest, worker_type: str, job_id: str,
+                idempotency_key: str | None) -> NewJob:
+    """A command job: its argv, requirements and env as JSON, the rest flat."""
+    entry = {
+        "model_type": COMMAND_MODEL_TYPE,
+        "gpu_mem_mb": req.gpu_memory_mb or "",
+        "entrypoint": _dumps(req.entrypoint),
+        "working_dir": req.working_dir or "",
+        "requirements": _dumps(req.requirements),
+        "env": _dumps(req.env) if req.env else "",
+        "timeout_s": req.timeout_s or "",
+        "max_retries": _blank(req.max_retries),
+        "priority": _lane(req.priority),
+    }
+    record = {"description": req.description, "requires_gpu": int(req.requires_gpu),
+              "worker_type": worker_type}
+    fingerprint = digest(JobKind.COMMAND, req.model_dump_json()) if idempotency_key else ""
+    return NewJob(JobKind.COMMAND, worker_type, job_id, entry, record, idempotency_key,
+                  fingerprint)
+
+
 def inference_fingerprint(req: InferenceRequest) -> str:
     return digest(JobKind.INFERENCE, req.model_dump_json(exclude=set(NOT_FINGERPRINTED)))
 
@@ -119,10 +145,11 @@ def script_call(keys: QueueKeys, limits: StreamLimits, jobs: list[NewJob], mode:
     """KEYS and ARGV of one submit call: ``jobs`` all of one kind and worker type."""
     kind = jobs[0].kind
     record_names = list(jobs[0].record)
+    entry_names = jobs[0].entry_names
     normal, high = keys.lanes(kind)
     script_keys = [normal, keys.events, keys.jobs, keys.stats, high, keys.limits]
     args: list[Arg] = [*limits.common_args(), GROUP, max_queued, mode, limits.idempotency_ttl_s,
-                       len(ENTRY_FIELDS), len(record_names), *ENTRY_FIELDS, *record_names]
+                       len(entry_names), len(record_names), *entry_names, *record_names]
     for job in jobs:
         script_keys += [keys.job(job.job_id), keys.job_events(job.job_id),
                         keys.idempotency(job.idempotency_key or "-")]

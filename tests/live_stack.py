@@ -79,9 +79,10 @@ def healthy(url: str) -> bool:
         return False
 
 
-def _worker_registered(url: str) -> bool:
+def _worker_registered(url: str, api_key: str | None = None) -> bool:
+    headers = {"X-API-Key": api_key} if api_key else {}
     try:
-        workers = httpx.get(f"{url}/workers", timeout=1).json()["workers"]
+        workers = httpx.get(f"{url}/workers", timeout=1, headers=headers).json()["workers"]
     except (httpx.HTTPError, ValueError, KeyError):
         return False
     return any(w["worker_type"] == "diagnostic" for w in workers)
@@ -97,18 +98,25 @@ def wait_until(check: Any, timeout: float, what: str, stack: Stack | None = None
 
 
 @contextlib.contextmanager
-def live_stack(redis_server: RedisServer, tmp: Path) -> Iterator[Stack]:
-    """Gateway + one diagnostic worker on a running, flushed Redis; stopped on exit."""
+def live_stack(redis_server: RedisServer, tmp: Path, api_key: str | None = None,
+               gateway_env: dict[str, str] | None = None,
+               worker_settings: dict[str, Any] | None = None) -> Iterator[Stack]:
+    """Gateway + one diagnostic worker on a running, flushed Redis; stopped on exit.
+    ``api_key``, ``gateway_env`` and ``worker_settings`` configure the two (e.g. command
+    jobs)."""
     redis_server.ensure_running()
     with redis_sync.Redis.from_url(redis_server.url) as client:
         client.flushall()
     port = free_port()
-    gateway = start_gateway(redis_server.url, port, tmp / "gateway.log")
-    worker = spawn_worker(settings_for(redis_server.url, tmp), tmp / "worker.log")
+    env = {**(gateway_env or {}), **({"API_KEY": api_key} if api_key else {})}
+    gateway = start_gateway(redis_server.url, port, tmp / "gateway.log", env)
+    worker = spawn_worker(settings_for(redis_server.url, tmp, **(worker_settings or {})),
+                          tmp / "worker.log")
     stack = Stack(f"http://127.0.0.1:{port}", redis_server.url, port, tmp, gateway, worker)
     try:
         wait_until(lambda: healthy(stack.url), 30, "gateway /health", stack)
-        wait_until(lambda: _worker_registered(stack.url), 30, "diagnostic worker", stack)
+        wait_until(lambda: _worker_registered(stack.url, api_key), 30, "diagnostic worker",
+                   stack)
         yield stack
     finally:
         stop(stack.worker)

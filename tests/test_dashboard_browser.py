@@ -153,6 +153,46 @@ def test_cancel_button_and_websocket_reconnect(stack: Stack, browser_page: Page)
     wait_status(page, later, "succeeded")
 
 
+KEY = "dashboard-key-1"
+SCRIPT = ("import sys\n"
+          "for i in range(5):\n"
+          "    print(f'line {i} <b>not bold</b>')\n"
+          "print('oops', file=sys.stderr)\n")
+
+
+@pytest.fixture(scope="module")
+def command_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("dashboard-command")
+    with live_stack(redis_server, tmp, api_key=KEY,
+                    gateway_env={"COMMAND_WORKER_TYPES": "diagnostic"},
+                    worker_settings={"command_jobs": True, "command_env_root": tmp / "envs",
+                                     "command_work_root": tmp / "work"}) as running:
+        yield running
+
+
+def test_a_command_jobs_output_is_shown_as_text(command_stack: Stack,
+                                                 browser_page: Page) -> None:
+    page = browser_page
+    page.goto(f"{command_stack.url}/?api_key={KEY}")
+    page.locator("#connection").filter(has_text="live").wait_for()
+    response = httpx.post(f"{command_stack.url}/jobs/command", timeout=10,
+                          headers={"X-API-Key": KEY},
+                          json={"entrypoint": ["python", "-c", SCRIPT]})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    wait_status(page, job_id, "succeeded")
+    page.locator(f"{row(job_id)} button.link").click()  # its events and its output (SSE)
+    page.locator("#event-log .event-succeeded").wait_for()
+    output = page.locator("#job-log")
+    output.filter(has_text="line 4 <b>not bold</b>").wait_for()
+    assert output.locator("b").count() == 0  # shown as text, never parsed as HTML
+    assert output.locator(".stdout").all_inner_texts()[:2] == [
+        "line 0 <b>not bold</b>\n", "line 1 <b>not bold</b>\n"]
+    assert output.locator(".stderr").all_inner_texts() == ["oops\n"]
+    assert output.locator(".aiq").count() >= 2  # the worker's notes: the command, its exit
+
+
 def test_pages_and_static_files_are_served(stack: Stack) -> None:
     for path in ("/", "/dashboard"):
         page = httpx.get(stack.url + path, timeout=5)

@@ -27,6 +27,7 @@ from schemas.status import JobKind
 from streams.connection import connect as redis_client
 from streams.keys import QueueKeys
 from tests.conftest import TOPOLOGIES, topology_url
+from tests.consumers.command_support import command_settings, python
 from tests.gateway.live import LiveGateway, live_gateway, read_events
 from tests.gateway.payloads import in_status, submit
 from tests.support import eventually, running_worker, settings_for, spawn_worker
@@ -167,7 +168,7 @@ async def test_batch_submit_over_several_slots(stack: Stack) -> None:
 async def test_queues_and_workers(stack: Stack) -> None:
     queues = (await stack.http.get("/queues")).json()
     diag = [q for q in queues if q["worker_type"] == "diagnostic"]
-    assert {q["kind"] for q in diag} == {"training", "inference"}
+    assert {q["kind"] for q in diag} == {"training", "inference", "command"}
     assert all(q["consumers"] >= 1 for q in diag if q["kind"] == "training")
     workers = (await stack.http.get("/workers")).json()["workers"]
     mine = next(w for w in workers if w["worker_id"] == stack.worker.name)
@@ -230,3 +231,25 @@ async def test_reclaim_after_sigkill(stack: Stack) -> None:
     assert view["status"] == "succeeded"
     assert record["deliveries"] >= 2 or record["attempt"] >= 2
     assert [f.event for f in events].count("succeeded") == 1
+
+
+async def test_a_command_job_and_its_log(stack: Stack) -> None:
+    """A command job on each topology: its worker's append_log and final write (which expires
+    the log) are one-slot scripts, and the hub reads each batch of lines from the job's log
+    stream (on the cluster, on that slot's node) for its SSE followers. The stack's own worker,
+    without COMMAND_JOBS, leaves the job alone."""
+    tmp = stack.tmp / "command"
+    tmp.mkdir(exist_ok=True)
+    key = "topology-key-1"
+    async with live_gateway(stack.url, api_key=key, command_worker_types="diagnostic") as gw, \
+            AsyncClient(base_url=gw.url, timeout=30, headers={"X-API-Key": key}) as http, \
+            running_worker(command_settings(stack.url, tmp)) as worker:
+        r = await http.post("/jobs/command", json={"entrypoint": python(
+            "for i in range(300):\n    print(i)\n")})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        got, ended = await read_events(http, f"/jobs/{job_id}/events")
+        view = (await http.get(f"/jobs/{job_id}")).json()
+    assert ended and got[-1].event == "succeeded" and view["worker"] == worker.name
+    assert [f.json["line"] for f in got if f.event == "log" and f.json["stream"] == "stdout"
+            ] == [str(i) for i in range(300)]

@@ -6,7 +6,8 @@ the included routers in order, and every level of nesting costs each request a p
 
 from fastapi import APIRouter
 
-from gateway.routes import dashboard, events, health, jobs, metrics, queues, workers, ws
+from gateway.routes import dashboard, events, health, jobs, logs, metrics, queues, workers, ws
 
 ROUTERS: tuple[APIRouter, ...] = (jobs.router, queues.router, workers.router, health.router,
-                                  metrics.router, events.router, ws.router, dashboard.router)
+                                  metrics.router, events.router, logs.router, ws.router,
+                                  dashboard.router)

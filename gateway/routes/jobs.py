@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +13,9 @@ from gateway.catalogue import catalogue_of, may_learn
 from gateway.deps import JobIdDep, ProducerDep, WorkerTypeFilter, producer_of
 from gateway.errors import ApiError, responses
 from gateway.models import BatchJob, BatchSubmitted, CancelResult, JobList
+from gateway.settings import GatewaySettings
 from schemas.catalogue import RoutingError
+from schemas.commands import CommandRequest, CommandsDisabled, route_command
 from schemas.records import JobStatusView, JobSubmitted, JobView, job_view, status_view
 from schemas.requests import InferenceBatch, InferenceRequest, TrainingBatch, TrainingRequest
 from schemas.status import JobStatus
@@ -83,6 +85,57 @@ async def submit_inference(request: Request) -> Response:
         raise ApiError(422, "model_not_found", message, [
             {"field": "body.model_id", "message": message, "type": "model_not_found"}]) from exc
     return _accepted(submitted)
+
+
+def _commands_on(settings: GatewaySettings) -> tuple[str, ...]:
+    """The types command jobs may go to; 403 when the gateway takes none (no API key: command
+    jobs run arbitrary code, so they are never open to whoever reaches the port)."""
+    if settings.api_key is None:
+        raise ApiError(403, "command_jobs_disabled", "command jobs run arbitrary code on the "
+                       "workers: this gateway takes them only with API_KEY set")
+    if not settings.command_types:
+        raise ApiError(403, "command_jobs_disabled", "command jobs are off on this gateway "
+                       "(COMMAND_WORKER_TYPES is empty)")
+    return settings.command_types
+
+
+async def _command_route(request: Request, settings: GatewaySettings,
+                         req: CommandRequest) -> str:
+    """The routed worker type; a refusal is decided after the catalogue was read again (a
+    plugin's worker type its workers announced a moment ago)."""
+    try:
+        return route_command(settings.command_types, req.requires_gpu, req.framework_override)
+    except RoutingError:
+        await catalogue_of(request).refresh()
+    return _command_route_now(settings, req)
+
+
+def _command_route_now(settings: GatewaySettings, req: CommandRequest) -> str:
+    try:
+        return route_command(settings.command_types, req.requires_gpu, req.framework_override)
+    except CommandsDisabled as exc:
+        raise ApiError(403, "command_jobs_disabled", str(exc)) from exc
+    except RoutingError as exc:
+        field = "framework_override" if req.framework_override else "requires_gpu"
+        raise ApiError(422, "routing_error", str(exc), [
+            {"field": f"body.{field}", "message": str(exc), "type": "routing"}]) from exc
+
+
+@router.post("/command", status_code=202, response_model=JobSubmitted, responses={
+    **_SUBMIT_RESPONSES, **responses("validation_error", "routing_error", "command_jobs_disabled",
+                                     "idempotency_conflict", "payload_too_large", "queue_full",
+                                     "redis_unavailable")},
+    openapi_extra=body.submit_spec(CommandRequest))
+async def submit_command(request: Request) -> Response:
+    """Queue a command job: your own program (an argv, no shell) run by a worker of a type
+    with command jobs on, in its own process group, its output kept as the job's log. Needs
+    the gateway's API_KEY and COMMAND_WORKER_TYPES; see docs/SECURITY.md."""
+    settings = cast(GatewaySettings, request.app.state.settings)
+    _commands_on(settings)
+    key = body.idempotency_key(request)
+    req = await body.parse(request, CommandRequest)
+    worker_type = await _command_route(request, settings, req)
+    return _accepted(await producer_of(request).submit_command(req, worker_type, key))
 
 
 _BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {

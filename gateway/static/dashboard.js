@@ -1,5 +1,6 @@
 // aiq dashboard: live state from the WebSocket /ws (snapshot, then events, workers, queues),
-// one job's event log over SSE (/jobs/<id>/events), cancel and submit over the REST API.
+// one job's event log and a command job's output over SSE (/jobs/<id>/events), cancel and
+// submit over the REST API.
 // Plain DOM: every piece of text is set with textContent, never parsed as HTML.
 "use strict";
 
@@ -490,6 +491,25 @@ function onJobEvent(message) {
   }
 }
 
+// A command job's output lines: at most LOG_LINES kept on the page (the API keeps more).
+const LOG_LINES = 2000;
+let logLines = 0;
+
+function onLogLine(message) {
+  if (message.lastEventId && seenIds.has(message.lastEventId)) return;
+  if (message.lastEventId) seenIds.add(message.lastEventId);
+  let line;
+  try { line = JSON.parse(message.data); } catch { return; }
+  const out = $("job-log");
+  $("job-log-panel").hidden = false;
+  const atEnd = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+  out.append(h("span", { className: line.stream }, `${line.line}\n`));
+  logLines += 1;
+  if (out.childElementCount > LOG_LINES) out.firstElementChild.remove();
+  setText($("job-log-count"), `${logLines} lines`);
+  if (atEnd) out.scrollTop = out.scrollHeight;
+}
+
 function selectJob(jobId, reveal = false) {
   closeEvents();
   selectedJob = jobId;
@@ -498,9 +518,13 @@ function selectJob(jobId, reveal = false) {
   setText($("events-job"), jobId);
   setText($("events-state"), "connecting…");
   $("event-log").replaceChildren();
+  $("job-log").replaceChildren();
+  $("job-log-panel").hidden = true;
+  logLines = 0;
   const es = new EventSource(withKey(`/jobs/${encodeURIComponent(jobId)}/events`));
   source = es;
   for (const type of EVENT_TYPES) es.addEventListener(type, onJobEvent);
+  es.addEventListener("log", onLogLine); // a command job's output
   if (reveal) $("events-panel").scrollIntoView({ behavior: "smooth", block: "nearest" });
   es.onopen = () => setText($("events-state"), "live");
   es.onerror = () => {

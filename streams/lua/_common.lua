@@ -104,12 +104,15 @@ end
 -- ({name, value, ...}) in its record, its final event with `data`. The record is kept for the
 -- result TTL from now, the events stream for the (shorter) events TTL; once that expired, a
 -- replay rebuilds the final event from the record, under its own id (final_event_id).
-local function write_final(record, job_events, type_events, job_id, status, fields, data, ts)
+-- `job_logs` (a command job's log stream, or nil) expires with the events.
+local function write_final(record, job_events, type_events, job_id, status, fields, data, ts,
+                           job_logs)
   local id = emit(job_events, type_events, job_id, status, status, data, ts)
   redis.call('HSET', record, 'status', status, 'finished_at', ts, 'final_event_id', id,
     unpack(fields))
   redis.call('EXPIRE', record, RETENTION)
   redis.call('EXPIRE', job_events, EVENTS_TTL)
+  if job_logs then redis.call('EXPIRE', job_logs, EVENTS_TTL) end
 end
 
 -- The stats hash counts each outcome per worker type (`succeeded`) and per kind of job as
@@ -167,25 +170,33 @@ local function release_entry(stream, group, entry_id, consumer, record, stats)
   return nil
 end
 
+-- A command job's log stream (its key is named in KEYS for every kind; only a command job has
+-- one): nil for the other kinds, so they pay no EXPIRE.
+local function logs_of(stream, key)
+  if kind_of(stream) == 'command' then return key end
+  return nil
+end
+
 -- complete and fail: many jobs of one stream in one call. The result (or error) goes to the
 -- job's result key, not to its record: a hash with any value over 64 bytes is stored as a
 -- hashtable (hash-max-listpack-value), several times the size of the listpack it is otherwise.
 -- KEYS[1] stream  KEYS[2] type events  KEYS[3] stats  KEYS[4] jobs index
--- KEYS[2+3i] record of job i  KEYS[3+3i] its events  KEYS[4+3i] its result key
+-- KEYS[1+4i] record of job i  KEYS[2+4i] its events  KEYS[3+4i] its result key
+-- KEYS[4+4i] its log stream (command jobs: expires with the events)
 -- ARGV[4] group  ARGV[5] consumer  ARGV[3+3i] job_id  ARGV[4+3i] entry id  ARGV[5+3i] payload
 -- Returns per job: 0 accepted | -1 fenced (not this consumer's entry: rejected, counted)
 --   | -5 the job's record is gone: its entry is acked and deleted, nothing written
 local function finish_batch(status, field)
   local stream, type_events, stats, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local group, consumer = ARGV[4], ARGV[5]
-  local n, ts = (#KEYS - 4) / 3, now_ms()
+  local n, ts = (#KEYS - 4) / 4, now_ms()
   local batch_ids = {}
   for i = 1, n do batch_ids[i] = ARGV[4 + 3 * i] end
   local owned = owned_by(stream, group, consumer, batch_ids)
   local out, ids = {}, {}
   for i = 1, n do
     local job_id, entry_id, payload = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-    local record = KEYS[2 + 3 * i]
+    local record = KEYS[1 + 4 * i]
     if owned[entry_id] and record_gone(record) then
       owned[entry_id] = nil
       ack_delete(stream, group, entry_id)
@@ -193,9 +204,9 @@ local function finish_batch(status, field)
     elseif owned[entry_id] then
       owned[entry_id] = nil  -- the same entry twice in one batch: only the first counts
       ids[#ids + 1] = entry_id
-      write_final(record, KEYS[3 + 3 * i], type_events, job_id, status, {},
-        '{"' .. field .. '":' .. payload .. '}', ts)
-      redis.call('SET', KEYS[4 + 3 * i], payload, 'EX', RETENTION)
+      write_final(record, KEYS[2 + 4 * i], type_events, job_id, status, {},
+        '{"' .. field .. '":' .. payload .. '}', ts, logs_of(stream, KEYS[4 + 4 * i]))
+      redis.call('SET', KEYS[3 + 4 * i], payload, 'EX', RETENTION)
       out[i] = 0
     else
       out[i] = -1

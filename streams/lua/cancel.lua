@@ -1,8 +1,9 @@
 -- cancel: a client cancels a job. Queued or retrying jobs end at once; a running job is flagged
 -- and its worker stops it at the next step boundary (confirm_cancel).
 -- KEYS[1] record  KEYS[2] job events  KEYS[3] type events  KEYS[4] delayed zset  KEYS[5] stats
--- KEYS[6] jobs index  KEYS[7..] the type's streams (every kind and lane: the job's is picked
---   by its record's kind and priority)
+-- KEYS[6] jobs index  KEYS[7] the job's log stream (a command job's: expires with its events)
+-- KEYS[8..] the type's streams (every kind and lane: the job's is picked by its record's kind
+--   and priority)
 -- ARGV[4] job_id  ARGV[5] group
 -- Returns {0, 'cancelled'} | {1, 'cancel_requested'} | {-4, status} already final
 --         {-5, ''} no such job
@@ -11,14 +12,14 @@ local record, job_events, type_events = KEYS[1], KEYS[2], KEYS[3]
 local delayed, stats, index = KEYS[4], KEYS[5], KEYS[6]
 local job_id, group = ARGV[4], ARGV[5]
 
--- The stream of a job of `kind` in lane `priority` ('' or 'high') among KEYS[7..].
+-- The stream of a job of `kind` in lane `priority` ('' or 'high') among KEYS[8..].
 local function stream_of(kind, priority)
   local high = priority == 'high'
-  for i = 7, #KEYS do
+  for i = 8, #KEYS do
     local s = KEYS[i]
     if kind_of(s) == kind and (string.sub(s, -5) == ':high') == high then return s end
   end
-  return KEYS[7]
+  return KEYS[8]
 end
 
 if redis.call('EXISTS', record) == 0 then return {-5, ''} end
@@ -38,6 +39,6 @@ if status == 'queued' and entry_id and not owner_of(stream, group, entry_id) the
 end
 redis.call('ZREM', delayed, job_id)
 write_final(record, job_events, type_events, job_id, 'cancelled', {'cancelled_by', 'request'},
-  '{}', ts)
+  '{}', ts, logs_of(stream, KEYS[7]))
 count_final(stats, stream, index, 'cancelled', 1, ts)
 return {0, 'cancelled'}

@@ -4,6 +4,7 @@
 -- asked for past it fails the job instead, so a buggy or old worker cannot exceed it.
 -- KEYS[1] stream  KEYS[2] record  KEYS[3] job events  KEYS[4] type events  KEYS[5] delayed zset
 -- KEYS[6] stats  KEYS[7] the job's result key  KEYS[8] jobs index
+-- KEYS[9] its log stream (a command job's: kept across attempts, expires when the job ends)
 -- ARGV[4] job_id  ARGV[5] entry_id  ARGV[6] group  ARGV[7] consumer  ARGV[8] error JSON
 -- ARGV[9] delay ms  ARGV[10] overrides JSON for the next attempt ('' or absent: unchanged),
 -- e.g. a halved batch_size after CUDA OOM; promote copies it into the fresh entry
@@ -34,7 +35,7 @@ local current, max_retries = tonumber(st[1] or '1') or 1, tonumber(st[2] or '')
 if max_retries and current >= max_retries + 1 then
   local final = spent(current, max_retries)
   write_final(record, job_events, type_events, job_id, 'failed', {}, '{"error":' .. final .. '}',
-    ts)
+    ts, logs_of(stream, KEYS[9]))
   redis.call('SET', result, final, 'EX', RETENTION)
   count_final(stats, stream, index, 'failed', 1, ts)
   return {1, current}

@@ -300,11 +300,9 @@ def test_each_type_scales_on_xlen_of_exactly_its_streams(target: str) -> None:
         triggers = {t["name"]: t for t in spec["triggers"]}
         keys = QueueKeys(name, settings.redis_prefix)
         assert {k: t["metadata"]["stream"] for k, t in triggers.items()} == {
-            "training": keys.stream(JobKind.TRAINING),
-            "inference": keys.stream(JobKind.INFERENCE),
-            "training_high": keys.stream(JobKind.TRAINING, Priority.HIGH),
-            "inference_high": keys.stream(JobKind.INFERENCE, Priority.HIGH)}
-        assert len(triggers) == len(keys.streams)
+            **{kind.value: keys.stream(kind) for kind in JobKind},
+            **{f"{kind.value}_high": keys.stream(kind, Priority.HIGH) for kind in JobKind}}
+        assert len(triggers) == len(keys.all_streams)  # every kind and lane, command's too
         for trigger in triggers.values():
             meta = trigger["metadata"]
             assert trigger["type"] == "redis-streams"

@@ -51,7 +51,7 @@ async def test_every_worker_type_and_kind_has_its_series(client: AsyncClient) ->
                      "aiq_pending_owner_idle_seconds", "aiq_dead_letters",
                      "aiq_delayed", "aiq_workers", "aiq_jobs_total", "aiq_jobs_submitted_total",
                      "aiq_fenced_writes_total"}
-    assert len(got) == 2 + 29 * len(CATALOGUE)  # 29 series per worker type, whatever runs
+    assert len(got) == 2 + 42 * len(CATALOGUE)  # 42 series per worker type, whatever runs
 
 
 async def test_the_numbers_follow_the_queue_and_no_job_id_shows(client: AsyncClient) -> None:

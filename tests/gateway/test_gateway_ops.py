@@ -17,7 +17,7 @@ async def _queue(client: AsyncClient, worker_type: str, kind: str) -> dict[str, 
     r = await client.get("/queues")
     assert r.status_code == 200, r.text
     rows = r.json()
-    assert len(rows) == 2 * len(CATALOGUE)
+    assert len(rows) == 3 * len(CATALOGUE)  # training, inference, command
     row: dict[str, Any] = next(q for q in rows
                                if q["worker_type"] == worker_type and q["kind"] == kind)
     return row

@@ -76,7 +76,7 @@ async def test_snapshot_then_live_updates(redis_url: str, tmp_path: Path) -> Non
         async with connect(gw.ws_url) as ws:
             snapshot = await receive(ws)
             assert snapshot["type"] == "snapshot"
-            assert len(snapshot["queues"]) == 14  # 7 worker types x (training, inference)
+            assert len(snapshot["queues"]) == 21  # 7 worker types x (training, inference, command)
             assert [w["worker_id"] for w in snapshot["workers"]] == [worker.name]
             assert earlier in [j["job_id"] for j in snapshot["jobs"]]
             job_id = await submit(http)

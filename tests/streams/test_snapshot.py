@@ -34,7 +34,7 @@ async def test_an_empty_redis_reads_as_zeros_for_every_catalogue_type(redis: Red
     assert len(rows) == 7
     for row in rows:
         assert (row.delayed, row.workers, row.fenced) == (0, 0, 0)
-        assert [s.kind for s in row.streams] == ["training", "inference"]
+        assert [s.kind for s in row.streams] == ["training", "inference", "command"]
         for s in row.streams:
             assert (s.length, s.pending, s.oldest_pending_age_s, s.owner_idle_s,
                     s.dead_letters) == (0, 0, None, None, 0)
@@ -83,7 +83,7 @@ async def test_counters_are_kept_per_kind(redis: Redis) -> None:
     assert stats["training:dead_lettered"] == "1"
 
     row = by_type(await read_numbers(redis))
-    training, inference = row.streams
+    training, inference, _command = row.streams
     assert training.counters == {"succeeded": 1, "failed": 2, "cancelled": 2, "retried": 1,
                                  "dead_lettered": 1, "handed_back": 1, "submitted": 6}
     assert inference.counters == {"succeeded": 1, "failed": 0, "cancelled": 0, "retried": 0,
@@ -151,7 +151,7 @@ async def test_the_same_commands_whatever_is_queued(redis: Redis) -> None:
                           "cmdstat_xlen", "cmdstat_xpending", "cmdstat_zcard",
                           "cmdstat_hgetall", "cmdstat_smembers", "cmdstat_exists",
                           "cmdstat_xinfo", "cmdstat_xinfo|consumers"}
-    assert large["cmdstat_xlen"] == 7 * 6  # per type: 2 kinds x 2 lanes + 2 dead-letter streams
+    assert large["cmdstat_xlen"] == 7 * 9  # per type: 3 kinds x 2 lanes + 3 dead-letter streams
 
 
 @pytest.mark.parametrize("worker_types", [["diagnostic"], [f"t{i}" for i in range(100)]])
