@@ -28,7 +28,7 @@ from typing import Any, Literal
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.status import JobKind
+from schemas.status import COMMAND_MODEL_TYPE, JobKind
 
 ENTRY_POINT_GROUP = "aiq.frameworks"
 AIQ_DISTRIBUTION = "aiq"  # its plugins load first: a third-party plugin cannot shadow them
@@ -146,6 +146,9 @@ class ModelType(BaseModel):
     def _routable(self) -> ModelType:
         if self.cpu is None and self.gpu is None:
             raise ValueError(f"model type {self.name}: give its cpu or gpu worker type")
+        if self.name == COMMAND_MODEL_TYPE:
+            raise ValueError(f"model type {self.name!r} is reserved for command jobs "
+                             "(POST /jobs/command)")
         _unique([p.name for p in self.parameters], f"model type {self.name}: parameter")
         _unique([p.name for p in self.inference_parameters],
                 f"model type {self.name}: inference parameter")

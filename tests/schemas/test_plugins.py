@@ -86,6 +86,8 @@ def test_a_plugin_is_checked_whole() -> None:
             model_types=(ModelType(name="m", cpu="x", gpu="x"),))
     with pytest.raises(ValidationError, match="give its cpu or gpu worker type"):
         ModelType(name="m")
+    with pytest.raises(ValidationError, match="reserved for command jobs"):
+        ModelType(name="command", cpu="x")
     with pytest.raises(ValidationError, match="PEP 440"):
         WorkerTypeSpec(name="x", distribution="x", version_spec="2.1", model_types=("m",))
     with pytest.raises(ValidationError, match="should match pattern"):
