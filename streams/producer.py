@@ -230,6 +230,11 @@ class Producer:
             error.items = tuple(refused)
             raise error
         found = {model_id: m for model_id, m in models.items() if m is not None}
+        for i in todo:  # as a single submit: a model type that serves no inference is refused
+            model_type = found[items[i][0].model_id]["model_type"]
+            if model_type in MODEL_TYPES and not serves(model_type, JobKind.INFERENCE):
+                raise RoutingError(f"jobs[{i}]: model type {model_type!r} serves no inference "
+                                   "jobs")
         jobs = [inference_job(items[i][0], found[items[i][0].model_id], new_job_id(),
                               items[i][1]) for i in todo]
         done = iter(await self._submit_batch(jobs, todo))

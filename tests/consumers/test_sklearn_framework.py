@@ -269,6 +269,7 @@ def test_artifact_json_roundtrip(tmp_path: Path) -> None:
 
 def test_a_symlink_loop_fails_without_showing_server_paths(root: Path) -> None:
     loop = root / "data" / "loop.csv"
+    loop.parent.mkdir(parents=True, exist_ok=True)  # run alone, no earlier test made it
     loop.unlink(missing_ok=True)
     loop.symlink_to(loop)
     with pytest.raises(FailJob) as caught:

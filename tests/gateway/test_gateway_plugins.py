@@ -147,3 +147,29 @@ async def test_a_learned_types_events_reach_sse(redis_url: str, redis: Redis) ->
 
 async def _refreshed(app: Any) -> bool:
     return bool(app.state.catalogue.refreshes)
+
+
+async def test_a_model_type_without_inference_is_refused_single_and_in_a_batch(
+        make_client: ClientFactory, redis: Redis) -> None:
+    """A plugin model type declared for training only: its trained jobs take no inference job,
+    whether submitted alone or in a batch beside a good one (then nothing is queued)."""
+    from schemas.status import JobKind
+
+    only_training = LoadedPlugin("team", "team-plugin 1.0",
+                                 plugin(kinds=(JobKind.TRAINING,)))
+    async with make_client(catalogue_refresh_s=0) as client:
+        await registry.announce(redis, KEYS, only_training, "w1", force=True)
+        trained = (await client.post("/jobs/training", json=BODY)).json()["job_id"]
+        await redis.hset(KEYS.job(trained), "status", "succeeded")
+        r = await client.post("/jobs/inference", json={"model_id": trained, "inputs": [[1]]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "routing_error", r.text
+        assert "serves no inference jobs" in r.text
+        noop = (await client.post("/jobs/training", json={"model_type": "noop"})).json()
+        await redis.hset(QueueKeys("diagnostic").job(noop["job_id"]), "status", "succeeded")
+        before = await redis.dbsize()
+        r = await client.post("/jobs/inference/batch", json={"jobs": [
+            {"model_id": noop["job_id"], "inputs": [[1]]},
+            {"model_id": trained, "inputs": [[1]]}]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "routing_error", r.text
+        assert "jobs[1]" in r.text
+        assert await redis.dbsize() == before  # all or nothing
