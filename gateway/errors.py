@@ -25,6 +25,7 @@ from streams.errors import (
     AiqError,
     IdempotencyConflict,
     IllegalTransition,
+    InvalidParameters,
     JobNotFound,
     NotReplicated,
     QueueFull,
@@ -53,6 +54,7 @@ ERROR_CODES: dict[str, int] = {
     "internal_error": 500,
 }
 _DOMAIN_STATUS: dict[type[AiqError], int] = {
+    InvalidParameters: 422,
     JobNotFound: 404,
     IllegalTransition: 409,  # ModelNotReady is a subclass, code model_not_ready
     IdempotencyConflict: 409,
@@ -141,12 +143,16 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     status = next((s for cls, s in _DOMAIN_STATUS.items() if isinstance(exc, cls)), None)
     if status is None:  # worker-side errors (fencing, stale entries) never belong in a response
         return await _internal(request, exc)
-    headers, details = None, None
+    headers: dict[str, str] | None = None
+    details: Any = None
     if status in (429, 503):  # the queue drains as workers finish jobs; replicas catch up
         headers = {"Retry-After": str(request.app.state.settings.retry_after_s)}
     if isinstance(exc, NotReplicated):
         details = {"job_id": exc.job_id, "replicas_acked": exc.acked,
                    "replicas_wanted": exc.wanted}
+    if isinstance(exc, InvalidParameters):  # as a request validation error names its fields
+        details = [{"field": f"body.{field}", "message": rule, "type": "invalid_parameter"}
+                   for field, rule in exc.problems]
     return error_response(status, exc.code, str(exc), details, headers=headers)
 
 

@@ -142,6 +142,24 @@ def _hyperparameter_errors(name: str, hp: Hyperparameters) -> list[InitErrorDeta
     return errors
 
 
+def inference_parameter_problems(model_type_name: str, parameters: dict[str, Any]
+                                 ) -> list[tuple[str, str]]:
+    """The inference parameters ``model_type_name`` declares that ``parameters`` breaks, as
+    (``parameters.<name>``, what it should be); undeclared ones pass through (the framework
+    reads them). Checked at submit once the model, and so its type, is known."""
+    m = model_type(model_type_name)
+    if m is None or not m.inference_parameters:
+        return []
+    declared = {p.name: p for p in m.inference_parameters}
+    out = []
+    for name, value in parameters.items():
+        rule = declared[name].problem(value) if name in declared else None
+        if rule is not None:
+            out.append((f"parameters.{name}",
+                        f"should be {rule} for model type {model_type_name}"))
+    return out
+
+
 def _training_schema(schema: dict[str, Any]) -> None:
     """The spec says what _data_needed enforces: a data_path unless the model type needs none
     (those known when the spec is made)."""

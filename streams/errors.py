@@ -72,6 +72,17 @@ class ModelNotReady(IllegalTransition):
     code = "model_not_ready"
 
 
+class InvalidParameters(AiqError):
+    """Inference parameters outside what the model type declares (found once the model is
+    known): ``problems`` are (field path in the request, the rule broken)."""
+
+    code = "validation_error"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {rule}" for field, rule in problems[:5]))
+        self.problems = problems
+
+
 class QueueFull(AiqError):
     """The worker type's stream holds MAX_QUEUED jobs not finished: submit again later."""
 

@@ -18,12 +18,13 @@ from schemas.catalogue import CATALOGUE, MODEL_TYPES, RoutingError, route, serve
 from schemas.commands import CommandRequest
 from schemas.events import TERMINAL_EVENTS, JobEvent, parse_event
 from schemas.records import JobRecord, JobSubmitted
-from schemas.requests import InferenceRequest, TrainingRequest
+from schemas.requests import InferenceRequest, TrainingRequest, inference_parameter_problems
 from schemas.status import JobKind, JobStatus, Priority
 from streams import scripts
 from streams.connection import connection_options, on_one_connection
 from streams.errors import (
     IdempotencyConflict,
+    InvalidParameters,
     JobCancelled,
     JobFailed,
     JobNotFound,
@@ -119,6 +120,9 @@ class Producer:
             raise ModelNotReady(f"model {req.model_id} is {model.status.value}, not succeeded")
         if model.model_type in MODEL_TYPES and not serves(model.model_type, JobKind.INFERENCE):
             raise RoutingError(f"model type {model.model_type!r} serves no inference jobs")
+        problems = inference_parameter_problems(model.model_type, req.parameters)
+        if problems:
+            raise InvalidParameters(problems)
         fields = {"model_type": model.model_type, "worker_type": model.worker_type,
                   "requires_gpu": str(int(model.requires_gpu))}
         return await self._submit(inference_job(req, fields, new_job_id(), idempotency_key))
@@ -230,11 +234,16 @@ class Producer:
             error.items = tuple(refused)
             raise error
         found = {model_id: m for model_id, m in models.items() if m is not None}
-        for i in todo:  # as a single submit: a model type that serves no inference is refused
+        problems: list[tuple[str, str]] = []
+        for i in todo:  # as a single submit: the model type's kinds and declared parameters
             model_type = found[items[i][0].model_id]["model_type"]
             if model_type in MODEL_TYPES and not serves(model_type, JobKind.INFERENCE):
                 raise RoutingError(f"jobs[{i}]: model type {model_type!r} serves no inference "
                                    "jobs")
+            problems += [(f"jobs[{i}].{field}", rule) for field, rule in
+                         inference_parameter_problems(model_type, items[i][0].parameters)]
+        if problems:
+            raise InvalidParameters(problems)
         jobs = [inference_job(items[i][0], found[items[i][0].model_id], new_job_id(),
                               items[i][1]) for i in todo]
         done = iter(await self._submit_batch(jobs, todo))

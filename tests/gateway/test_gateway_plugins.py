@@ -173,3 +173,22 @@ async def test_a_model_type_without_inference_is_refused_single_and_in_a_batch(
         assert r.status_code == 422 and r.json()["error"]["code"] == "routing_error", r.text
         assert "jobs[1]" in r.text
         assert await redis.dbsize() == before  # all or nothing
+
+
+async def test_declared_inference_parameters_are_checked_at_submit(client: AsyncClient,
+                                                                   redis: Redis) -> None:
+    """An inference job's parameters against what its model's type declares (known once the
+    model is looked up): 422 naming the field, single and in a batch, nothing queued."""
+    body = {"model_type": "mobilenet", "data_path": "images.npz"}
+    model = (await client.post("/jobs/training", json=body)).json()
+    await redis.hset(QueueKeys("tensorflow").job(model["job_id"]), "status", "succeeded")
+    before = await redis.dbsize()
+    bad = {"model_id": model["job_id"], "inputs": [[1]], "parameters": {"batch_size": 0}}
+    fields = _fields(await client.post("/jobs/inference", json=bad))
+    assert fields == {"body.parameters.batch_size":
+                      "should be an integer between 1 and 65536 for model type mobilenet"}
+    good = {**bad, "parameters": {"batch_size": 8, "undeclared": "passes through"}}
+    fields = _fields(await client.post("/jobs/inference/batch", json={"jobs": [good, bad]}))
+    assert list(fields) == ["body.jobs[1].parameters.batch_size"]
+    assert await redis.dbsize() == before  # nothing queued
+    assert (await client.post("/jobs/inference", json=good)).status_code == 202
