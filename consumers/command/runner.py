@@ -39,6 +39,9 @@ from consumers.progress import JobRun
 from consumers.settings import WorkerSettings
 from streams.consumer import QueueConsumer
 
+# The worker's own uv project settings: a job never inherits them, whatever the passthrough.
+WORKER_ONLY = frozenset({"UV_PROJECT_ENVIRONMENT", "UV_PROJECT", "UV_LOCKED", "UV_FROZEN",
+                         "UV_NO_SYNC"})
 EX_TEMPFAIL = 75  # sysexits.h: "try again later": the job is retried
 STDERR_TAIL_LINES = 40
 STDERR_TAIL_CHARS = 2000
@@ -179,9 +182,11 @@ class CommandRunner:
                             code="command_failed", details=details)
 
     def _base_env(self, job_env: dict[str, str]) -> dict[str, str]:
-        """The worker's variables that COMMAND_ENV_PASSTHROUGH names, then the job's own."""
+        """The worker's variables that COMMAND_ENV_PASSTHROUGH names (never those that point
+        uv at the worker's own project: a job's ``uv sync`` or ``uv run`` would rewrite the
+        worker's environment), then the job's own."""
         env = {k: v for k, v in os.environ.items()
-               if k in self._exact or k.startswith(self._prefixes)}
+               if (k in self._exact or k.startswith(self._prefixes)) and k not in WORKER_ONLY}
         return {**env, **job_env}
 
     def _child_env(self, base: dict[str, str], pyenv: PythonEnv, ctx: JobContext,

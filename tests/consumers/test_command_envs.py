@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -84,8 +85,10 @@ async def test_lock_in_the_working_dir_makes_the_env(redis: Redis, redis_url: st
         '[project]\nname = "proj"\nversion = "0.1"\nrequires-python = ">=3.11"\n'
         'dependencies = ["aiqtestpkg"]\n'
         f'[tool.uv.sources]\naiqtestpkg = {{ path = "{wheel.name}" }}\n')
+    # Not the suite's own UV_LOCKED (.ci/run sets it for aiq's lock): this project's lock is new.
+    lock_env = {k: v for k, v in os.environ.items() if k not in ("UV_LOCKED", "UV_FROZEN")}
     await asyncio.to_thread(subprocess.run, ["uv", "lock", "--offline", "--quiet"],
-                            cwd=project, check=True, timeout=120)
+                            cwd=project, check=True, timeout=120, env=lock_env)
     producer = Producer(redis)
     async with running_worker(command_settings(redis_url, tmp_path)):
         sub = await submit(producer, ["python", "-c", PROBE], working_dir="proj")

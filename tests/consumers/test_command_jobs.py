@@ -140,10 +140,14 @@ async def test_environment_of_the_program(redis: Redis, redis_url: str, tmp_path
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIQ_TEST_WORKER_SECRET", "hunter2")  # not passed through
     monkeypatch.setenv("LANG", "C.UTF-8")  # passed through
+    monkeypatch.setenv("UV_INDEX_URL", "https://mirror.example/simple")  # UV_*: passed
+    monkeypatch.setenv("UV_PROJECT_ENVIRONMENT", "/srv/worker-venv")  # the worker's own: not
+    monkeypatch.setenv("UV_LOCKED", "1")  # nor its lock policy
     producer = Producer(redis)
     code = ("import json, os, sys\n"
             "keys = ('SEED', 'LANG', 'AIQ_TEST_WORKER_SECRET', 'AIQ_JOB_ID', 'AIQ_ATTEMPT',"
-            " 'AIQ_WORKER', 'AIQ_REPORT_FD', 'PYTHONUNBUFFERED')\n"
+            " 'AIQ_WORKER', 'AIQ_REPORT_FD', 'PYTHONUNBUFFERED', 'UV_INDEX_URL',"
+            " 'UV_PROJECT_ENVIRONMENT', 'UV_LOCKED')\n"
             "print(json.dumps({k: os.environ.get(k) for k in keys}))\n"
             "print(json.dumps({'python': sys.executable, 'cwd': os.getcwd()}))\n")
     async with running_worker(command_settings(redis_url, tmp_path)) as worker:
@@ -154,7 +158,9 @@ async def test_environment_of_the_program(redis: Redis, redis_url: str, tmp_path
     env, where = (json.loads(line) for stream, line in logs if stream == "stdout")
     assert env == {"SEED": "7", "LANG": "C.UTF-8", "AIQ_TEST_WORKER_SECRET": None,
                    "AIQ_JOB_ID": sub.job_id, "AIQ_ATTEMPT": "1", "AIQ_WORKER": worker.name,
-                   "AIQ_REPORT_FD": "3", "PYTHONUNBUFFERED": "1"}
+                   "AIQ_REPORT_FD": "3", "PYTHONUNBUFFERED": "1",
+                   "UV_INDEX_URL": "https://mirror.example/simple",
+                   "UV_PROJECT_ENVIRONMENT": None, "UV_LOCKED": None}
     # `python` is the worker's own; the job ran in an empty directory of its own
     assert Path(where["python"]).parent == Path(os.sys.executable).parent
     assert Path(where["cwd"]).parent == tmp_path / "work"
