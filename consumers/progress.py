@@ -43,7 +43,7 @@ class JobRun:
         self._sent_stage = ""
         self._task: asyncio.Task[None] | None = None
         self._last_sent = 0.0
-        self.queued_at = self.began_at = self._started = time.monotonic()
+        self.queued_at = self.began_at = time.monotonic()
         self.deadline: float | None = None  # set by ``begin``: the timeout counts from there
 
     def begin(self) -> None:
@@ -54,9 +54,9 @@ class JobRun:
             if self.handed_back:
                 raise StopRequested
             self.begun = True
-            self.began_at = self._started = time.monotonic()
+            self.began_at = time.monotonic()
             if self.timeout_s is not None:
-                self.deadline = self._started + self.timeout_s
+                self.deadline = self.began_at + self.timeout_s
 
     def end(self) -> None:
         """Called by the job's thread as the job's code returns or raises."""
@@ -99,7 +99,7 @@ class JobRun:
         if percent is not None:
             data["percent"] = round(float(percent), 2)
             if 0 < percent < 100:
-                elapsed = time.monotonic() - self._started
+                elapsed = time.monotonic() - self.began_at
                 data["eta_s"] = round(elapsed * (100 - percent) / percent, 1)
         with self._lock:
             previous, self._latest = self._latest, data

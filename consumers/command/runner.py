@@ -116,8 +116,8 @@ class CommandRunner:
         return Path(package.parent)
 
     def __call__(self, ctx: JobContext, run: JobRun) -> dict[str, Any]:
-        """Executor-thread entry point: the job's result, or it raises how it ended."""
-        run.check()
+        """Executor-thread entry point (via ``execution.run_command``, which has begun the run
+        and checked it): the job's result, or it raises how it ended."""
         pump = LogPump(lambda batch: self.queue.append_log(run.delivery, batch,
                                                            self.settings.log_max_lines),
                        run.loop, self.settings.log_flush_s, self.settings.log_batch_lines,

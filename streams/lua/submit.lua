@@ -128,11 +128,11 @@ local function write_job(i, ts, position, values, lane)
 end
 
 -- Undelivered entries of a lane: acked entries are deleted, so length - pending.
-local function undelivered(stream)
+local function undelivered(stream, length)
   local summary = redis.pcall('XPENDING', stream, group)
   local pending = 0
   if type(summary) == 'table' and not summary.err then pending = tonumber(summary[1]) end
-  return redis.call('XLEN', stream) - pending
+  return length - pending
 end
 
 -- Check everything first.
@@ -143,7 +143,8 @@ for i = 1, n do
   kinds[i], ids[i] = kind, job_id
   if kind == 'new' then new = new + 1 end
 end
-local length = redis.call('XLEN', normal_stream) + redis.call('XLEN', high_stream)
+local normal_len, high_len = redis.call('XLEN', normal_stream), redis.call('XLEN', high_stream)
+local length = normal_len + high_len
 if max_queued >= 0 and new > 0 and length + new > max_queued then
   return {-7, length, new}
 end
@@ -152,7 +153,8 @@ end
 local out, members, ts = {0, '', ''}, {}, now_ms()
 local ahead = {}  -- lane -> undelivered entries ahead of the next new job
 if mode == 'write' and new > 0 then
-  ahead[''], ahead['high'] = undelivered(normal_stream), undelivered(high_stream)
+  ahead[''] = undelivered(normal_stream, normal_len)
+  ahead['high'] = undelivered(high_stream, high_len)
 end
 local written = 0
 for i = 1, n do

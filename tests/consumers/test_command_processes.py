@@ -5,6 +5,7 @@ back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from schemas.status import JobStatus
 from streams.keys import QueueKeys
 from streams.producer import Producer
 from tests.consumers.command_support import command_settings, marker, processes_with, submit
-from tests.support import eventually, spawn_worker
+from tests.support import eventually, worker_process
 
 pytestmark = pytest.mark.slow
 KEYS = QueueKeys("diagnostic")
@@ -56,24 +57,15 @@ async def _all_gone(pids: list[int]) -> bool:
     return True
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def test_a_sigkilled_worker_leaves_no_orphan_and_the_job_finishes_elsewhere(
         redis: Redis, redis_url: str, tmp_path: Path) -> None:
     producer = Producer(redis)
     token = marker()
     settings = command_settings(redis_url, tmp_path, lease_timeout_s=1.0,
                                 command_kill_grace_s=1.0)
-    workers = [spawn_worker(settings, tmp_path / f"{n}.log") for n in ("a", "b")]
-    try:
+    with contextlib.ExitStack() as stack:
+        for n in ("a", "b"):
+            stack.enter_context(worker_process(settings, tmp_path / f"{n}.log", grace_s=30))
         await eventually(lambda: _registered(redis, 2), timeout=30, what="two workers")
         sub = await submit(producer, ["sh", "-c", family(token)])
         victim = await eventually(lambda: _running_family(producer, sub.job_id, token),
@@ -85,9 +77,6 @@ async def test_a_sigkilled_worker_leaves_no_orphan_and_the_job_finishes_elsewher
                          what="every process of the killed worker's command gone")
         rec = await producer.wait(sub.job_id, timeout=60)
         logs = [f["line"] for _, f in await redis.xrange(KEYS.job_logs(sub.job_id))]
-    finally:
-        for proc in workers:
-            _stop(proc)
     assert rec.status is JobStatus.SUCCEEDED and rec.deliveries == 2
     assert rec.worker != victim
     assert "finished on delivery 2" in logs
@@ -100,8 +89,7 @@ async def test_sigterm_stops_a_running_command_and_hands_the_job_back(
     token = marker()
     settings = command_settings(redis_url, tmp_path, shutdown_grace_s=0.3,
                                 command_kill_grace_s=1.0)
-    proc = spawn_worker(settings, tmp_path / "w.log")
-    try:
+    with worker_process(settings, tmp_path / "w.log", grace_s=30) as proc:
         await eventually(lambda: _registered(redis, 1), timeout=30, what="the worker")
         sub = await submit(producer, ["sh", "-c", family(token)])
         await eventually(lambda: _running_family(producer, sub.job_id, token), timeout=30,
@@ -113,8 +101,6 @@ async def test_sigterm_stops_a_running_command_and_hands_the_job_back(
             return proc.poll() is not None
 
         await eventually(exited, timeout=30, what="the worker to exit")
-    finally:
-        _stop(proc)
     assert proc.returncode == 0
     assert await _all_gone(pids)  # stopped before the worker exited
     rec = await producer.get(sub.job_id)
