@@ -251,14 +251,15 @@ async def command_calls(redis: Redis) -> dict[str, int]:
     return out
 
 
-async def _poll(check: Callable[[], Awaitable[bool]], worker: WorkerProcess,
+async def _poll(check: Callable[[], Awaitable[bool]], workers: list[WorkerProcess],
                 timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
-        worker.check_alive()
+        for worker in workers:
+            worker.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached after {timeout:.0f} s; worker log:\n"
-                               f"{worker.warnings()}")
+                               + "\n".join(w.warnings() for w in workers))
         await asyncio.sleep(POLL_S)
 
 
@@ -296,36 +297,64 @@ async def _verify(redis: Redis, ids: list[str]) -> tuple[dict[str, Any], float]:
 async def aiq_throughput(redis: Redis, url: str, n: int, concurrency: int, tmp: Path,
                          redis_pid: int | None, profiler: Profiler | None = None,
                          profile: Path | None = None, request: TrainingRequest = NOOP,
-                         source: Path | None = None) -> AiqThroughput:
-    """Pre-fill ``n`` jobs with no worker running, then start one worker process (of the
-    checkout ``source``, default this one) and time the drain: from the first job's
-    ``started_at`` to the last one's ``finished_at``."""
+                         source: Path | None = None, processes: int = 1) -> AiqThroughput:
+    """Pre-fill ``n`` jobs with no worker running, then start the worker (of the checkout
+    ``source``, default this one) and time the drain: from the first job's ``started_at`` to the
+    last one's ``finished_at``. With ``processes`` > 1, that many worker processes share the
+    ``concurrency`` slots (as several workers of one type would); their CPU is summed."""
     await redis.flushall()
     ids, submit_rate = await prefill(Producer(redis), n, request=request)
-    worker = WorkerProcess(url, concurrency, tmp, profiler=profiler, profile_path=profile,
-                           source=source)
-    worker.start()
+    workers = [WorkerProcess(url, concurrency // processes, tmp, profiler=profiler,
+                             profile_path=profile, source=source) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+
+    def cpu() -> float:
+        return sum(cpu_seconds(w.pid) for w in workers)
+
     try:
-        await worker.wait_registered(redis)
+        await _poll(lambda: _registered(redis, processes), workers, 30.0, "all registered")
         if profiler == "py-spy":
-            worker.attach_py_spy()
+            workers[0].attach_py_spy()
         calls0 = await command_calls(redis)
         t0 = time.perf_counter()
-        cpu0, rcpu0 = cpu_seconds(worker.pid), cpu_seconds(redis_pid)
+        cpu0, rcpu0 = cpu(), cpu_seconds(redis_pid)
 
         async def all_succeeded() -> bool:
             return int(await redis.hget(KEYS.stats, "succeeded") or 0) >= n
 
-        await _poll(all_succeeded, worker, timeout=max(60.0, n / 100), what="all succeeded")
+        await _poll(all_succeeded, workers, timeout=max(60.0, n / 100), what="all succeeded")
         wall = time.perf_counter() - t0
-        cpu1, rcpu1 = cpu_seconds(worker.pid), cpu_seconds(redis_pid)
+        cpu1, rcpu1 = cpu(), cpu_seconds(redis_pid)
         calls1 = await command_calls(redis)
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
     checks, span = await _verify(redis, ids)
     commands = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v > calls0.get(k, 0)}
     return AiqThroughput(n, concurrency, submit_rate, span, wall, cpu1 - cpu0, rcpu1 - rcpu0,
                          checks, commands, profiled=profiler is not None)
+
+
+async def _registered(redis: Redis, workers: int) -> bool:
+    return bool(await redis.scard(KEYS.workers) >= workers)
+
+
+async def bare_threads(url: str, threads: int, round_trips: int,
+                       processes: int = 1) -> tuple[float, float]:
+    """The ceiling of ``redis_io`` jobs: ``processes`` processes of ``threads`` threads each
+    making only the jobs' round trips (bench/_bare_threads.py), all at once; their summed
+    rate and their CPU per round trip (µs)."""
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench._bare_threads", url, str(threads),
+        str(round_trips // processes), stdout=asyncio.subprocess.PIPE)
+        for _ in range(processes)]
+    outs = await asyncio.gather(*(asyncio.wait_for(p.communicate(), 300) for p in procs))
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"bench._bare_threads failed: {[p.returncode for p in procs]}")
+    results = [json.loads(out) for out, _ in outs]
+    return (float(sum(r["rate"] for r in results)),
+            float(statistics.fmean(r["cpu_us"] for r in results)))
 
 
 async def aiq_latency(redis: Redis, url: str, iterations: int, warmup: int, concurrency: int,
@@ -585,6 +614,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="jobs of --sweep (default noop,redis_io)")
     parser.add_argument("--sweep-slots", default="16,64,256",
                         help="MAX_CONCURRENT_JOBS values of --sweep (default 16,64,256)")
+    parser.add_argument("--sweep-processes", default="1",
+                        help="worker processes sharing each --sweep-slots value, e.g. 1,2: "
+                             "2 runs two workers of half the slots each (default 1)")
     parser.add_argument("--before", type=Path, default=None, metavar="CHECKOUT",
                         help="--sweep also drains with the worker of this checkout (e.g. "
                              "`git worktree add /tmp/before <commit>`), interleaved with this "
@@ -668,11 +700,14 @@ async def profiled_drain(redis: Redis, url: str, redis_pid: int | None, tmp: Pat
 
 @dataclass
 class SweepCell:
-    """One (job, slots) cell of --sweep: every round's drain per worker checkout."""
+    """One (job, slots, processes) cell of --sweep: every round's drain per worker checkout."""
 
     job: str
     slots: int
+    processes: int = 1  # worker processes sharing the slots
     raw: list[float] = field(default_factory=list)  # raw loop entries/s, one per round
+    # redis_io only: the jobs' code alone, (jobs/s, CPU µs per job) per round
+    bare: list[tuple[float, float]] = field(default_factory=list)
     after: list[AiqThroughput] = field(default_factory=list)  # this checkout's worker
     before: list[AiqThroughput] = field(default_factory=list)  # --before's worker
 
@@ -680,19 +715,32 @@ class SweepCell:
     def median(rounds: list[AiqThroughput]) -> float:
         return statistics.median(r.rate for r in rounds) if rounds else float("nan")
 
+    @property
+    def label(self) -> str:
+        if self.processes == 1:
+            return str(self.slots)
+        return f"{self.processes}x{self.slots // self.processes}"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
 
 async def sweep(args: argparse.Namespace) -> None:
-    """Short-job throughput by job and slot count, the raw loop and (with --before) the other
-    checkout's worker measured in the same rounds, interleaved (the order of the two workers
-    alternates between rounds)."""
+    """Short-job throughput by job, slot count and worker processes, the raw loop, for
+    ``redis_io`` the jobs' code alone (bare threads), and (with --before) the other checkout's
+    worker, measured in the same rounds, interleaved (the order of the two workers alternates
+    between rounds)."""
     started = time.perf_counter()
     jobs = [j.strip() for j in args.sweep_jobs.split(",") if j.strip()]
-    slots = [int(s) for s in args.sweep_slots.split(",") if s.strip()]
+    slots, procs = _ints(args.sweep_slots), _ints(args.sweep_processes)
     unknown = set(jobs) - set(SHORT_JOBS)
     if unknown:
         raise SystemExit(f"--sweep-jobs: unknown {sorted(unknown)}; known {sorted(SHORT_JOBS)}")
+    if any(s % p for s in slots for p in procs):
+        raise SystemExit("--sweep-processes: each must divide every --sweep-slots value")
     sources: list[Path | None] = [None] + ([args.before.resolve()] if args.before else [])
-    cells = {(j, s): SweepCell(j, s) for s in slots for j in jobs}
+    cells = {(j, s, p): SweepCell(j, s, p) for s in slots for p in procs for j in jobs}
     with private_redis(args.redis_server) as server, workdir() as tmp_name:
         tmp = Path(tmp_name)
         redis = client(server.url)
@@ -702,22 +750,24 @@ async def sweep(args: argparse.Namespace) -> None:
                           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}[/dim]")
             fields = await job_entry_fields(redis)
             for i in range(1, args.rounds + 1):
-                for s in slots:
-                    for j in jobs:
-                        cell = cells[(j, s)]
-                        console.print(f"[dim]round {i}/{args.rounds}: {j}, "
-                                      f"MAX_CONCURRENT_JOBS={s} ...[/dim]")
-                        rate, _ = await raw_throughput_round(
-                            redis, fields, args.jobs, args.raw_batch, server.pid)
-                        cell.raw.append(rate)
-                        order = sources if i % 2 else sources[::-1]
-                        for source in order:
-                            tp = await aiq_throughput(redis, server.url, args.jobs, s, tmp,
-                                                      server.pid, request=SHORT_JOBS[j],
-                                                      source=source)
-                            if not tp.checks["ok"]:
-                                raise RuntimeError(f"drain checks failed: {tp.checks}")
-                            (cell.after if source is None else cell.before).append(tp)
+                for cell in cells.values():
+                    console.print(f"[dim]round {i}/{args.rounds}: {cell.job}, "
+                                  f"MAX_CONCURRENT_JOBS={cell.slots} in {cell.processes} "
+                                  f"worker process(es) ...[/dim]")
+                    rate, _ = await raw_throughput_round(
+                        redis, fields, args.jobs, args.raw_batch, server.pid)
+                    cell.raw.append(rate)
+                    if cell.job == "redis_io":
+                        cell.bare.append(await bare_threads(
+                            server.url, cell.slots // cell.processes, args.jobs, cell.processes))
+                    order = sources if i % 2 else sources[::-1]
+                    for source in order:
+                        tp = await aiq_throughput(redis, server.url, args.jobs, cell.slots, tmp,
+                                                  server.pid, request=SHORT_JOBS[cell.job],
+                                                  source=source, processes=cell.processes)
+                        if not tp.checks["ok"]:
+                            raise RuntimeError(f"drain checks failed: {tp.checks}")
+                        (cell.after if source is None else cell.before).append(tp)
         finally:
             await redis.aclose()
     render_sweep(list(cells.values()), args)
@@ -727,29 +777,41 @@ async def sweep(args: argparse.Namespace) -> None:
 
 def render_sweep(cells: list[SweepCell], args: argparse.Namespace) -> None:
     before = args.before is not None
-    table = Table(title=f"short jobs: {args.jobs:,} per drain, one worker process, median of "
-                  f"{args.rounds} interleaved rounds")
-    for name in ("job", "slots", "raw loop /s", *(["before /s"] if before else []),
-                 "aiq /s", *(["aiq / before"] if before else []), "aiq / raw",
-                 "worker CPU", "rounds (aiq /s)"):
-        table.add_column(name, justify="left" if name == "job" else "right")
+    table = Table(title=f"short jobs: {args.jobs:,} per drain, median of {args.rounds} "
+                  f"interleaved rounds; slots PxS: P worker processes of S slots")
+    for name in ("job", "slots", "raw loop /s", "bare threads /s",
+                 *(["before /s"] if before else []), "aiq /s",
+                 *(["aiq / before"] if before else []), "aiq / bare", "worker µs/job",
+                 "Redis µs/job", "bare µs/job"):
+        table.add_column(name, justify="left" if name == "job" else "right",
+                         no_wrap=name in ("job", "slots"))
     for c in cells:
         after = SweepCell.median(c.after)
-        raw = statistics.median(c.raw)
+        bare = statistics.median(r for r, _ in c.bare) if c.bare else None
+        bare_cpu = statistics.median(u for _, u in c.bare) if c.bare else None
         mid = sorted(c.after, key=lambda r: r.rate)[(len(c.after) - 1) // 2]
-        row = [c.job, str(c.slots), _n(raw)]
+        row = [c.job, c.label, _n(statistics.median(c.raw)), _n(bare) if bare else "-"]
         if before:
             row.append(_n(SweepCell.median(c.before)))
         row.append(_n(after))
         if before:
             row.append(f"{after / SweepCell.median(c.before):.2f}x")
-        row += [f"{after / raw:.1%}", f"{mid.worker_cpu_s / mid.wall_s:.0%}",
-                ", ".join(_n(r.rate) for r in c.after)]
+        row += [f"{after / bare:.0%}" if bare else "-",
+                f"{mid.worker_cpu_s / mid.jobs * 1e6:.0f}",
+                f"{mid.redis_cpu_s / mid.jobs * 1e6:.0f}",
+                f"{bare_cpu:.0f}" if bare_cpu else "-"]
         table.add_row(*row)
     console.print(table)
+    console.print("bare threads: the same jobs' code (one blocking PING per job) alone, in "
+                  "processes of as many threads as the worker's job threads, no queue: what "
+                  "no worker with those threads can exceed. µs/job: CPU (user + system) of "
+                  "the median round's worker processes, of redis-server, and of the bare "
+                  "threads' processes")
+    console.print("aiq rounds (jobs/s): " + "; ".join(
+        f"{c.job}@{c.label}: " + ", ".join(_n(r.rate) for r in c.after) for c in cells))
     if before:
         console.print("before rounds (jobs/s): " + "; ".join(
-            f"{c.job}@{c.slots}: " + ", ".join(_n(r.rate) for r in c.before) for c in cells))
+            f"{c.job}@{c.label}: " + ", ".join(_n(r.rate) for r in c.before) for c in cells))
 
 
 def write_json(path: Path, raw_tp: RawThroughput, raw_lat: Latency, tp: AiqRounds,

@@ -1,0 +1,54 @@
+"""The ceiling of short ``redis_io`` jobs in one process: the jobs' code alone, with no queue.
+
+    python -m bench._bare_threads REDIS_URL THREADS ROUND_TRIPS
+
+THREADS threads, each with its own sync client as a ``redis_io`` job thread has, make
+ROUND_TRIPS blocking PINGs between them (an equal share each) and nothing else. Prints one JSON
+line: {"rate": PINGs per second, "cpu_us": this process's CPU per PING}. bench.queue_bench
+--sweep runs it in its own process beside the worker's drain: a worker process with THREADS job
+threads cannot run these jobs faster, however little its queue work costs.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+
+import redis
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bare(url: str, threads: int, round_trips: int) -> dict[str, float]:
+    shares = [round_trips // threads + (i < round_trips % threads) for i in range(threads)]
+    clients = [redis.Redis.from_url(url) for _ in range(threads)]
+    for client in clients:
+        client.ping()  # connected before the clock starts, as a job thread's client is
+    go = threading.Event()
+
+    def run(client: redis.Redis, share: int) -> None:
+        go.wait()
+        for _ in range(share):
+            client.ping()
+
+    workers = [threading.Thread(target=run, args=pair)
+               for pair in zip(clients, shares, strict=True)]
+    for worker in workers:
+        worker.start()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    go.set()
+    for worker in workers:
+        worker.join()
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    return {"rate": round_trips / wall, "cpu_us": cpu / round_trips * 1e6}
+
+
+if __name__ == "__main__":
+    url, threads, round_trips = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(bare(url, threads, round_trips)))

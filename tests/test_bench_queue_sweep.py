@@ -1,0 +1,33 @@
+"""``bench.queue_bench --sweep`` end to end at a tiny size: its own Redis, the raw loop, the bare
+threads' ceiling and worker drains in one and in two processes, each drain's checks (every job
+succeeded once, nothing pending) must pass for the table to print. The figures themselves are
+not checked (a benchmark asserts nothing)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_short_job_sweep_runs_end_to_end() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.queue_bench", "--sweep", "--sweep-jobs", "redis_io,noop",
+         "--sweep-slots", "4", "--sweep-processes", "1,2", "--rounds", "1", "--jobs", "200"],
+        cwd=ROOT, capture_output=True, text=True, timeout=220, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    # one row per (job, slots) cell: 4 slots in one process, and 2x2 in two
+    for job, label in (("redis_io", "4"), ("noop", "4"), ("redis_io", "2x2"), ("noop", "2x2")):
+        assert re.search(rf"{job}\s*│\s*{label}\s*│", out), out[-3000:]
+    # the bare threads' ceiling is measured for redis_io only, as a positive rate
+    assert re.search(r"redis_io\s*│\s*4\s*│\s*[\d,]+\s*│\s*[1-9][\d,]*\s*│", out), out[-3000:]
+    assert re.search(r"noop\s*│\s*4\s*│\s*[\d,]+\s*│\s*-\s*│", out), out[-3000:]
+    assert "aiq rounds (jobs/s): redis_io@4:" in out.replace("\n", " ")
