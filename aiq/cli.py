@@ -73,6 +73,10 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(
         min=1, help="Jobs run at once (default: $MAX_CONCURRENT_JOBS or 2).")
     ] = None,
+    cpus: Annotated[str | None, typer.Option(
+        help="CPUs the worker runs on, e.g. 0 or 0-3 (default: $WORKER_CPUS, else all). One "
+             "CPU runs many short I/O-bound jobs faster; see docs/WORKER_MANAGEMENT.md.")
+    ] = None,
 ) -> None:
     """Run one worker in this process (the other settings come from env vars)."""
     name = worker_type or os.environ.get("WORKER_TYPE")
@@ -92,6 +96,8 @@ def worker(
         overrides["use_gpu"] = wt.device is Device.GPU
     if concurrency is not None:
         overrides["max_concurrent_jobs"] = concurrency
+    if cpus is not None:
+        overrides["worker_cpus"] = cpus
     found = availability(wt)
     if found.python is None and has_own_env(wt):
         _fail(f"aiq worker: worker type {name} needs {wt.module} {wt.version_spec}, which is not "

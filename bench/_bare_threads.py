@@ -1,12 +1,13 @@
 """The ceiling of short ``redis_io`` jobs in one process: the jobs' code alone, with no queue.
 
-    python -m bench._bare_threads REDIS_URL THREADS ROUND_TRIPS
+    python -m bench._bare_threads REDIS_URL THREADS ROUND_TRIPS [CPUS]
 
 THREADS threads, each with its own sync client as a ``redis_io`` job thread has, make
 ROUND_TRIPS blocking PINGs between them (an equal share each) and nothing else. Prints one JSON
 line: {"rate": PINGs per second, "cpu_us": this process's CPU per PING}. bench.queue_bench
 --sweep runs it in its own process beside the worker's drain: a worker process with THREADS job
-threads cannot run these jobs faster, however little its queue work costs.
+threads cannot run these jobs faster, however little its queue work costs. CPUS (a list as
+WORKER_CPUS takes it) confines the process to those CPUs first, as that setting does a worker.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import threading
 import time
 
 import redis
+
+from consumers.affinity import parse_cpus, pin
 
 
 def _cpu_s() -> float:
@@ -51,4 +54,6 @@ def bare(url: str, threads: int, round_trips: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     url, threads, round_trips = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if len(sys.argv) > 4:
+        pin(parse_cpus(sys.argv[4]))
     print(json.dumps(bare(url, threads, round_trips)))

@@ -94,9 +94,11 @@ class WorkerProcess:
         profiler: Profiler | None = None,
         profile_path: Path | None = None,
         source: Path | None = None,
+        cpus: str | None = None,
     ) -> None:
         self.url = url
         self.source = source  # another checkout whose worker code runs (None: this one)
+        self.cpus = cpus  # WORKER_CPUS (None: not set)
         self.concurrency = concurrency
         self.workdir = workdir
         self.profiler = profiler
@@ -122,15 +124,19 @@ class WorkerProcess:
             "DATA_ROOT": str(self.workdir / "data"),
             "ARTIFACT_ROOT": str(self.workdir / "artifacts"),
             "SHUTDOWN_GRACE_S": "10",
+            **({"WORKER_CPUS": self.cpus} if self.cpus else {}),
         }
 
     def start(self) -> None:
         module = ["-m", "consumers"]
         if self.profiler == "cprofile":
             module = ["-m", "bench._profiled_worker", str(self.profile_path)]
+        # Another checkout's worker may not know WORKER_CPUS: taskset confines it the same way
+        # (the process and every thread it starts).
+        taskset = ["taskset", "-c", self.cpus] if self.cpus and self.source else []
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, *module], env=self.env(), stdin=subprocess.DEVNULL,
+            [*taskset, sys.executable, *module], env=self.env(), stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.source,
         )
 

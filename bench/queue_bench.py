@@ -44,6 +44,7 @@ from bench._redis import (
     private_redis,
     workdir,
 )
+from consumers.affinity import parse_cpus
 from schemas.requests import TrainingRequest
 from schemas.status import JobKind
 from streams.keys import GROUP
@@ -297,15 +298,19 @@ async def _verify(redis: Redis, ids: list[str]) -> tuple[dict[str, Any], float]:
 async def aiq_throughput(redis: Redis, url: str, n: int, concurrency: int, tmp: Path,
                          redis_pid: int | None, profiler: Profiler | None = None,
                          profile: Path | None = None, request: TrainingRequest = NOOP,
-                         source: Path | None = None, processes: int = 1) -> AiqThroughput:
+                         source: Path | None = None, processes: int = 1,
+                         cpus: list[str] | None = None) -> AiqThroughput:
     """Pre-fill ``n`` jobs with no worker running, then start the worker (of the checkout
     ``source``, default this one) and time the drain: from the first job's ``started_at`` to the
     last one's ``finished_at``. With ``processes`` > 1, that many worker processes share the
-    ``concurrency`` slots (as several workers of one type would); their CPU is summed."""
+    ``concurrency`` slots (as several workers of one type would); their CPU is summed. With
+    ``cpus``, worker process i runs on the CPUs ``cpus[i % len(cpus)]`` (WORKER_CPUS)."""
     await redis.flushall()
     ids, submit_rate = await prefill(Producer(redis), n, request=request)
     workers = [WorkerProcess(url, concurrency // processes, tmp, profiler=profiler,
-                             profile_path=profile, source=source) for _ in range(processes)]
+                             profile_path=profile, source=source,
+                             cpus=cpus[i % len(cpus)] if cpus else None)
+               for i in range(processes)]
     for worker in workers:
         worker.start()
 
@@ -340,15 +345,17 @@ async def _registered(redis: Redis, workers: int) -> bool:
     return bool(await redis.scard(KEYS.workers) >= workers)
 
 
-async def bare_threads(url: str, threads: int, round_trips: int,
-                       processes: int = 1) -> tuple[float, float]:
+async def bare_threads(url: str, threads: int, round_trips: int, processes: int = 1,
+                       cpus: list[str] | None = None) -> tuple[float, float]:
     """The ceiling of ``redis_io`` jobs: ``processes`` processes of ``threads`` threads each
-    making only the jobs' round trips (bench/_bare_threads.py), all at once; their summed
-    rate and their CPU per round trip (µs)."""
+    making only the jobs' round trips (bench/_bare_threads.py), all at once, process i on the
+    CPUs ``cpus[i % len(cpus)]`` when given; their summed rate and their CPU per round trip
+    (µs)."""
     procs = [await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench._bare_threads", url, str(threads),
-        str(round_trips // processes), stdout=asyncio.subprocess.PIPE)
-        for _ in range(processes)]
+        str(round_trips // processes), *([cpus[i % len(cpus)]] if cpus else []),
+        stdout=asyncio.subprocess.PIPE)
+        for i in range(processes)]
     outs = await asyncio.gather(*(asyncio.wait_for(p.communicate(), 300) for p in procs))
     if any(p.returncode for p in procs):
         raise RuntimeError(f"bench._bare_threads failed: {[p.returncode for p in procs]}")
@@ -617,6 +624,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-processes", default="1",
                         help="worker processes sharing each --sweep-slots value, e.g. 1,2: "
                              "2 runs two workers of half the slots each (default 1)")
+    parser.add_argument("--sweep-cpus", default="all",
+                        help="space-separated CPU choices of --sweep: all (not pinned), or "
+                             "WORKER_CPUS per worker process separated by / (e.g. \"all 1 "
+                             "0/1\": unpinned, every process on CPU 1, process i on CPU i); "
+                             "the bare threads are pinned alike (default all)")
     parser.add_argument("--before", type=Path, default=None, metavar="CHECKOUT",
                         help="--sweep also drains with the worker of this checkout (e.g. "
                              "`git worktree add /tmp/before <commit>`), interleaved with this "
@@ -705,6 +717,7 @@ class SweepCell:
     job: str
     slots: int
     processes: int = 1  # worker processes sharing the slots
+    cpus: list[str] | None = None  # WORKER_CPUS of process i: cpus[i % len] (None: not set)
     raw: list[float] = field(default_factory=list)  # raw loop entries/s, one per round
     # redis_io only: the jobs' code alone, (jobs/s, CPU µs per job) per round
     bare: list[tuple[float, float]] = field(default_factory=list)
@@ -717,13 +730,25 @@ class SweepCell:
 
     @property
     def label(self) -> str:
-        if self.processes == 1:
-            return str(self.slots)
-        return f"{self.processes}x{self.slots // self.processes}"
+        slots = str(self.slots) if self.processes == 1 else \
+            f"{self.processes}x{self.slots // self.processes}"
+        return slots + (f" @{'/'.join(self.cpus)}" if self.cpus else "")
 
 
 def _ints(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
+
+
+def _cpu_choices(text: str) -> list[list[str] | None]:
+    """--sweep-cpus: space-separated choices; ``all`` (not pinned) or CPU lists per process
+    separated by ``/`` (``1``: every process on CPU 1; ``0/1``: process 0 on CPU 0, 1 on 1)."""
+    choices: list[list[str] | None] = []
+    for choice in text.split():
+        lists = None if choice == "all" else choice.split("/")
+        for cpus in lists or []:
+            parse_cpus(cpus)  # ValueError: not a CPU list
+        choices.append(lists)
+    return choices or [None]
 
 
 async def sweep(args: argparse.Namespace) -> None:
@@ -734,13 +759,17 @@ async def sweep(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     jobs = [j.strip() for j in args.sweep_jobs.split(",") if j.strip()]
     slots, procs = _ints(args.sweep_slots), _ints(args.sweep_processes)
+    try:
+        pins = _cpu_choices(args.sweep_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"--sweep-cpus: {exc}") from None
     unknown = set(jobs) - set(SHORT_JOBS)
     if unknown:
         raise SystemExit(f"--sweep-jobs: unknown {sorted(unknown)}; known {sorted(SHORT_JOBS)}")
     if any(s % p for s in slots for p in procs):
         raise SystemExit("--sweep-processes: each must divide every --sweep-slots value")
     sources: list[Path | None] = [None] + ([args.before.resolve()] if args.before else [])
-    cells = {(j, s, p): SweepCell(j, s, p) for s in slots for p in procs for j in jobs}
+    cells = [SweepCell(j, s, p, c) for s in slots for p in procs for c in pins for j in jobs]
     with private_redis(args.redis_server) as server, workdir() as tmp_name:
         tmp = Path(tmp_name)
         redis = client(server.url)
@@ -750,27 +779,30 @@ async def sweep(args: argparse.Namespace) -> None:
                           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}[/dim]")
             fields = await job_entry_fields(redis)
             for i in range(1, args.rounds + 1):
-                for cell in cells.values():
+                for cell in cells:
                     console.print(f"[dim]round {i}/{args.rounds}: {cell.job}, "
                                   f"MAX_CONCURRENT_JOBS={cell.slots} in {cell.processes} "
-                                  f"worker process(es) ...[/dim]")
+                                  f"worker process(es), CPUs "
+                                  f"{'/'.join(cell.cpus) if cell.cpus else 'all'} ...[/dim]")
                     rate, _ = await raw_throughput_round(
                         redis, fields, args.jobs, args.raw_batch, server.pid)
                     cell.raw.append(rate)
                     if cell.job == "redis_io":
                         cell.bare.append(await bare_threads(
-                            server.url, cell.slots // cell.processes, args.jobs, cell.processes))
+                            server.url, cell.slots // cell.processes, args.jobs, cell.processes,
+                            cell.cpus))
                     order = sources if i % 2 else sources[::-1]
                     for source in order:
                         tp = await aiq_throughput(redis, server.url, args.jobs, cell.slots, tmp,
                                                   server.pid, request=SHORT_JOBS[cell.job],
-                                                  source=source, processes=cell.processes)
+                                                  source=source, processes=cell.processes,
+                                                  cpus=cell.cpus)
                         if not tp.checks["ok"]:
                             raise RuntimeError(f"drain checks failed: {tp.checks}")
                         (cell.after if source is None else cell.before).append(tp)
         finally:
             await redis.aclose()
-    render_sweep(list(cells.values()), args)
+    render_sweep(cells, args)
     console.print(f"[dim]total {time.perf_counter() - started:.1f} s; load average now "
                   f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}[/dim]")
 
@@ -778,7 +810,8 @@ async def sweep(args: argparse.Namespace) -> None:
 def render_sweep(cells: list[SweepCell], args: argparse.Namespace) -> None:
     before = args.before is not None
     table = Table(title=f"short jobs: {args.jobs:,} per drain, median of {args.rounds} "
-                  f"interleaved rounds; slots PxS: P worker processes of S slots")
+                  f"interleaved rounds; slots PxS: P worker processes of S slots, "
+                  f"@C: their WORKER_CPUS")
     for name in ("job", "slots", "raw loop /s", "bare threads /s",
                  *(["before /s"] if before else []), "aiq /s",
                  *(["aiq / before"] if before else []), "aiq / bare", "worker µs/job",

@@ -18,6 +18,7 @@ from consumers.startup import (
     check_framework,
     check_gpu,
     check_store,
+    pin_cpus,
 )
 from streams import logs
 from streams.connection import client
@@ -76,6 +77,7 @@ def main(**overrides: object) -> int:
     try:
         settings = load_settings(**overrides)
         logs.configure(settings.log_level, settings.log_json)
+        pin_cpus(settings)  # before any thread starts: each one inherits the CPU set
         asyncio.run(serve(settings))
     except StartupError as exc:
         print(f"aiq worker: {exc}", file=sys.stderr)

@@ -138,7 +138,8 @@ class Worker:
         await until_done(self.log, "publish limits", lambda: registry.publish_limits(
             self.redis, self.keys, self.settings.type_limits))
         self.log.info("worker started", framework=self.framework.name,
-                      framework_version=self.framework_version, slots=self.slots)
+                      framework_version=self.framework_version, slots=self.slots,
+                      cpus=self.settings.worker_cpus or "all")
         loops = [self._forever("read", self._read_step),
                  self._forever("maintenance", self._maintain),
                  self._forever("heartbeat", self._heartbeat),

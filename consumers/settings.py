@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
+from consumers.affinity import parse_cpus
 from schemas.catalogue import CATALOGUE, STATE
 from schemas.status import Priority
 from streams.consumer import DEFAULT_PRIORITY_WEIGHT
@@ -59,6 +60,10 @@ class WorkerSettings(RedisSettings):
     progress_interval_s: float = Field(default=0.25, ge=0, description="progress events are "
                                        "coalesced to at most one per interval per job")
     block_ms: int = Field(default=5000, ge=1)
+    worker_cpus: str | None = Field(default=None, description="WORKER_CPUS: the CPUs this "
+                                    "worker and its job threads run on, e.g. 0 or 0-3 (taskset "
+                                    "list); default: all the process may use. One CPU runs many "
+                                    "short I/O-bound jobs faster (consumers/affinity.py)")
 
     # GPU admission (consumers/admission.py): on for every worker that has GPU devices.
     gpu_script: Path | None = Field(
@@ -144,6 +149,19 @@ class WorkerSettings(RedisSettings):
 
     burst: bool = Field(default=False, description="stop (exit 0) once the queue is empty: no "
                         "entry waiting, pending or delayed for a retry, and no job running")
+
+    @field_validator("worker_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_cpus(value)  # ValueError: named WORKER_CPUS by the caller
+        return value.strip()
+
+    @property
+    def cpus(self) -> frozenset[int] | None:
+        """WORKER_CPUS as a set (None: not set)."""
+        return parse_cpus(self.worker_cpus) if self.worker_cpus else None
 
     @model_validator(mode="after")
     def _known_type(self) -> WorkerSettings:

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from packaging.specifiers import SpecifierSet
 
+from consumers.affinity import pin
 from consumers.artifact_store import ArtifactStore, StoreError, open_store
 from consumers.frameworks import load_framework
 from consumers.frameworks.base import Framework
@@ -18,6 +19,17 @@ from schemas.workers import GpuInfo
 
 class StartupError(Exception):
     """The worker cannot serve its type here. The message is the one line users read."""
+
+
+def pin_cpus(settings: WorkerSettings) -> None:
+    """WORKER_CPUS: confine this process to those CPUs before it starts any thread (each
+    thread it starts inherits the set: consumers/affinity.py)."""
+    if settings.cpus is None:
+        return
+    try:
+        pin(settings.cpus)
+    except ValueError as exc:
+        raise StartupError(f"WORKER_CPUS={settings.worker_cpus}: {exc}") from None
 
 
 def check_framework(settings: WorkerSettings) -> Framework:

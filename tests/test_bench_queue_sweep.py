@@ -1,5 +1,6 @@
 """``bench.queue_bench --sweep`` end to end at a tiny size: its own Redis, the raw loop, the bare
-threads' ceiling and worker drains in one and in two processes, each drain's checks (every job
+threads' ceiling and worker drains in one and in two processes, unpinned and with WORKER_CPUS
+(CPU 0: every machine has it), each drain's checks (every job
 succeeded once, nothing pending) must pass for the table to print. The figures themselves are
 not checked (a benchmark asserts nothing)."""
 
@@ -20,12 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_short_job_sweep_runs_end_to_end() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.queue_bench", "--sweep", "--sweep-jobs", "redis_io,noop",
-         "--sweep-slots", "4", "--sweep-processes", "1,2", "--rounds", "1", "--jobs", "200"],
+         "--sweep-slots", "4", "--sweep-processes", "1,2", "--sweep-cpus", "all 0/0",
+         "--rounds", "1", "--jobs", "200"],
         cwd=ROOT, capture_output=True, text=True, timeout=220, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     # one row per (job, slots) cell: 4 slots in one process, and 2x2 in two
-    for job, label in (("redis_io", "4"), ("noop", "4"), ("redis_io", "2x2"), ("noop", "2x2")):
+    for job, label in (("redis_io", "4"), ("noop", "4"), ("redis_io", "2x2"), ("noop", "2x2"),
+                       ("redis_io", "4 @0/0"), ("redis_io", "2x2 @0/0")):
         assert re.search(rf"{job}\s*│\s*{label}\s*│", out), out[-3000:]
     # the bare threads' ceiling is measured for redis_io only, as a positive rate
     assert re.search(r"redis_io\s*│\s*4\s*│\s*[\d,]+\s*│\s*[1-9][\d,]*\s*│", out), out[-3000:]
