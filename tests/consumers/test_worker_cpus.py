@@ -70,8 +70,15 @@ def test_a_cpu_this_process_may_not_use_stops_the_worker_with_one_line() -> None
 
 
 def _threads_cpus(pid: int) -> dict[int, frozenset[int]]:
-    """Each thread of the process -> the CPUs it may run on (Linux: per-thread affinity)."""
-    return {t.id: frozenset(os.sched_getaffinity(t.id)) for t in psutil.Process(pid).threads()}
+    """Each thread of the process -> the CPUs it may run on (Linux: per-thread affinity); a
+    thread that ended between the listing and the look-up is left out."""
+    out = {}
+    for thread in psutil.Process(pid).threads():
+        try:
+            out[thread.id] = frozenset(os.sched_getaffinity(thread.id))
+        except ProcessLookupError:
+            continue
+    return out
 
 
 @LINUX
