@@ -31,7 +31,7 @@ from consumers.command.runner import CommandRunner
 from consumers.cpu_admission import NoAdmission
 from consumers.ending import ending_for
 from consumers.execution import Outcome, classify, run_command, run_framework, succeeded
-from consumers.final_writes import FinalWrites
+from consumers.final_writes import GATHER_S, FinalWrites
 from consumers.frameworks.base import FailJob, Framework, JobContext
 from consumers.gpu import GpuDevices
 from consumers.loops import forever, sleep_unless, unless_unavailable, until_done
@@ -122,7 +122,8 @@ class Worker:
                                    orphans_every_s=settings.orphan_check_s or None,
                                    orphan_idle_ms=int(settings.heartbeat_interval_s * 1000))
         self._publisher = ProgressPublisher(self.queue, self.runs, self.log)
-        self.final_writes = FinalWrites(self.queue, self.runs, self.log, self._slot_freed.set)
+        self.final_writes = FinalWrites(self.queue, self.runs, self.log, self._slot_freed.set,
+                                        self._endings_soon)
         # GPU admission: on for any worker with GPU devices (real, or scripted by settings).
         self.admission: Admission | NoAdmission = (
             Admission(devices, self.queue, redis, self.keys, settings, self.name)
@@ -192,13 +193,22 @@ class Worker:
         held = len(self.runs) + self._launching
         return min(self.free_slots, 2 * self.slots - held)
 
+    @property
+    def _refill_at(self) -> int:
+        """Room needed before reading again: one entry, except while jobs read ahead still
+        wait for a thread (none idles meanwhile): then half the read-ahead, so that under a
+        load of short jobs each round trip starts and reads several, not one or two."""
+        if self.executing + self._launching <= self.slots:
+            return 1
+        return max(1, self.read_ahead // 2)
+
     async def _read_step(self) -> None:
         """Take work while there is room: held GPU jobs first, then expired entries (a reclaim
         sweep), then new entries. Blocks for new entries when idle; under load, starts each
         batch and reads the next one in the same round trip."""
-        if not self._batch and self.capacity <= 0:
+        if not self._batch and self.capacity < self._refill_at:
             self._slot_freed.clear()
-            if self.capacity <= 0:
+            if self.capacity < self._refill_at:
                 with self._waiting_idle():
                     await self._slot_freed.wait()
             return
@@ -289,6 +299,18 @@ class Worker:
         except BaseException:
             self.admission.put_back(good)  # not started after all: held again
             raise
+
+    def _endings_soon(self) -> int:
+        """How many endings the next final write should carry: the one just queued, and
+        those of the jobs in the threads (running or read ahead) that the recent run time
+        says end within ``GATHER_S``: at most half the slots, and none unless two or more
+        are due (a worker with one job left, or only long ones, writes at once)."""
+        if self._run_s is None:
+            return 1
+        running = min(self.executing, self.slots)
+        due = min(int(running * GATHER_S / max(self._run_s, 1e-6)), self.executing,
+                  self.slots // 2)
+        return 1 + due if due >= 2 else 1
 
     def _launch_started(self, outcomes: list[StartOutcome]) -> None:
         started = []

@@ -120,12 +120,14 @@ class QueueConsumer:
         self.lanes = LaneShare(priority_weight)
         self._asked = 0  # normal entries the last read asked for first
         self._common = limits.common_args()
+        self._kinds = {stream: keys.kind_of_stream(stream) for stream in self.streams}
 
     async def ensure_groups(self) -> None:
         await ensure_groups(self.redis, self.keys, self.streams)
 
     def _delivery(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> Delivery:
-        d = Delivery(stream, self.keys.kind_of_stream(stream), entry_id, fields or {})
+        kind = self._kinds.get(stream) or self.keys.kind_of_stream(stream)
+        d = Delivery(stream, kind, entry_id, fields or {})
         try:
             d.message = JobMessage.from_fields(d.fields)
         except ValueError as exc:
