@@ -18,7 +18,8 @@ of ``{type}``, and the readers that span types group their keys with ``slot_grou
 
 redis-py's asyncio connection packs commands in Python, re-joining its buffer for every argument;
 a batched script call has hundreds. ``HiredisPackConnection`` packs them with hiredis's C
-``pack_command`` instead (what redis-py's sync client already does when hiredis is installed).
+``pack_command`` instead (what redis-py's sync client already does when hiredis is installed),
+and bounds each write by ``socket_timeout`` without a task per write (``_WriteInTask``).
 redis-py lets a URL's scheme override a ``connection_class`` argument, so the class is set on the
 pool once it is made (``use_fast_packer``), before it opens a connection.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
@@ -34,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.asyncio.sentinel import (
     Sentinel,
     SentinelConnectionPool,
@@ -45,6 +47,7 @@ from redis.cluster import key_slot
 from redis.connection import parse_url
 from redis.exceptions import ClusterDownError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Topology = Literal["single", "sentinel", "cluster"]
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
@@ -59,19 +62,58 @@ class _HiredisPacker:
         return [hiredis.pack_command(args)]
 
 
-class HiredisPackConnection(_HiredisPacker, Connection):  # type: ignore[misc]
+class _WriteInTask(AbstractConnection):  # type: ignore[misc]
+    """redis-py bounds each write by ``socket_timeout`` (5 s by default) with
+    ``asyncio.wait_for``, which on Python 3.11 runs the write in a task of its own: three more
+    turns of the event loop for every command or pipeline, more than half of what a round trip
+    costs the client. ``asyncio.timeout`` bounds it the same way inside the caller's task.
+    Otherwise as redis-py's ``send_packed_command``: a write that fails or times out closes the
+    connection."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes],
+                                  check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        writer = self._writer
+        assert writer is not None
+        try:
+            async with asyncio.timeout(self.socket_timeout or None):
+                writer.writelines(command)
+                await writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as e:
+            await self.disconnect(nowait=True)
+            err_no, errmsg = ("UNKNOWN", e.args[0]) if len(e.args) == 1 else e.args[:2]
+            raise RedisConnectionError(
+                f"Error {err_no} while writing to socket. {errmsg}.") from e
+        except BaseException:
+            await self.disconnect(nowait=True)  # a half-written command: never reuse it
+            raise
+
+
+class HiredisPackConnection(_HiredisPacker, _WriteInTask, Connection):  # type: ignore[misc]
     pass
 
 
-class HiredisPackSSLConnection(_HiredisPacker, SSLConnection):  # type: ignore[misc]
+class HiredisPackSSLConnection(_HiredisPacker, _WriteInTask, SSLConnection):  # type: ignore[misc]
     pass
 
 
-class HiredisPackSentinelConnection(_HiredisPacker, SentinelManagedConnection):  # type: ignore[misc]
+class HiredisPackSentinelConnection(
+        _HiredisPacker, _WriteInTask, SentinelManagedConnection):  # type: ignore[misc]
     pass
 
 
-class HiredisPackSentinelSSLConnection(_HiredisPacker, SentinelManagedSSLConnection):  # type: ignore[misc]
+class HiredisPackSentinelSSLConnection(
+        _HiredisPacker, _WriteInTask, SentinelManagedSSLConnection):  # type: ignore[misc]
     pass
 
 

@@ -3,7 +3,8 @@
 Each file in ``streams/lua`` is one transition; ``_common.lua`` is prepended to all of them. A
 script returns ``{code, detail, ...}``; ``errors.raise_for`` turns negative codes into typed
 errors. Scripts can also be queued on a pipeline (``queue``), and ``execute`` re-runs those that
-met NOSCRIPT (after a Redis restart the script cache is empty; only the refused ones did not run).
+met NOSCRIPT (after a Redis restart the script cache is empty; only the refused ones did not run);
+``execute`` of a single call sends it without a pipeline.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 _LUA_DIR = Path(__file__).parent / "lua"
 _COMMON = (_LUA_DIR / "_common.lua").read_text()
@@ -106,6 +107,14 @@ async def _run(
     calls: list[tuple[Script, list[str], list[Arg]]],
     then: Callable[[Pipeline], None] | None,
 ) -> list[Any]:
+    if len(calls) == 1 and then is None:
+        # One call needs no pipeline: redis-py's releases its connection in a task of its own
+        # (``asyncio.shield``), three more turns of the event loop per round trip.
+        script, keys, args = calls[0]
+        try:
+            return [await redis.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)]
+        except ResponseError as exc:  # in place, as the pipeline returns it (NOSCRIPT too)
+            return [exc]
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             script.queue(pipe, keys, args)
