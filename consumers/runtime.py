@@ -140,7 +140,8 @@ class Worker:
             self.redis, self.keys, self.settings.type_limits))
         self.log.info("worker started", framework=self.framework.name,
                       framework_version=self.framework_version, slots=self.slots,
-                      cpus=self.settings.worker_cpus or "all")
+                      cpus=self.settings.worker_cpus or "all",
+                      event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
         loops = [self._forever("read", self._read_step),
                  self._forever("maintenance", self._maintain),
                  self._forever("heartbeat", self._heartbeat),

@@ -4,6 +4,7 @@ every thread it started (job threads included), on those CPUs only, and serves j
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -102,6 +103,10 @@ async def test_a_worker_with_worker_cpus_runs_on_those_cpus_only(
     # the loop thread, the 4 job threads and whatever else the worker started
     assert len(threads) >= 5, threads
     assert set(threads.values()) == {frozenset({cpu})}
+    # A worker process serves on uvloop's event loop (python -m consumers).
+    started = [json.loads(line) for line in (tmp_path / "w.log").read_text().splitlines()
+               if '"worker started"' in line]
+    assert [s["event_loop"] for s in started] == ["uvloop"], started
 
 
 @LINUX
