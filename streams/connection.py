@@ -65,8 +65,8 @@ class _HiredisPacker:
 class _WriteInTask(AbstractConnection):  # type: ignore[misc]
     """redis-py bounds each write by ``socket_timeout`` (5 s by default) with
     ``asyncio.wait_for``, which on Python 3.11 runs the write in a task of its own: three more
-    turns of the event loop for every command or pipeline, more than half of what a round trip
-    costs the client. ``asyncio.timeout`` bounds it the same way inside the caller's task.
+    turns of the event loop for every command or pipeline (five in all for a PING, not two).
+    ``asyncio.timeout`` bounds it the same way inside the caller's task.
     Otherwise as redis-py's ``send_packed_command``: a write that fails or times out closes the
     connection."""
 

@@ -89,8 +89,16 @@ async def execute(
     """Run many script calls in one pipeline (one round trip); results in order. ``then`` may
     queue more (plain) commands after them; their results follow the scripts'.
 
-    Errors other than NOSCRIPT are returned in place, as exception objects.
+    Errors other than NOSCRIPT are returned in place, as exception objects. A single call goes
+    without a pipeline: redis-py's releases its connection in a task of its own
+    (``asyncio.shield``), three more turns of the event loop per round trip.
     """
+    if len(calls) == 1 and then is None:
+        script, keys, args = calls[0]
+        try:
+            return [await script(redis, keys, args)]  # reloaded by itself at NOSCRIPT
+        except ResponseError as exc:  # in place, as the pipeline returns it
+            return [exc]
     results = await _run(redis, calls, then)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
@@ -107,14 +115,6 @@ async def _run(
     calls: list[tuple[Script, list[str], list[Arg]]],
     then: Callable[[Pipeline], None] | None,
 ) -> list[Any]:
-    if len(calls) == 1 and then is None:
-        # One call needs no pipeline: redis-py's releases its connection in a task of its own
-        # (``asyncio.shield``), three more turns of the event loop per round trip.
-        script, keys, args = calls[0]
-        try:
-            return [await redis.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)]
-        except ResponseError as exc:  # in place, as the pipeline returns it (NOSCRIPT too)
-            return [exc]
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             script.queue(pipe, keys, args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 from collections.abc import Iterator
@@ -79,8 +80,6 @@ async def test_a_single_script_call_goes_without_a_pipeline(redis_url: str) -> N
 
 
 def _sha(text: str) -> str:
-    import hashlib
-
     return hashlib.sha1(text.encode()).hexdigest()
 
 
