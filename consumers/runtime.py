@@ -133,7 +133,12 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until ``stop()``; then drain within the grace period and hand back the rest."""
-        self._threads = JobThreads(asyncio.get_running_loop(), self.slots)
+        self._threads = JobThreads(asyncio.get_running_loop(), self.slots,
+                                   self.settings.job_thread_policy)
+        if self._threads.policy_error:
+            self.log.warning("job threads keep the normal scheduling policy",
+                             asked=self.settings.job_thread_policy,
+                             error=self._threads.policy_error)
         await until_done(self.log, "create groups", self.queue.ensure_groups)
         await until_done(self.log, "register", self._heartbeat_once)
         await until_done(self.log, "publish limits", lambda: registry.publish_limits(
@@ -141,6 +146,7 @@ class Worker:
         self.log.info("worker started", framework=self.framework.name,
                       framework_version=self.framework_version, slots=self.slots,
                       cpus=self.settings.worker_cpus or "all",
+                      job_threads=self._threads.policy,
                       event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
         loops = [self._forever("read", self._read_step),
                  self._forever("maintenance", self._maintain),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
@@ -64,6 +65,11 @@ class WorkerSettings(RedisSettings):
                                     "worker and its job threads run on, e.g. 0 or 0-3 (taskset "
                                     "list); default: all the process may use. One CPU runs many "
                                     "short I/O-bound jobs faster (consumers/affinity.py)")
+    job_thread_policy: Literal["batch", "normal"] = Field(
+        default="batch", description="JOB_THREAD_POLICY: the Linux scheduling policy of the "
+        "job threads: batch (SCHED_BATCH: a job thread that wakes does not preempt the thread "
+        "on its CPU, which holds the interpreter lock) or normal (SCHED_OTHER). The event loop "
+        "stays normal (consumers/threads.py)")
 
     # GPU admission (consumers/admission.py): on for every worker that has GPU devices.
     gpu_script: Path | None = Field(

@@ -4,24 +4,50 @@
 a chained asyncio future and one loop wake-up per call. Here each thread takes calls from a
 ``SimpleQueue`` and appends what it got to a deque; the loop is woken only if no wake is already
 pending, so a burst of short jobs costs one wake-up, not one per job.
+
+On Linux the threads run under ``SCHED_BATCH`` (``JOB_THREAD_POLICY``, default ``batch``): a job
+thread whose blocking call returns does not preempt the thread running on its CPU. That one
+usually holds the interpreter lock (the event loop, or another job thread), so preempting it
+only bought the woken thread a futex wait and two more context switches. Job code is batch work
+by nature; the event loop keeps the normal policy, so its heartbeats and lease renewals still
+preempt busy job threads. Native threads and programs a job starts inherit the policy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 Done = Callable[[Any, BaseException | None], None]  # (result, exception), called on the loop
 _Call = tuple[Done, Callable[..., Any], tuple[Any, ...]]
+Policy = Literal["batch", "normal"]
+
+
+def set_policy(threads: list[threading.Thread], policy: Policy) -> None:
+    """Put started threads of this process under ``SCHED_BATCH`` (``batch``) or
+    ``SCHED_OTHER`` (``normal``). Linux only, and unprivileged: a thread may always move between
+    these two. Raises OSError where the kernel or a sandbox refuses, AttributeError where the
+    platform has no such policy or thread ids."""
+    number = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
+    for thread in threads:
+        if thread.native_id is None:  # 0 would name the calling thread: the event loop
+            raise AttributeError("no native thread ids on this platform")
+        os.sched_setscheduler(thread.native_id, number, os.sched_param(0))
 
 
 class JobThreads:
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+    """``policy``: the scheduling policy asked for the threads; ``self.policy`` is the one they
+    got (``normal`` where ``batch`` is refused, with the reason in ``policy_error``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int,
+                 policy: Policy = "normal") -> None:
         self._loop = loop
         self._calls: SimpleQueue[_Call | None] = SimpleQueue()
         self._done: deque[tuple[Done, Any, BaseException | None]] = deque()
@@ -30,8 +56,17 @@ class JobThreads:
         # (its entry was handed back before the process exits).
         self._threads = [threading.Thread(target=self._serve, name=f"aiq-job-{n}", daemon=True)
                          for n in range(size)]
+        self.policy: Policy = policy
+        self.policy_error = ""
         for thread in self._threads:
-            thread.start()
+            thread.start()  # its native id is set once start() returns
+        if policy == "batch":
+            try:
+                set_policy(self._threads, "batch")
+            except (OSError, AttributeError) as exc:
+                self.policy, self.policy_error = "normal", str(exc) or type(exc).__name__
+                with contextlib.suppress(OSError, AttributeError):
+                    set_policy(self._threads, "normal")  # those already moved, back
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
         """Run ``fn(*args)`` in a job thread, then ``done(result, exception)`` on the loop."""

@@ -1,6 +1,8 @@
 """WORKER_CPUS: the CPU list is parsed as taskset writes it, a bad one stops the worker at start
 with one line naming the setting, and a real worker process with it set runs, together with
-every thread it started (job threads included), on those CPUs only, and serves jobs."""
+every thread it started (job threads included), on those CPUs only, and serves jobs; its job
+threads run under SCHED_BATCH (JOB_THREAD_POLICY's default), its event loop under the normal
+policy."""
 
 from __future__ import annotations
 
@@ -82,6 +84,17 @@ def _threads_cpus(pid: int) -> dict[int, frozenset[int]]:
     return out
 
 
+def _threads_policies(pid: int) -> dict[int, int]:
+    """Each thread of the process -> its scheduling policy (os.SCHED_*)."""
+    out = {}
+    for thread in psutil.Process(pid).threads():
+        try:
+            out[thread.id] = os.sched_getscheduler(thread.id)
+        except ProcessLookupError:
+            continue
+    return out
+
+
 @LINUX
 @pytest.mark.slow
 async def test_a_worker_with_worker_cpus_runs_on_those_cpus_only(
@@ -99,6 +112,7 @@ async def test_a_worker_with_worker_cpus_runs_on_those_cpus_only(
             model_type="redis_io", hyperparameters={"round_trips": 3})) for _ in range(12)]
         records = [await producer.wait(s.job_id, timeout=60) for s in subs]
         threads = _threads_cpus(proc.pid)  # job threads exist now: they ran the jobs
+        policies = _threads_policies(proc.pid)
     assert [r.status for r in records] == [JobStatus.SUCCEEDED] * 12
     # the loop thread, the 4 job threads and whatever else the worker started
     assert len(threads) >= 5, threads
@@ -107,6 +121,11 @@ async def test_a_worker_with_worker_cpus_runs_on_those_cpus_only(
     started = [json.loads(line) for line in (tmp_path / "w.log").read_text().splitlines()
                if '"worker started"' in line]
     assert [s["event_loop"] for s in started] == ["uvloop"], started
+    # JOB_THREAD_POLICY's default: the 4 job threads under SCHED_BATCH, the loop's thread
+    # (whose id is the process id) under the normal policy.
+    assert [s["job_threads"] for s in started] == ["batch"], started
+    assert policies[proc.pid] == os.SCHED_OTHER
+    assert sum(p == os.SCHED_BATCH for p in policies.values()) == 4, policies
 
 
 @LINUX
