@@ -840,11 +840,61 @@ def render_sweep(cells: list[SweepCell], args: argparse.Namespace) -> None:
                   "no worker with those threads can exceed. µs/job: CPU (user + system) of "
                   "the median round's worker processes, of redis-server, and of the bare "
                   "threads' processes")
+    for line in ceiling_lines(cells, before):
+        console.print(line, markup=False)
     console.print("aiq rounds (jobs/s): " + "; ".join(
         f"{c.job}@{c.label}: " + ", ".join(_n(r.rate) for r in c.after) for c in cells))
     if before:
         console.print("before rounds (jobs/s): " + "; ".join(
             f"{c.job}@{c.label}: " + ", ".join(_n(r.rate) for r in c.before) for c in cells))
+
+
+def _cpu_count(cpus: list[str] | None) -> int:
+    """CPUs the worker processes of a cell may use: those of WORKER_CPUS, else all of ours."""
+    if not cpus:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            os.cpu_count() or 1
+    return len(set().union(*(parse_cpus(c) for c in cpus)))
+
+
+def ceiling(bare_us: float, queue_us: float, redis_us: float, worker_cpus: int,
+            all_cpus: int) -> float:
+    """The most ``redis_io`` jobs/s any worker of this design could drain on this machine: each
+    job needs its code's CPU (``bare_us``, as the bare threads measured it), the worker's own
+    queue work (``queue_us``, the ``noop`` drain's worker CPU per job, where no job code
+    contends) and Redis's (``redis_us``). The worker's two shares run on at most
+    ``worker_cpus`` CPUs, and all three on at most ``all_cpus``; the bound takes them at 100 %,
+    with no contention between them, so no real run reaches it."""
+    worker = worker_cpus / (bare_us + queue_us) * 1e6
+    machine = all_cpus / (bare_us + queue_us + redis_us) * 1e6
+    return min(worker, machine)
+
+
+def ceiling_lines(cells: list[SweepCell], before: bool) -> list[str]:
+    """For each ``redis_io`` cell with a ``noop`` cell of the same slots, processes and CPUs
+    (and bare threads measured): the CPU ceiling of its jobs (``ceiling``), and with --before
+    the ceiling as a multiple of the before worker's rate."""
+    noop = {(c.slots, c.processes, tuple(c.cpus or ())): c for c in cells
+            if c.job == "noop" and c.after}
+    lines = []
+    for c in cells:
+        match = noop.get((c.slots, c.processes, tuple(c.cpus or ())))
+        if c.job != "redis_io" or match is None or not c.bare or not c.after:
+            continue
+        bare_us = statistics.median(u for _, u in c.bare)
+        queue = sorted(match.after, key=lambda r: r.rate)[(len(match.after) - 1) // 2]
+        mid = sorted(c.after, key=lambda r: r.rate)[(len(c.after) - 1) // 2]
+        queue_us, redis_us = (queue.worker_cpu_s / queue.jobs * 1e6,
+                              mid.redis_cpu_s / mid.jobs * 1e6)
+        bound = ceiling(bare_us, queue_us, redis_us, _cpu_count(c.cpus), _cpu_count(None))
+        line = (f"CPU ceiling of redis_io@{c.label}: {_n(bound)} jobs/s (job code {bare_us:.0f}"
+                f" + queue work {queue_us:.0f} µs/job in the worker, Redis {redis_us:.0f}, all "
+                f"at 100 % and without contention); aiq reaches "
+                f"{SweepCell.median(c.after) / bound:.0%} of it")
+        if before and c.before:
+            line += f"; the ceiling is {bound / SweepCell.median(c.before):.2f}x before"
+        lines.append(line)
+    return lines
 
 
 def write_json(path: Path, raw_tp: RawThroughput, raw_lat: Latency, tp: AiqRounds,

@@ -2,7 +2,7 @@
 threads' ceiling and worker drains in one and in two processes, unpinned and with WORKER_CPUS
 (CPU 0: every machine has it), each drain's checks (every job
 succeeded once, nothing pending) must pass for the table to print. The figures themselves are
-not checked (a benchmark asserts nothing)."""
+not checked (a benchmark asserts nothing); the CPU ceiling's arithmetic is."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from bench.queue_bench import ceiling
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +36,18 @@ def test_short_job_sweep_runs_end_to_end() -> None:
     assert re.search(r"redis_io\s*│\s*4\s*│\s*[\d,]+\s*│\s*[1-9][\d,]*\s*│", out), out[-3000:]
     assert re.search(r"noop\s*│\s*4\s*│\s*[\d,]+\s*│\s*-\s*│", out), out[-3000:]
     assert "aiq rounds (jobs/s): redis_io@4:" in out.replace("\n", " ")
+    # the CPU ceiling of each redis_io cell that has a noop cell of the same shape
+    flat = out.replace("\n", " ")
+    for label in ("4", "2x2", "4 @0/0", "2x2 @0/0"):
+        assert re.search(rf"CPU ceiling of redis_io@{label}: [1-9][\d,]* jobs/s", flat), \
+            out[-3000:]
+
+
+@pytest.mark.parametrize(("costs", "cpus", "rate"), [
+    ((40, 60, 100), (1, 2), 10_000),  # the worker's CPU and the machine bind alike
+    ((100, 100, 200), (2, 2), 5_000),  # the machine binds: Redis shares its CPUs
+    ((100, 100, 10), (1, 4), 5_000),  # the worker's one CPU binds
+])
+def test_the_cpu_ceiling_is_the_tighter_of_the_worker_and_the_machine(
+        costs: tuple[float, float, float], cpus: tuple[int, int], rate: float) -> None:
+    assert ceiling(*costs, *cpus) == pytest.approx(rate)
