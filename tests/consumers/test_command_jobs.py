@@ -149,7 +149,8 @@ async def test_environment_of_the_program(redis: Redis, redis_url: str, tmp_path
             " 'AIQ_WORKER', 'AIQ_REPORT_FD', 'PYTHONUNBUFFERED', 'UV_INDEX_URL',"
             " 'UV_PROJECT_ENVIRONMENT', 'UV_LOCKED')\n"
             "print(json.dumps({k: os.environ.get(k) for k in keys}))\n"
-            "print(json.dumps({'python': sys.executable, 'cwd': os.getcwd()}))\n")
+            "print(json.dumps({'python': sys.executable, 'cwd': os.getcwd(),"
+            " 'policy': os.sched_getscheduler(0)}))\n")
     async with running_worker(command_settings(redis_url, tmp_path)) as worker:
         sub = await submit(producer, ["python", "-c", code], env={"SEED": "7"})
         rec = await producer.wait(sub.job_id, timeout=60)
@@ -165,6 +166,8 @@ async def test_environment_of_the_program(redis: Redis, redis_url: str, tmp_path
     assert Path(where["python"]).parent == Path(os.sys.executable).parent
     assert Path(where["cwd"]).parent == tmp_path / "work"
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+    # it runs under the job thread's scheduling policy: JOB_THREAD_POLICY's default, batch
+    assert where["policy"] == os.SCHED_BATCH
 
 
 def _tar(path: Path, members: dict[str, bytes]) -> None:
