@@ -822,7 +822,7 @@ def render_sweep(cells: list[SweepCell], args: argparse.Namespace) -> None:
         after = SweepCell.median(c.after)
         bare = statistics.median(r for r, _ in c.bare) if c.bare else None
         bare_cpu = statistics.median(u for _, u in c.bare) if c.bare else None
-        mid = sorted(c.after, key=lambda r: r.rate)[(len(c.after) - 1) // 2]
+        mid = AiqRounds(c.after).median_round
         row = [c.job, c.label, _n(statistics.median(c.raw)), _n(bare) if bare else "-"]
         if before:
             row.append(_n(SweepCell.median(c.before)))
@@ -882,8 +882,7 @@ def ceiling_lines(cells: list[SweepCell], before: bool) -> list[str]:
         if c.job != "redis_io" or match is None or not c.bare or not c.after:
             continue
         bare_us = statistics.median(u for _, u in c.bare)
-        queue = sorted(match.after, key=lambda r: r.rate)[(len(match.after) - 1) // 2]
-        mid = sorted(c.after, key=lambda r: r.rate)[(len(c.after) - 1) // 2]
+        queue, mid = AiqRounds(match.after).median_round, AiqRounds(c.after).median_round
         queue_us, redis_us = (queue.worker_cpu_s / queue.jobs * 1e6,
                               mid.redis_cpu_s / mid.jobs * 1e6)
         bound = ceiling(bare_us, queue_us, redis_us, _cpu_count(c.cpus), _cpu_count(None))
