@@ -6,6 +6,7 @@ not checked (a benchmark asserts nothing); the CPU ceiling's arithmetic is."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.queue_bench import ceiling
+from consumers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +53,15 @@ def test_short_job_sweep_runs_end_to_end() -> None:
 def test_the_cpu_ceiling_is_the_tighter_of_the_worker_and_the_machine(
         costs: tuple[float, float, float], cpus: tuple[int, int], rate: float) -> None:
     assert ceiling(*costs, *cpus) == pytest.approx(rate)
+
+
+@pytest.mark.timeout(120)
+def test_bare_threads_run_under_the_job_threads_default_policy(redis_url: str) -> None:
+    """The ceiling is that of the worker as it ships: its job threads run under SCHED_BATCH by
+    default, where the same round trips cost less CPU than under the normal policy."""
+    done = subprocess.run([sys.executable, "-m", "bench._bare_threads", redis_url, "3", "30"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["policy"] == WorkerSettings.model_fields["job_thread_policy"].default
+    assert result["rate"] > 0
