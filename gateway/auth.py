@@ -4,8 +4,8 @@ With ``API_KEY`` set, every request except the health probe, the dashboard's sta
 the API docs (``/docs``, ``/openapi.json``) and, with ``METRICS_PUBLIC``, ``/metrics`` must carry
 the key: ``Authorization: Bearer
 <key>``, ``X-API-Key: <key>``, or ``?api_key=<key>`` (browsers cannot set headers on
-EventSource and WebSocket). A request without it gets 401 JSON; a WebSocket is closed with code
-4401 before it is accepted.
+EventSource and WebSocket). A request without it gets 401 JSON, a WebSocket handshake too
+(``errors.refuse``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gateway.settings import GatewaySettings
 
 # The API's description is not data: /docs must be able to load the spec without the key.
 OPEN_PATHS = ("/health", "/", "/dashboard", "/favicon.ico", "/docs", "/docs/oauth2-redirect",
-              "/openapi.json")
+              "/redoc", "/openapi.json")
 OPEN_PREFIXES = ("/static/",)
 METRICS_PATH = "/metrics"
 

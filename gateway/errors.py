@@ -47,6 +47,7 @@ ERROR_CODES: dict[str, int] = {
     "payload_too_large": 413,
     "unauthorized": 401,
     "command_jobs_disabled": 403,
+    "origin_not_allowed": 403,
     "invalid_host": 400,
     "queue_full": 429,
     "redis_unavailable": 503,
@@ -88,11 +89,14 @@ class ApiError(HTTPException):
 
 async def refuse(scope: Scope, receive: Receive, send: Send, response: JSONResponse,
                  ws_close: tuple[int, str]) -> None:
-    """Answer a request an ASGI middleware turns away: a WebSocket is closed with ``ws_close``
-    (code, reason) before it is accepted, an HTTP request gets ``response``."""
-    if scope["type"] == "websocket":
+    """Answer a request the gateway turns away with ``response``, a WebSocket handshake too:
+    the client gets the same status and JSON error as over HTTP (the ASGI denial response,
+    which uvicorn supports). A server without it can only close the socket before accepting
+    it, with ``ws_close`` (code, reason); it answers the handshake with a bare 403 then."""
+    if scope["type"] == "websocket" and \
+            "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": ws_close[0], "reason": ws_close[1]})
-    else:
+    else:  # Starlette's response sends websocket.http.response.* for a WebSocket scope
         await response(scope, receive, send)
 
 

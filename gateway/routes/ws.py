@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from redis.exceptions import RedisError
 
 from gateway.deps import HubDep, ProducerDep, SettingsDep
-from gateway.errors import field_errors
+from gateway.errors import error_response, field_errors, refuse
 from gateway.hub import DashboardSubscription, EventFilter, dumps
 from gateway.settings import GatewaySettings
 from schemas.catalogue import CATALOGUE
@@ -185,7 +185,9 @@ async def dashboard(websocket: WebSocket, hub: HubDep, producer: ProducerDep,
                     settings: SettingsDep) -> None:
     """Dashboard feed: a snapshot, then live job events and periodic workers/queues."""
     if not origin_allowed(websocket, settings.origins):
-        await websocket.close(code=4403, reason="origin not allowed")  # before accept: 403
+        await refuse(websocket.scope, websocket.receive, websocket.send, error_response(
+            403, "origin_not_allowed", "a page of this origin may not open the dashboard feed "
+            "(ALLOWED_ORIGINS)"), (4403, "origin not allowed"))
         return
     await websocket.accept()
     sub = hub.subscribe_dashboard()  # before the snapshot: nothing falls between the two

@@ -54,17 +54,33 @@ async def test_probe_and_page_stay_open(client: httpx.AsyncClient) -> None:
 
 async def test_websocket_needs_the_key(redis_url: str) -> None:
     async with live_gateway(redis_url, api_key=KEY) as gw:
-        with pytest.raises(InvalidStatus):  # the handshake is refused (close before accept)
+        with pytest.raises(InvalidStatus) as refused:  # the handshake is refused over HTTP
             async with connect(gw.ws_url) as ws:
                 await ws.recv()
+        response = refused.value.response
+        assert response.status_code == 401  # as over HTTP: the status and the JSON error
+        assert orjson.loads(response.body)["error"]["code"] == "unauthorized"
         async with connect(f"{gw.ws_url}?api_key={KEY}") as ws:
             assert orjson.loads(await ws.recv())["type"] == "snapshot"
+
+
+async def test_a_websocket_for_another_host_is_refused_over_http(redis_url: str) -> None:
+    """TRUSTED_HOSTS guards the WebSocket as it does HTTP: the handshake gets 400
+    invalid_host, with the JSON error."""
+    async with live_gateway(redis_url, trusted_hosts="aiq.test") as gw:  # not 127.0.0.1
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(gw.ws_url):
+                pass
+        response = refused.value.response
+        assert response.status_code == 400
+        assert orjson.loads(response.body)["error"]["code"] == "invalid_host"
 
 
 async def test_the_api_docs_load_without_the_key(client: httpx.AsyncClient) -> None:
     """/docs fetches /openapi.json without the key: both are open (they describe the API, they
     hold no data); the API itself stays closed."""
     assert (await client.get("/docs")).status_code == 200
+    assert (await client.get("/redoc")).status_code == 200
     spec = await client.get("/openapi.json")
     assert spec.status_code == 200 and "/jobs/training" in spec.json()["paths"]
     assert (await client.get("/jobs")).status_code == 401

@@ -271,6 +271,8 @@ async def test_only_allowed_origins_may_open_the_dashboard_feed(redis_url: str) 
                 async with connect(gw.ws_url, origin=origin):  # type: ignore[arg-type]
                     pass
             assert refused.value.response.status_code == 403, origin
+            error = orjson.loads(refused.value.response.body)["error"]
+            assert error["code"] == "origin_not_allowed", origin
     async with live_gateway(redis_url, allowed_origins="*") as gw, \
             connect(gw.ws_url, origin="https://anywhere.example") as ws:  # type: ignore[arg-type]
         assert (await receive(ws))["type"] == "snapshot"
