@@ -170,6 +170,19 @@ class WorkerSettings(RedisSettings):
         return parse_cpus(self.worker_cpus) if self.worker_cpus else None
 
     @model_validator(mode="after")
+    def _renewal_within_lease(self) -> WorkerSettings:
+        # RECLAIM_INTERVAL_S is also the lease-renewal period (consumers/runtime.py _maintain):
+        # at or past the lease, a live worker's jobs would be reclaimed while they run.
+        if self.reclaim_interval_s is not None and \
+                self.reclaim_interval_s > self.lease_timeout_s / 2:
+            raise ValueError(
+                f"RECLAIM_INTERVAL_S={self.reclaim_interval_s:g} is also how often leases are "
+                f"renewed: it must be at most half of LEASE_TIMEOUT_S="
+                f"{self.lease_timeout_s:g}, so one late renewal does not lose a live worker's "
+                "jobs to another (leave it unset: a third of the lease)")
+        return self
+
+    @model_validator(mode="after")
     def _known_type(self) -> WorkerSettings:
         wt = CATALOGUE.get(self.worker_type)
         if wt is None:

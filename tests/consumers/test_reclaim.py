@@ -53,7 +53,7 @@ async def test_two_workers_take_back_hundreds_of_stranded_entries_at_once(
 
     # The timer tick is far away (5 s): taking back one slot-sized batch per tick would need
     # 300 / 4 * 5 s > 6 minutes; sweeping until none is left needs the jobs' run time.
-    lease_s = 3.0
+    lease_s = 10.0  # the renewal period (the same tick) may be at most half the lease
     settings = settings_for(redis_url, tmp_path, lease_timeout_s=lease_s, reclaim_interval_s=5,
                             max_concurrent_jobs=2)
     t0 = time.monotonic()

@@ -156,6 +156,10 @@ async def test_worker_survives_redis_restart(
         ({"WORKER_TYPE": "pytorch-2.1-gpu", "MODEL_FRAMEWORK": "pytorch"}, "needs torch"),
         ({"WORKER_TYPE": "diagnostic", "MODEL_FRAMEWORK": "diagnostic", "USE_GPU": "true"},
          "is CPU-only"),
+        # the renewal period (RECLAIM_INTERVAL_S) must leave room for a late renewal
+        ({"WORKER_TYPE": "diagnostic", "LEASE_TIMEOUT_S": "10", "RECLAIM_INTERVAL_S": "6"},
+         "RECLAIM_INTERVAL_S=6 is also how often leases are renewed: it must be at most half "
+         "of LEASE_TIMEOUT_S=10"),
     ],
 )
 def test_startup_checks_fail_with_one_line(env: dict[str, str], message: str) -> None:
