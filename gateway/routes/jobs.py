@@ -115,10 +115,9 @@ def _command_route_now(settings: GatewaySettings, req: CommandRequest) -> str:
         return route_command(settings.command_types, req.requires_gpu, req.framework_override)
     except CommandsDisabled as exc:
         raise ApiError(403, "command_jobs_disabled", str(exc)) from exc
-    except RoutingError as exc:
-        field = "framework_override" if req.framework_override else "requires_gpu"
+    except RoutingError as exc:  # only a framework_override can name a type that cannot serve
         raise ApiError(422, "routing_error", str(exc), [
-            {"field": f"body.{field}", "message": str(exc), "type": "routing"}]) from exc
+            {"field": "body.framework_override", "message": str(exc), "type": "routing"}]) from exc
 
 
 @router.post("/command", status_code=202, response_model=JobSubmitted, responses={
