@@ -1,11 +1,10 @@
 """Optional API-key auth, the same for HTTP, SSE and WebSocket.
 
 With ``API_KEY`` set, every request except the health probe, the dashboard's static page,
-the API docs (``/docs``, ``/openapi.json``) and, with ``METRICS_PUBLIC``, ``/metrics`` must carry
-the key: ``Authorization: Bearer
-<key>``, ``X-API-Key: <key>``, or ``?api_key=<key>`` (browsers cannot set headers on
-EventSource and WebSocket). A request without it gets 401 JSON, a WebSocket handshake too
-(``errors.refuse``).
+the API docs (``/docs``, ``/redoc``, ``/openapi.json``) and, with ``METRICS_PUBLIC``,
+``/metrics`` must carry the key: ``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or
+``?api_key=<key>`` (browsers cannot set headers on EventSource and WebSocket). A request
+without it gets 401 JSON, a WebSocket handshake too (``errors.refuse``).
 """
 
 from __future__ import annotations

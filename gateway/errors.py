@@ -94,7 +94,7 @@ async def refuse(scope: Scope, receive: Receive, send: Send, response: JSONRespo
     which uvicorn supports). A server without it can only close the socket before accepting
     it, with ``ws_close`` (code, reason); it answers the handshake with a bare 403 then."""
     if scope["type"] == "websocket" and \
-            "websocket.http.response" not in scope.get("extensions", {}):
+            "websocket.http.response" not in (scope.get("extensions") or {}):
         await send({"type": "websocket.close", "code": ws_close[0], "reason": ws_close[1]})
     else:  # Starlette's response sends websocket.http.response.* for a WebSocket scope
         await response(scope, receive, send)
